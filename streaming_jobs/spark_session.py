@@ -1,0 +1,56 @@
+"""The SparkSession the job runs on: the cluster's own on Databricks, a local one with Delta and Kafka here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from streaming_jobs.stack.jars import resolve
+
+
+def on_databricks() -> bool:
+    """True inside a Databricks runtime (where Delta and the Kafka source are built in)."""
+    return "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
+def get_spark(app_name: str = "fedstream", *, shuffle_partitions: int = 2) -> SparkSession:
+    """Return the active session on Databricks, or build a local ``local[*]`` session with Delta and Kafka."""
+    if on_databricks():
+        return SparkSession.builder.getOrCreate()
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .master(os.environ.get("FEDSTREAM_SPARK_MASTER", "local[*]"))
+        .config("spark.jars", ",".join(str(path) for path in connector_jars()))
+        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        .config("spark.default.parallelism", str(shuffle_partitions))
+        .config("spark.ui.enabled", os.environ.get("FEDSTREAM_SPARK_UI", "false"))
+        .config("spark.driver.memory", os.environ.get("FEDSTREAM_SPARK_DRIVER_MEMORY", "2g"))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.databricks.delta.snapshotPartitions", "2")
+        .config("spark.sql.streaming.stateStore.providerClass",
+                "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider")
+    )
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("FEDSTREAM_SPARK_LOG_LEVEL", "WARN"))
+    return spark
+
+
+def connector_jars() -> list[Path]:
+    """Jars of the Kafka source and Delta that pyspark does not already ship, resolved once and cached."""
+    import pyspark
+
+    bundled = {path.name for path in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
+    jars = []
+    for jar in resolve("spark-connectors"):
+        already_in_spark = any(
+            name.startswith(f"{jar.artifact_id}-") and name[len(jar.artifact_id) + 1 : len(jar.artifact_id) + 2].isdigit()
+            for name in bundled
+        )
+        if not already_in_spark:
+            jars.append(jar.path)
+    return jars

@@ -1,0 +1,53 @@
+"""The whole local stack as one thing: jars, broker, topics; MLflow is a SQLite file and needs no process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.kafka_settings import KafkaSettings
+from streaming_jobs.stack.kafka_broker import BrokerStatus, LocalKafkaBroker
+from streaming_jobs.stack.paths import state_dir
+from streaming_jobs.tracking import tracking_uri
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    """The local stack's state, as people read it."""
+
+    broker: BrokerStatus
+    mlflow_uri: str
+    state: str
+
+    @property
+    def healthy(self) -> bool:
+        """True when the broker runs and answers."""
+        return self.broker.running and self.broker.answering
+
+    def describe(self) -> str:
+        """Several lines for people."""
+        return "\n".join([self.broker.describe(), f"mlflow: {self.mlflow_uri}", f"state: {self.state}"])
+
+
+def stack_up() -> StackStatus:
+    """Resolve jars, start the broker and create the topics; harmless when already up."""
+    from streaming_jobs.spark_session import connector_jars
+    from streaming_jobs.stack.topics import ensure_topics
+
+    connector_jars()  # resolved now so that the job and the tests start offline
+    broker = LocalKafkaBroker()
+    broker.up()
+    created = ensure_topics(KafkaSettings(bootstrap_servers=broker.bootstrap_servers))
+    if created:
+        print(f"fedstream: created topics {', '.join(created)}", flush=True)
+    return stack_status()
+
+
+def stack_down() -> StackStatus:
+    """Stop the broker; the state folder (topics, tables, runs) stays for the next ``up``."""
+    LocalKafkaBroker().down()
+    return stack_status()
+
+
+def stack_status() -> StackStatus:
+    """What runs now."""
+    return StackStatus(broker=LocalKafkaBroker().status(), mlflow_uri=tracking_uri(), state=str(state_dir()))

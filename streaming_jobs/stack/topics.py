@@ -1,0 +1,59 @@
+"""Create fedstream's Kafka topics, idempotently, with the settings the design needs."""
+
+from __future__ import annotations
+
+import time
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError
+
+from schemas.kafka_settings import KafkaSettings
+from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
+
+
+def topic_configs(settings: KafkaSettings) -> dict[str, dict[str, str]]:
+    """Topic name → topic-level configuration."""
+    limit = str(settings.max_message_bytes)
+    return {
+        UPDATES_TOPIC: {"max.message.bytes": limit, "retention.ms": str(7 * 24 * 3600 * 1000)},
+        # Compacted, keyed by model name: the newest global version of each model is always readable.
+        MODELS_TOPIC: {
+            "max.message.bytes": limit,
+            "cleanup.policy": "compact",
+            "min.compaction.lag.ms": "0",
+            "segment.ms": str(3600 * 1000),
+        },
+    }
+
+
+def ensure_topics(settings: KafkaSettings, partitions: int = 1, timeout_seconds: float = 60.0) -> list[str]:
+    """Create the topics that are missing; return the names created now."""
+    admin = _admin(settings, timeout_seconds)
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(name=name, num_partitions=partitions, replication_factor=1, topic_configs=config)
+            for name, config in topic_configs(settings).items()
+            if name not in existing
+        ]
+        created = []
+        for topic in wanted:
+            try:
+                admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        admin.close()
+
+
+def _admin(settings: KafkaSettings, timeout_seconds: float) -> KafkaAdminClient:
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            return KafkaAdminClient(**settings.admin_options())
+        except (KafkaConnectionError, KafkaTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)

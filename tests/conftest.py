@@ -1,0 +1,50 @@
+"""Session fixtures: the real local stack (broker, Spark with Delta, MLflow store), started by fedstream itself.
+
+The test stack uses its own state folder and port, so a developer's running stack is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from schemas.kafka_settings import KafkaSettings
+
+TEST_KAFKA_PORT = int(os.environ.get("FEDSTREAM_TEST_KAFKA_PORT", "19092"))
+
+
+@dataclass(frozen=True)
+class RunningStack:
+    kafka: KafkaSettings
+    home: Path
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    home = tmp_path_factory.mktemp("fedstream-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FEDSTREAM_HOME", str(home))
+        patch.setenv("FEDSTREAM_KAFKA_PORT", str(TEST_KAFKA_PORT))
+        patch.setenv("FEDSTREAM_KAFKA_BOOTSTRAP_SERVERS", f"localhost:{TEST_KAFKA_PORT}")
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        from streaming_jobs.stack.local_stack import stack_down, stack_up
+
+        status = stack_up()
+        assert status.healthy, status.describe()
+        try:
+            yield RunningStack(kafka=KafkaSettings.from_env(), home=home)
+        finally:
+            stack_down()
+
+
+@pytest.fixture(scope="session")
+def spark(local_stack: RunningStack):  # type: ignore[no-untyped-def]
+    from streaming_jobs.spark_session import get_spark
+
+    session = get_spark("fedstream-tests")
+    yield session
+    session.stop()

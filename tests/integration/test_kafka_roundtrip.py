@@ -1,0 +1,40 @@
+"""kafka-python through the local broker, with messages above Kafka's default 1 MiB limit."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from schemas.topics import MAX_MESSAGE_BYTES, UPDATES_TOPIC
+from tests.conftest import RunningStack
+
+pytestmark = pytest.mark.stack
+
+
+def test_a_3_mib_update_crosses_fl_updates_intact(local_stack: RunningStack) -> None:
+    payload = os.urandom(3 * 1024 * 1024)
+    producer = KafkaProducer(**local_stack.kafka.producer_options())
+    metadata = producer.send(UPDATES_TOPIC, key=b"client-big", value=payload).get(timeout=60)
+    producer.close()
+
+    consumer = KafkaConsumer(**local_stack.kafka.consumer_options(), consumer_timeout_ms=30_000)
+    from kafka import TopicPartition
+
+    partition = TopicPartition(UPDATES_TOPIC, metadata.partition)
+    consumer.assign([partition])
+    consumer.seek(partition, metadata.offset)
+    received = next(iter(consumer))
+    consumer.close()
+    assert received.key == b"client-big"
+    assert received.value == payload
+
+
+def test_a_message_above_the_limit_is_refused_by_the_producer(local_stack: RunningStack) -> None:
+    from kafka.errors import MessageSizeTooLargeError
+
+    producer = KafkaProducer(**local_stack.kafka.producer_options())
+    with pytest.raises(MessageSizeTooLargeError):
+        producer.send(UPDATES_TOPIC, value=b"x" * (MAX_MESSAGE_BYTES + 1)).get(timeout=30)
+    producer.close()
