@@ -23,9 +23,7 @@ class KafkaSettings(BaseModel):
     @classmethod
     def from_env(cls) -> KafkaSettings:
         """Settings from the environment, defaulting to the local broker."""
-        return cls(
-            bootstrap_servers=os.environ.get("FEDSTREAM_KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP_SERVERS)
-        )
+        return cls(bootstrap_servers=os.environ.get("FEDSTREAM_KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP_SERVERS))
 
     def producer_options(self) -> dict[str, Any]:
         """Keyword arguments for ``kafka.KafkaProducer``: idempotent, acknowledged by all replicas."""

@@ -25,7 +25,51 @@ def _parser() -> argparse.ArgumentParser:
     stack = commands.add_parser("stack", help="the local Kafka broker, Spark jars and MLflow store")
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.set_defaults(handler=_stack)
+
+    job = commands.add_parser("job", help="run the streaming aggregation job (what Databricks runs)")
+    _add_job_arguments(job)
+    job.set_defaults(handler=_job)
     return parser
+
+
+def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-name", default="har-cnn")
+    parser.add_argument("--initial-model", help="safetensors file of version 0 (used once, when no version exists)")
+    parser.add_argument("--tables-root", help="folder of the Delta tables (default: <state>/tables)")
+    parser.add_argument("--checkpoint", help="streaming checkpoint folder (default: <state>/checkpoints/...)")
+    parser.add_argument("--status-file", help="write progress as JSON here after every micro-batch")
+    parser.add_argument("--aggregation", default="{}", help="aggregation settings as JSON (AggregationConfig fields)")
+    parser.add_argument("--max-offsets-per-trigger", type=int, default=500)
+    parser.add_argument("--trigger-seconds", type=float, default=1.0)
+    parser.add_argument("--register-every", type=int, default=10)
+
+
+def _job(args: argparse.Namespace) -> int:
+    import json
+    import logging
+    from pathlib import Path
+
+    from streaming_jobs.job import run_job
+    from streaming_jobs.settings import JobSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "py4j", "mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    overrides = {
+        "model_name": args.model_name,
+        "initial_model_path": args.initial_model,
+        "aggregation": json.loads(args.aggregation),
+        "max_offsets_per_trigger": args.max_offsets_per_trigger,
+        "trigger_interval_seconds": args.trigger_seconds,
+        "register_every": args.register_every,
+    }
+    if args.tables_root:
+        overrides["tables_root"] = args.tables_root
+    if args.checkpoint:
+        overrides["checkpoint_location"] = args.checkpoint
+    settings = JobSettings.model_validate(overrides)
+    run_job(settings, status_file=Path(args.status_file) if args.status_file else None)
+    return 0
 
 
 def _stack(args: argparse.Namespace) -> int:

@@ -32,8 +32,10 @@ def get_spark(app_name: str = "fedstream", *, shuffle_partitions: int = 2) -> Sp
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.databricks.delta.snapshotPartitions", "2")
-        .config("spark.sql.streaming.stateStore.providerClass",
-                "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider")
+        .config(
+            "spark.sql.streaming.stateStore.providerClass",
+            "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider",
+        )
     )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("FEDSTREAM_SPARK_LOG_LEVEL", "WARN"))
@@ -48,7 +50,8 @@ def connector_jars() -> list[Path]:
     jars = []
     for jar in resolve("spark-connectors"):
         already_in_spark = any(
-            name.startswith(f"{jar.artifact_id}-") and name[len(jar.artifact_id) + 1 : len(jar.artifact_id) + 2].isdigit()
+            name.startswith(f"{jar.artifact_id}-")
+            and name[len(jar.artifact_id) + 1 : len(jar.artifact_id) + 2].isdigit()
             for name in bundled
         )
         if not already_in_spark:

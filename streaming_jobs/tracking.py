@@ -23,3 +23,17 @@ def configure_mlflow() -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI", uri))
     return uri
+
+
+def ensure_experiment(name: str) -> str:
+    """Id of experiment ``name``, created with its artifacts in the local state folder when new."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return str(existing.experiment_id)
+    location = None
+    if tracking_uri().startswith("sqlite:"):
+        location = (state_dir() / "mlflow-artifacts" / name).as_uri()
+    return str(client.create_experiment(name, artifact_location=location))

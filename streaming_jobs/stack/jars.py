@@ -46,9 +46,20 @@ def resolve(pom_name: str, *, quiet: bool = False) -> list[ResolvedJar]:
     listing.parent.mkdir(parents=True, exist_ok=True)
     with resources.as_file(resources.files("streaming_jobs.stack") / f"{pom_name}.pom.xml") as pom:
         completed = subprocess.run(
-            [mvn, "-B", "-q", "-f", str(pom), "dependency:list", "-DincludeScope=runtime",
-             "-DoutputAbsoluteArtifactFilename=true", f"-DoutputFile={listing}"],
-            capture_output=True, text=True, check=False,
+            [
+                mvn,
+                "-B",
+                "-q",
+                "-f",
+                str(pom),
+                "dependency:list",
+                "-DincludeScope=runtime",
+                "-DoutputAbsoluteArtifactFilename=true",
+                f"-DoutputFile={listing}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
     if completed.returncode != 0:
         raise JarResolutionError(f"mvn failed for {pom_name}:\n{completed.stdout[-3000:]}{completed.stderr[-2000:]}")

@@ -91,9 +91,20 @@ class LocalKafkaBroker:
         print(f"fedstream: starting Kafka broker on {self.bootstrap_servers} ...", flush=True)
         with self.log_file.open("ab") as log:
             process = subprocess.Popen(
-                [java, BROKER_HEAP, "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={self._log_config()}",
-                 "-cp", classpath, "kafka.Kafka", str(self.config_file)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                [
+                    java,
+                    BROKER_HEAP,
+                    "-XX:+UseG1GC",
+                    f"-Dlog4j2.configurationFile={self._log_config()}",
+                    "-cp",
+                    classpath,
+                    "kafka.Kafka",
+                    str(self.config_file),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         self.pid_file.write_text(str(process.pid))
         return self._wait_until_answering(process.pid, timeout_seconds)
@@ -159,9 +170,21 @@ class LocalKafkaBroker:
     def _format_storage(self, java: str, classpath: str) -> None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         completed = subprocess.run(
-            [java, f"-Dlog4j2.configurationFile={self._log_config()}", "-cp", classpath,
-             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file)],
-            capture_output=True, text=True, check=False,
+            [
+                java,
+                f"-Dlog4j2.configurationFile={self._log_config()}",
+                "-cp",
+                classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.config_file),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if completed.returncode != 0:
             raise BrokerError(f"formatting Kafka storage failed: {completed.stdout}{completed.stderr}")

@@ -16,7 +16,11 @@ def _fedstream(home: Path, port: int, *args: str) -> subprocess.CompletedProcess
     env = {**os.environ, "FEDSTREAM_HOME": str(home), "FEDSTREAM_KAFKA_PORT": str(port)}
     return subprocess.run(
         [sys.executable, "-m", "streaming_jobs.cli", "stack", *args],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 

@@ -1,0 +1,228 @@
+"""Aggregation strategies: staleness-weighted FedBuff, FedAsync (one update at a time) and synchronous FedAvg.
+
+Each is a plain function from the global parameters and pending updates to an ``AggregationResult`` that
+records exactly which updates made the new version and with which weights.
+"""
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from aggregator._checks import check_aware, check_fraction, check_int
+from aggregator.config import AggregationConfig
+from aggregator.errors import (
+    EmptyBufferError,
+    InvalidConfigError,
+    InvalidStalenessError,
+    InvalidUpdateError,
+    ShapeMismatchError,
+    StaleUpdateError,
+    ZeroWeightError,
+)
+from aggregator.server_optimizers import ServerOptimizer
+from aggregator.staleness import StalenessPolicy
+from aggregator.weights import ModelWeights, add, check_same_structure, weighted_sum
+
+__all__ = [
+    "AggregationConfig",
+    "AggregationResult",
+    "PendingUpdate",
+    "aggregation_weights",
+    "fedasync_step",
+    "fedavg_step",
+    "fedbuff_step",
+    "partition_by_staleness",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class PendingUpdate:
+    """One accepted client update waiting in the buffer: ``delta = theta_local - theta_{base_version}``."""
+
+    update_id: str
+    delta: ModelWeights
+    base_version: int
+    sample_count: int
+    received_at: datetime
+
+    def __post_init__(self) -> None:
+        """Reject impossible fields: empty id, negative version or count, naive receive time."""
+        if not isinstance(self.update_id, str) or not self.update_id:
+            raise InvalidUpdateError(f"update_id must be a non-empty string, got {self.update_id!r}")
+        _check_update_int(self.update_id, "base_version", self.base_version)
+        _check_update_int(self.update_id, "sample_count", self.sample_count)
+        check_aware(f"received_at of update {self.update_id!r}", self.received_at)
+
+
+@dataclass(frozen=True, eq=False)
+class AggregationResult:
+    """A new global version and its provenance: the updates used, their weights and stalenesses."""
+
+    new_params: ModelWeights
+    update_ids: tuple[str, ...]
+    weights: tuple[float, ...]
+    stalenesses: tuple[int, ...]
+    mean_staleness: float
+    max_staleness: int
+
+
+def partition_by_staleness(
+    updates: Sequence[PendingUpdate], current_version: int, staleness: StalenessPolicy
+) -> tuple[list[PendingUpdate], list[PendingUpdate]]:
+    """Split updates into ``(usable, too_stale)`` so the caller can reject the stale ones with a reason."""
+    usable: list[PendingUpdate] = []
+    too_stale: list[PendingUpdate] = []
+    for update in updates:
+        target = too_stale if staleness.is_too_stale(_staleness_of(update, current_version)) else usable
+        target.append(update)
+    return usable, too_stale
+
+
+def aggregation_weights(
+    updates: Sequence[PendingUpdate],
+    current_version: int,
+    staleness: StalenessPolicy,
+    weight_by_sample_count: bool,
+) -> list[float]:
+    """Return one weight per update, ``f(s)`` (times the sample count if enabled), normalised to sum to 1.
+
+    Raises ``EmptyBufferError`` for no updates, ``InvalidStalenessError`` for a base version after
+    ``current_version``, ``StaleUpdateError`` beyond ``max_staleness``, ``ZeroWeightError`` if all
+    weights are 0.
+    """
+    if not updates:
+        raise EmptyBufferError(f"no updates to aggregate at version {current_version}")
+    _check_unique_ids(updates)
+    stalenesses = [_staleness_of(update, current_version) for update in updates]
+    too_stale = [
+        f"{update.update_id!r} (staleness {s})"
+        for update, s in zip(updates, stalenesses, strict=True)
+        if staleness.is_too_stale(s)
+    ]
+    if too_stale:
+        raise StaleUpdateError(
+            f"updates beyond max_staleness {staleness.max_staleness} at version {current_version}: "
+            f"{', '.join(too_stale)}; reject them first (see partition_by_staleness)"
+        )
+    raw = [
+        staleness.weight(s) * (update.sample_count if weight_by_sample_count else 1)
+        for update, s in zip(updates, stalenesses, strict=True)
+    ]
+    total = math.fsum(raw)
+    if total == 0:
+        raise ZeroWeightError(
+            f"all {len(updates)} updates have weight 0 (sample counts "
+            f"{[update.sample_count for update in updates]}); nothing to average"
+        )
+    return [weight / total for weight in raw]
+
+
+def fedbuff_step(
+    global_params: ModelWeights,
+    current_version: int,
+    updates: Sequence[PendingUpdate],
+    staleness: StalenessPolicy,
+    weight_by_sample_count: bool,
+    optimizer: ServerOptimizer,
+) -> AggregationResult:
+    """FedBuff: average the buffered deltas with staleness weights, then take one server-optimizer step."""
+    weights = aggregation_weights(updates, current_version, staleness, weight_by_sample_count)
+    _check_deltas(global_params, updates)
+    aggregated_delta = weighted_sum([update.delta for update in updates], weights)
+    new_params = optimizer.step(global_params, aggregated_delta)
+    stalenesses = [_staleness_of(update, current_version) for update in updates]
+    return _result(new_params, updates, weights, stalenesses)
+
+
+def fedasync_step(
+    global_params: ModelWeights,
+    current_version: int,
+    update: PendingUpdate,
+    mixing: float,
+    staleness: StalenessPolicy,
+) -> AggregationResult:
+    """FedAsync (K = 1): ``theta_new = theta + mixing * f(s) * delta``; reported weight ``mixing * f(s)``."""
+    check_fraction("mixing", mixing)
+    s = _staleness_of(update, current_version)
+    if staleness.is_too_stale(s):
+        raise StaleUpdateError(
+            f"update {update.update_id!r} has staleness {s} > max_staleness {staleness.max_staleness}"
+        )
+    _check_deltas(global_params, [update])
+    weight = mixing * staleness.weight(s)
+    new_params = weighted_sum([global_params, update.delta], [1.0, weight])
+    return _result(new_params, [update], [weight], [s])
+
+
+def fedavg_step(
+    global_params: ModelWeights, updates: Sequence[PendingUpdate], weight_by_sample_count: bool
+) -> AggregationResult:
+    """Average deltas that share one base version and add them: synchronous FedAvg, the baseline."""
+    if not updates:
+        raise EmptyBufferError("no updates to average in this FedAvg round")
+    _check_unique_ids(updates)
+    base_versions = sorted({update.base_version for update in updates})
+    if len(base_versions) != 1:
+        raise InvalidStalenessError(
+            f"synchronous FedAvg needs one shared base_version, got base versions {base_versions}"
+        )
+    raw = [float(update.sample_count) if weight_by_sample_count else 1.0 for update in updates]
+    total = math.fsum(raw)
+    if total == 0:
+        raise ZeroWeightError(f"all {len(updates)} updates report sample_count 0; nothing to average")
+    weights = [weight / total for weight in raw]
+    _check_deltas(global_params, updates)
+    new_params = add(global_params, weighted_sum([update.delta for update in updates], weights))
+    return _result(new_params, updates, weights, [0] * len(updates))
+
+
+def _staleness_of(update: PendingUpdate, current_version: int) -> int:
+    check_int("current_version", current_version, minimum=0)
+    if update.base_version > current_version:
+        raise InvalidStalenessError(
+            f"update {update.update_id!r} has base_version {update.base_version} "
+            f"after the current version {current_version}"
+        )
+    return current_version - update.base_version
+
+
+def _check_unique_ids(updates: Sequence[PendingUpdate]) -> None:
+    counts = Counter(update.update_id for update in updates)
+    duplicates = sorted(update_id for update_id, count in counts.items() if count > 1)
+    if duplicates:
+        raise InvalidUpdateError(f"update ids appear more than once in the buffer: {duplicates}")
+
+
+def _check_deltas(global_params: ModelWeights, updates: Sequence[PendingUpdate]) -> None:
+    for update in updates:
+        try:
+            check_same_structure(global_params, update.delta)
+        except ShapeMismatchError as error:
+            raise ShapeMismatchError(
+                f"delta of update {update.update_id!r} does not fit the global model: {error}"
+            ) from None
+
+
+def _check_update_int(update_id: str, name: str, value: int) -> None:
+    try:
+        check_int(name, value, minimum=0)
+    except InvalidConfigError as error:
+        raise InvalidUpdateError(f"update {update_id!r}: {error}") from None
+
+
+def _result(
+    new_params: ModelWeights,
+    updates: Sequence[PendingUpdate],
+    weights: Sequence[float],
+    stalenesses: Sequence[int],
+) -> AggregationResult:
+    return AggregationResult(
+        new_params=new_params,
+        update_ids=tuple(update.update_id for update in updates),
+        weights=tuple(weights),
+        stalenesses=tuple(stalenesses),
+        mean_staleness=math.fsum(stalenesses) / len(stalenesses),
+        max_staleness=max(stalenesses),
+    )

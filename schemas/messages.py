@@ -1,0 +1,61 @@
+"""The headers of fedstream's two Kafka messages: a client's update and a new global model version.
+
+Headers are small, strict and free of free text: identifiers match tight patterns, metrics are numbers,
+and unknown fields are refused (``extra="forbid"``), so no personal data can ride along.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION: Literal[1] = 1
+
+Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+"""A pseudonymous client id or a model name: lower-case letters, digits, '.', '_' and '-'; at most 64."""
+UpdateId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+"""A 128-bit random id as 32 lower-case hex digits, chosen by the client once per update."""
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class ClientMetrics(_Strict):
+    """What a client measured: the received global model on its own validation split, then its training."""
+
+    validation_loss: FiniteFloat | None = None
+    validation_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    validation_count: Annotated[int, Field(ge=0)] = 0
+    training_loss: FiniteFloat | None = None
+    training_steps: Annotated[int, Field(ge=0)] = 0
+
+
+class UpdateHeader(_Strict):
+    """Header of one client update on ``fl.updates``; the payload is ``Δ = θ_local − θ_base`` as safetensors."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    update_id: UpdateId
+    client_id: Identifier
+    model_name: Identifier
+    base_version: Annotated[int, Field(ge=0)]
+    sample_count: Annotated[int, Field(gt=0)]
+    created_at: AwareDatetime
+    payload_sha256: Sha256Hex
+    metrics: ClientMetrics = ClientMetrics()
+
+
+class ModelHeader(_Strict):
+    """Header of one global model version on ``fl.models``; the payload is θ as safetensors."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    model_name: Identifier
+    version: Annotated[int, Field(ge=0)]
+    parent_version: Annotated[int, Field(ge=0)] | None
+    parameter_hash: Sha256Hex
+    payload_sha256: Sha256Hex
+    created_at: AwareDatetime
+    update_count: Annotated[int, Field(ge=0)] = 0

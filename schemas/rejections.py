@@ -1,0 +1,36 @@
+"""Why an update was refused: one reason code per failure an operator can act on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class RejectionReason(StrEnum):
+    """Reason codes recorded in the ``rejected_updates`` table."""
+
+    OVERSIZED = "oversized"
+    MALFORMED_ENVELOPE = "malformed_envelope"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    INVALID_HEADER = "invalid_header"
+    KEY_MISMATCH = "key_mismatch"
+    PAYLOAD_HASH_MISMATCH = "payload_hash_mismatch"
+    MALFORMED_PAYLOAD = "malformed_payload"
+    UNKNOWN_MODEL = "unknown_model"
+    SHAPE_MISMATCH = "shape_mismatch"
+    DTYPE_MISMATCH = "dtype_mismatch"
+    NON_FINITE = "non_finite"
+    FUTURE_BASE_VERSION = "future_base_version"
+    TOO_STALE = "too_stale"
+    DUPLICATE_UPDATE = "duplicate_update"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One problem with one message: a reason code and a detail naming the offending value."""
+
+    reason: RejectionReason
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: {self.detail}"

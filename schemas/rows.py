@@ -1,0 +1,83 @@
+"""One pydantic model per Delta table row; ``streaming_jobs.tables`` holds the matching Spark schemas."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from schemas.messages import Identifier, Sha256Hex, UpdateId
+
+NonNegative = Annotated[int, Field(ge=0)]
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaCoordinates(_Row):
+    """Where a message was read: the provenance every row keeps."""
+
+    kafka_topic: str
+    kafka_partition: NonNegative
+    kafka_offset: NonNegative
+    kafka_timestamp: AwareDatetime
+
+
+class UpdateRow(KafkaCoordinates):
+    """``updates``: one accepted client update (append-only audit log)."""
+
+    update_id: UpdateId
+    client_id: Identifier
+    model_name: Identifier
+    base_version: NonNegative
+    sample_count: Annotated[int, Field(gt=0)]
+    payload_sha256: Sha256Hex
+    payload: bytes
+    validation_loss: float | None
+    validation_accuracy: float | None
+    validation_count: NonNegative
+    training_loss: float | None
+    training_steps: NonNegative
+    client_created_at: AwareDatetime
+    received_at: AwareDatetime
+    batch_id: NonNegative
+
+
+class RejectedUpdateRow(KafkaCoordinates):
+    """``rejected_updates``: one message that failed decoding or validation, with its raw bytes."""
+
+    reason: str
+    detail: str
+    all_reasons: list[str]
+    update_id: str | None
+    client_id: str | None
+    key: bytes | None
+    raw_value: bytes | None
+    raw_size: NonNegative
+    rejected_at: AwareDatetime
+    batch_id: NonNegative
+
+
+class ModelVersionRow(_Row):
+    """``model_versions``: one global version, with everything needed to recompute and audit it."""
+
+    model_name: Identifier
+    version: NonNegative
+    parent_version: NonNegative | None
+    parent_parameter_hash: Sha256Hex | None
+    created_at: AwareDatetime
+    parameters: bytes
+    parameter_hash: Sha256Hex
+    update_ids: list[UpdateId]
+    update_weights: list[float]
+    update_staleness: list[NonNegative]
+    staleness_mean: float | None
+    staleness_max: NonNegative | None
+    aggregation_mode: str
+    server_optimizer: str
+    optimizer_state: bytes
+    config_json: str
+    federated_validation_loss: float | None
+    federated_validation_accuracy: float | None
+    batch_id: int

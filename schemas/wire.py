@@ -1,0 +1,149 @@
+"""Framing of fedstream's Kafka messages: ``magic | header length | JSON header | safetensors payload``.
+
+``magic`` is 4 bytes naming the message kind and framing version (``FSU1`` update, ``FSM1`` model), the
+header length a big-endian uint32. Decoding never raises on bad input: it returns every problem it finds
+as a :class:`~schemas.rejections.Rejection`, so the job can record it and move on.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import ValidationError
+
+from schemas.messages import SCHEMA_VERSION, ModelHeader, UpdateHeader
+from schemas.rejections import Rejection, RejectionReason
+from schemas.tensors import Tensors, decode_tensors, encode_tensors, sha256_hex
+from schemas.topics import MAX_MESSAGE_BYTES
+
+UPDATE_MAGIC: Final = b"FSU1"
+MODEL_MAGIC: Final = b"FSM1"
+_LENGTH = struct.Struct(">I")
+_PREFIX_BYTES: Final = len(UPDATE_MAGIC) + _LENGTH.size
+MAX_HEADER_BYTES: Final = 64 * 1024
+
+
+@dataclass(frozen=True)
+class DecodedUpdate:
+    """A well-formed update: its header and its delta tensors."""
+
+    header: UpdateHeader
+    delta: Tensors
+
+
+@dataclass(frozen=True)
+class DecodedModel:
+    """A well-formed global model message: its header and its parameters."""
+
+    header: ModelHeader
+    parameters: Tensors
+
+
+def frame(magic: bytes, header_json: bytes, payload: bytes) -> bytes:
+    """Join magic, header and payload into one message value."""
+    return magic + _LENGTH.pack(len(header_json)) + header_json + payload
+
+
+def encode_update(header: UpdateHeader, payload: bytes) -> bytes:
+    """Encode an update whose ``payload_sha256`` already names ``payload``."""
+    if header.payload_sha256 != sha256_hex(payload):
+        raise ValueError(f"header.payload_sha256 {header.payload_sha256!r} does not match the payload")
+    return frame(UPDATE_MAGIC, header.model_dump_json().encode(), payload)
+
+
+def encode_model(header: ModelHeader, payload: bytes) -> bytes:
+    """Encode a global model version whose ``payload_sha256`` already names ``payload``."""
+    if header.payload_sha256 != sha256_hex(payload):
+        raise ValueError(f"header.payload_sha256 {header.payload_sha256!r} does not match the payload")
+    return frame(MODEL_MAGIC, header.model_dump_json().encode(), payload)
+
+
+def tensors_payload(tensors: Mapping[str, npt.NDArray[np.float32]]) -> tuple[bytes, str]:
+    """Safetensors bytes of ``tensors`` and their SHA-256, ready for a header."""
+    payload = encode_tensors(tensors)
+    return payload, sha256_hex(payload)
+
+
+def split_frame(value: bytes, magic: bytes) -> tuple[bytes, bytes] | Rejection:
+    """Return ``(header_json, payload)`` or why the framing is wrong."""
+    if len(value) < _PREFIX_BYTES:
+        return Rejection(RejectionReason.MALFORMED_ENVELOPE, f"message of {len(value)} bytes is too short")
+    if value[:4] != magic:
+        return Rejection(RejectionReason.MALFORMED_ENVELOPE, f"magic {value[:4]!r} is not {magic!r}")
+    (header_length,) = _LENGTH.unpack_from(value, 4)
+    if header_length > MAX_HEADER_BYTES or _PREFIX_BYTES + header_length > len(value):
+        return Rejection(
+            RejectionReason.MALFORMED_ENVELOPE,
+            f"header length {header_length} exceeds the message ({len(value)} bytes) or {MAX_HEADER_BYTES}",
+        )
+    return value[_PREFIX_BYTES : _PREFIX_BYTES + header_length], value[_PREFIX_BYTES + header_length :]
+
+
+def decode_update(
+    value: bytes | None, key: bytes | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES
+) -> DecodedUpdate | Rejection:
+    """Decode one ``fl.updates`` message value, or say why it is not a valid update.
+
+    The Kafka key, when given, must equal the header's ``client_id``.
+    """
+    if value is None:
+        return Rejection(RejectionReason.MALFORMED_ENVELOPE, "message has no value")
+    if len(value) > max_message_bytes:
+        return Rejection(RejectionReason.OVERSIZED, f"{len(value)} bytes exceeds {max_message_bytes}")
+    framed = split_frame(value, UPDATE_MAGIC)
+    if isinstance(framed, Rejection):
+        return framed
+    header_json, payload = framed
+    header = _parse_header(header_json)
+    if isinstance(header, Rejection):
+        return header
+    if key is not None and key != header.client_id.encode():
+        return Rejection(RejectionReason.KEY_MISMATCH, f"key {key[:80]!r} != client_id {header.client_id!r}")
+    actual_hash = sha256_hex(payload)
+    if actual_hash != header.payload_sha256:
+        return Rejection(
+            RejectionReason.PAYLOAD_HASH_MISMATCH,
+            f"payload hashes to {actual_hash}, header says {header.payload_sha256}",
+        )
+    try:
+        delta = decode_tensors(payload)
+    except ValueError as error:
+        return Rejection(RejectionReason.MALFORMED_PAYLOAD, str(error)[:300])
+    return DecodedUpdate(header=header, delta=delta)
+
+
+def decode_model(value: bytes) -> DecodedModel:
+    """Decode one ``fl.models`` value; raises ``ValueError`` on anything malformed (the job wrote it)."""
+    framed = split_frame(value, MODEL_MAGIC)
+    if isinstance(framed, Rejection):
+        raise ValueError(str(framed))
+    header_json, payload = framed
+    header = ModelHeader.model_validate_json(header_json)
+    if sha256_hex(payload) != header.payload_sha256:
+        raise ValueError(f"model version {header.version}: payload does not match its hash")
+    return DecodedModel(header=header, parameters=decode_tensors(payload))
+
+
+def _parse_header(header_json: bytes) -> UpdateHeader | Rejection:
+    try:
+        raw = json.loads(header_json)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return Rejection(RejectionReason.INVALID_HEADER, f"header is not JSON: {error}")
+    if not isinstance(raw, dict):
+        return Rejection(RejectionReason.INVALID_HEADER, f"header is a JSON {type(raw).__name__}, not an object")
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        return Rejection(
+            RejectionReason.UNSUPPORTED_SCHEMA_VERSION,
+            f"schema_version {raw.get('schema_version')!r}; this job reads {SCHEMA_VERSION}",
+        )
+    try:
+        return UpdateHeader.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:5])
+        return Rejection(RejectionReason.INVALID_HEADER, problems[:500])

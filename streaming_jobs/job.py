@@ -1,0 +1,161 @@
+"""The streaming job: ``fl.updates`` → validate → Delta → aggregate → ``fl.models`` + MLflow.
+
+``run_job`` is what ``fedstream job`` runs locally and what a Databricks job runs on its cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F  # noqa: N812
+
+from schemas.rows import ModelVersionRow
+from schemas.tensors import decode_tensors
+from schemas.topics import UPDATES_TOPIC
+from streaming_jobs.global_state import MissingInitialVersionError, initial_version_row, load_global_state
+from streaming_jobs.publisher import VersionPublisher
+from streaming_jobs.settings import JobSettings
+from streaming_jobs.tables import MODEL_VERSIONS, TableLocations
+from streaming_jobs.update_batch import BatchOutcome, UpdateBatchProcessor
+
+logger = logging.getLogger(__name__)
+
+
+def bootstrap_initial_version(spark: SparkSession, settings: JobSettings) -> bool:
+    """Write version 0 from ``settings.initial_model_path`` if the model has no version yet; True if written."""
+    locations = TableLocations(settings.tables_root, settings.catalog_schema)
+    exists = locations.read(spark, MODEL_VERSIONS).where(F.col("model_name") == settings.model_name).limit(1).count()
+    if exists:
+        return False
+    initial = settings.initial_model_file()
+    if initial is None:
+        raise MissingInitialVersionError(
+            f"model {settings.model_name!r} has no version 0; pass an initial model (--initial-model FILE)"
+        )
+    row = initial_version_row(settings.model_name, decode_tensors(initial.read_bytes()), settings.aggregation)
+    locations.append(spark, MODEL_VERSIONS, [row], app_id=f"{settings.writer_id}:bootstrap", batch_id=0)
+    return True
+
+
+class JobProgress:
+    """Counts since start, written as JSON after every batch so operators (and the demo) can watch."""
+
+    def __init__(self, status_file: Path | None) -> None:
+        self.status_file = status_file
+        self.totals = {"batches": 0, "messages": 0, "accepted": 0, "rejected": 0, "versions": 0}
+        self.last: BatchOutcome | None = None
+
+    def record(self, outcome: BatchOutcome) -> None:
+        """Add one batch's outcome and rewrite the status file."""
+        self.last = outcome
+        self.totals["batches"] += 1
+        self.totals["messages"] += outcome.messages
+        self.totals["accepted"] += outcome.accepted
+        self.totals["rejected"] += outcome.rejected
+        self.totals["versions"] += len(outcome.new_versions)
+        if self.status_file is not None:
+            document = {
+                **self.totals,
+                "current_version": outcome.current_version,
+                "pending": outcome.pending,
+                "last_batch": asdict(outcome),
+                "updated_at": datetime.now(UTC).isoformat(),
+                "pid": os.getpid(),
+            }
+            temporary = self.status_file.with_suffix(".tmp")
+            temporary.write_text(json.dumps(document))
+            temporary.replace(self.status_file)
+
+
+def run_job(
+    settings: JobSettings,
+    *,
+    spark: SparkSession | None = None,
+    stop: threading.Event | None = None,
+    status_file: Path | None = None,
+) -> None:
+    """Run until ``stop`` is set, SIGTERM/SIGINT arrives or the query fails."""
+    from streaming_jobs.spark_session import get_spark
+
+    spark = spark or get_spark("fedstream-aggregation-job")
+    locations = TableLocations(settings.tables_root, settings.catalog_schema)
+    locations.ensure(spark)
+    bootstrap_initial_version(spark, settings)
+    publisher = VersionPublisher(settings)
+    progress = JobProgress(status_file)
+
+    def announce(versions: Sequence[ModelVersionRow], outcome: BatchOutcome) -> None:
+        started = time.perf_counter()
+        if versions:
+            publisher.publish(versions)
+        outcome.seconds["publish"] = round(time.perf_counter() - started, 4)
+        progress.record(outcome)
+
+    processor = UpdateBatchProcessor(spark, settings, on_versions=announce)
+    _republish_newest(spark, settings, publisher)
+    stop = stop or threading.Event()
+    _stop_on_signals(stop)
+    query = (
+        spark.readStream.format("kafka")
+        .options(**settings.kafka.spark_source_options())
+        .option("subscribe", UPDATES_TOPIC)
+        .option("startingOffsets", "earliest")
+        .option("maxOffsetsPerTrigger", settings.max_offsets_per_trigger)
+        .option("failOnDataLoss", "false")
+        .load()
+        .writeStream.queryName("fedstream-aggregation")
+        .foreachBatch(processor.process_batch)
+        .option("checkpointLocation", settings.checkpoint_location)
+        .trigger(processingTime=f"{settings.trigger_interval_seconds} seconds")
+        .start()
+    )
+    logger.info("fedstream job running: model %s, tables %s", settings.model_name, settings.tables_root)
+    try:
+        while query.isActive and not stop.is_set():
+            query.awaitTermination(1)
+        failure = query.exception()
+        if failure is not None:
+            raise RuntimeError(f"the streaming query failed: {failure}")
+    finally:
+        if query.isActive:
+            query.stop()
+        publisher.close()
+
+
+def _republish_newest(spark: SparkSession, settings: JobSettings, publisher: VersionPublisher) -> None:
+    """Publish the newest version again on start: a crash may have come between its Delta write and Kafka."""
+    locations = TableLocations(settings.tables_root, settings.catalog_schema)
+    state = load_global_state(spark, locations, settings.model_name, settings.aggregation)
+    newest = (
+        locations.read(spark, MODEL_VERSIONS)
+        .where((F.col("model_name") == settings.model_name) & (F.col("version") == state.version))
+        .collect()[0]
+    )
+    publisher.publish([ModelVersionRow.model_validate({**newest.asDict(), **_aware_times(newest.asDict())})])
+
+
+def _aware_times(values: dict[str, object]) -> dict[str, object]:
+    return {key: value.replace(tzinfo=UTC) for key, value in values.items() if isinstance(value, datetime)}
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        logger.info("signal %s: stopping the job after the current batch", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,117 @@
+"""Announce new global versions: a message on ``fl.models`` and a step in MLflow (plus the registry every N)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from kafka import KafkaProducer
+
+from schemas.messages import ModelHeader
+from schemas.rows import ModelVersionRow
+from schemas.tensors import sha256_hex
+from schemas.topics import MODELS_TOPIC
+from schemas.wire import encode_model
+from streaming_jobs.settings import JobSettings
+
+logger = logging.getLogger(__name__)
+
+
+def model_message(row: ModelVersionRow) -> bytes:
+    """The ``fl.models`` value announcing ``row``."""
+    payload = bytes(row.parameters)
+    header = ModelHeader(
+        model_name=row.model_name,
+        version=row.version,
+        parent_version=row.parent_version,
+        parameter_hash=row.parameter_hash,
+        payload_sha256=sha256_hex(payload),
+        created_at=row.created_at,
+        update_count=len(row.update_ids),
+    )
+    return encode_model(header, payload)
+
+
+class VersionPublisher:
+    """Publishes versions to Kafka (acknowledged) and records them in MLflow."""
+
+    def __init__(self, settings: JobSettings) -> None:
+        self.settings = settings
+        self._producer = KafkaProducer(**settings.kafka.producer_options())
+        self._mlflow = _MlflowRecorder(settings)
+
+    def publish(self, rows: Sequence[ModelVersionRow]) -> None:
+        """Send every row in version order and wait for the broker's acknowledgement."""
+        for row in sorted(rows, key=lambda row: row.version):
+            self._producer.send(MODELS_TOPIC, key=row.model_name.encode(), value=model_message(row))
+        self._producer.flush(timeout=60)
+        self._mlflow.record(rows)
+
+    def close(self) -> None:
+        """Flush and close the producer, end the MLflow run."""
+        self._producer.close(timeout=30)
+        self._mlflow.close()
+
+
+class _MlflowRecorder:
+    def __init__(self, settings: JobSettings) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        from streaming_jobs.tracking import configure_mlflow, ensure_experiment
+
+        configure_mlflow()
+        self.settings = settings
+        experiment_id = ensure_experiment(settings.mlflow_experiment)
+        self.client = MlflowClient()
+        self.run_id = self.client.create_run(experiment_id, run_name=f"{settings.model_name}-job").info.run_id
+        self.client.log_dict(self.run_id, settings.aggregation.to_dict(), "aggregation_config.json")
+        for key, value in settings.aggregation.to_dict().items():
+            self.client.log_param(self.run_id, key, value)
+        self._mlflow = mlflow
+
+    def record(self, rows: Sequence[ModelVersionRow]) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        metrics = []
+        for row in rows:
+            values = {
+                "global_version": float(row.version),
+                "updates_in_version": float(len(row.update_ids)),
+                "staleness_mean": row.staleness_mean,
+                "staleness_max": None if row.staleness_max is None else float(row.staleness_max),
+                "federated_validation_accuracy": row.federated_validation_accuracy,
+                "federated_validation_loss": row.federated_validation_loss,
+            }
+            metrics += [Metric(k, v, stamp, row.version) for k, v in values.items() if v is not None]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+        every = self.settings.register_every
+        for row in rows:
+            if every and row.version % every == 0:
+                self._register(row)
+
+    def _register(self, row: ModelVersionRow) -> None:
+        name = self.settings.registered_model_name
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"{row.model_name}-v{row.version}.safetensors"
+            path.write_bytes(bytes(row.parameters))
+            self.client.log_artifact(self.run_id, str(path), artifact_path=f"versions/v{row.version}")
+        run = self.client.get_run(self.run_id)
+        try:
+            self.client.get_registered_model(name)
+        except Exception:  # MLflow raises a generic MlflowException when it is missing
+            self.client.create_registered_model(name)
+        self.client.create_model_version(
+            name,
+            source=f"{run.info.artifact_uri}/versions/v{row.version}",
+            run_id=self.run_id,
+            tags={"global_version": str(row.version), "parameter_hash": row.parameter_hash},
+        )
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)

@@ -1,0 +1,293 @@
+"""One micro-batch of ``fl.updates``: decode, validate, buffer, aggregate, write to Delta, publish.
+
+The handler given to ``foreachBatch`` is :meth:`UpdateBatchProcessor.process_batch`. Messages are handled
+in Kafka order, each checked against the global version current at that moment, so staleness is exact and
+a full buffer aggregates immediately. Rows reach Delta in three idempotent appends (``updates``,
+``rejected_updates``, ``model_versions``); only then are new versions published.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql import functions as F  # noqa: N812
+
+from aggregator import PendingUpdate
+from schemas.rejections import Rejection, RejectionReason
+from schemas.rows import ModelVersionRow, RejectedUpdateRow, UpdateRow
+from schemas.validation import validate_update
+from schemas.wire import UPDATE_MAGIC, DecodedUpdate, decode_update, split_frame
+from streaming_jobs.aggregation import aggregate_ready_versions
+from streaming_jobs.global_state import BufferedUpdate, GlobalState, load_global_state
+from streaming_jobs.settings import JobSettings
+from streaming_jobs.tables import MODEL_VERSIONS, REJECTED_UPDATES, UPDATES, TableLocations
+
+logger = logging.getLogger(__name__)
+
+VersionsCallback = Callable[[Sequence[ModelVersionRow], "BatchOutcome"], None]
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What one micro-batch did."""
+
+    batch_id: int
+    messages: int
+    accepted: int
+    rejected: int
+    already_recorded: int
+    new_versions: tuple[int, ...]
+    current_version: int
+    pending: int
+    seconds: dict[str, float]
+    """Where the batch's time went, by phase."""
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """An update id already in ``updates`` and where it was read from."""
+
+    kafka_partition: int
+    kafka_offset: int
+
+
+class UpdateBatchProcessor:
+    """Holds the job's state between micro-batches; rebuilds it from Delta on start and after any failure."""
+
+    def __init__(self, spark: SparkSession, settings: JobSettings, on_versions: VersionsCallback | None = None) -> None:
+        self.spark = spark
+        self.settings = settings
+        self.locations = TableLocations(settings.tables_root, settings.catalog_schema)
+        self.on_versions = on_versions
+        self._state: GlobalState | None = None
+        self._fresh_state = True
+
+    @property
+    def state(self) -> GlobalState:
+        """The current state, loaded from Delta on first use."""
+        if self._state is None:
+            self._fresh_state = True
+            self._state = load_global_state(
+                self.spark, self.locations, self.settings.model_name, self.settings.aggregation
+            )
+        return self._state
+
+    def process_batch(self, batch: DataFrame, batch_id: int) -> None:
+        """``foreachBatch`` handler: everything for one micro-batch, or an exception and a reload."""
+        try:
+            outcome, versions = self._process(batch, batch_id)
+        except BaseException:
+            self._state = None  # the next attempt starts again from what Delta holds
+            raise
+        logger.info("batch %s: %s", batch_id, outcome)
+        if self.on_versions is not None:
+            self.on_versions(versions, outcome)
+
+    def _process(self, batch: DataFrame, batch_id: int) -> tuple[BatchOutcome, list[ModelVersionRow]]:
+        clock = _PhaseClock()
+        messages = sorted(
+            batch.select("key", "value", "topic", "partition", "offset", "timestamp").collect(),
+            key=lambda message: (message.partition, message.offset),
+        )
+        clock.lap("read_kafka")
+        state = self.state
+        # A micro-batch is replayed only after a restart or a failure, and both reload the state.
+        already_written = self._tables_written_by(batch_id) if self._fresh_state else set()
+        self._fresh_state = False
+        clock.lap("load_state")
+        recorded = self._recorded_update_ids(messages)
+        clock.lap("lookup_duplicates")
+        now = datetime.now(UTC)
+        accepted: list[UpdateRow] = []
+        rejected: list[RejectedUpdateRow] = []
+        versions: list[ModelVersionRow] = []
+        seen_in_batch: set[str] = set()
+        already_recorded = 0
+        aggregate = MODEL_VERSIONS.name not in already_written
+        for message in messages:
+            decoded = decode_update(_bytes(message.value), _bytes(message.key), self.settings.kafka.max_message_bytes)
+            if isinstance(decoded, Rejection):
+                rejected.append(_rejected_row(message, [decoded], None, now, batch_id))
+                continue
+            update_id = decoded.header.update_id
+            previous = recorded.get(update_id)
+            if previous == _Recorded(message.partition, message.offset):
+                already_recorded += 1  # this very message was accepted by an earlier attempt of the batch
+                continue
+            problems = validate_update(
+                decoded,
+                model_name=self.settings.model_name,
+                reference=state.parameters,
+                current_version=state.version,
+                max_staleness=_intake_max_staleness(self.settings),
+            )
+            if previous is not None or update_id in seen_in_batch:
+                problems.insert(0, Rejection(RejectionReason.DUPLICATE_UPDATE, f"update_id {update_id} seen before"))
+            if problems:
+                rejected.append(_rejected_row(message, problems, decoded, now, batch_id))
+                continue
+            seen_in_batch.add(update_id)
+            row = _update_row(message, decoded, _bytes(message.value), now, batch_id)
+            accepted.append(row)
+            state.pending.append(_buffered(decoded, now))
+            if aggregate:
+                versions += aggregate_ready_versions(
+                    state, self.settings.aggregation, now=now, batch_id=batch_id, time_trigger=False
+                )
+        if aggregate:
+            versions += aggregate_ready_versions(
+                state, self.settings.aggregation, now=datetime.now(UTC), batch_id=batch_id, time_trigger=True
+            )
+        clock.lap("validate_aggregate")
+        self._append(UPDATES.name, accepted, already_written, batch_id)
+        self._append(REJECTED_UPDATES.name, rejected, already_written, batch_id)
+        self._append(MODEL_VERSIONS.name, versions, already_written, batch_id)
+        clock.lap("write_delta")
+        if not aggregate:
+            self._state = None  # versions of this batch were written by an earlier attempt: reload them
+        outcome = BatchOutcome(
+            batch_id=batch_id,
+            messages=len(messages),
+            accepted=len(accepted),
+            rejected=len(rejected),
+            already_recorded=already_recorded,
+            new_versions=tuple(row.version for row in versions),
+            current_version=self.state.version,
+            pending=len(self.state.pending),
+            seconds=clock.laps,
+        )
+        return outcome, versions
+
+    def _append(
+        self,
+        table_name: str,
+        rows: Sequence[UpdateRow | RejectedUpdateRow | ModelVersionRow],
+        already_written: set[str],
+        batch_id: int,
+    ) -> None:
+        if table_name in already_written:
+            return
+        table = {UPDATES.name: UPDATES, REJECTED_UPDATES.name: REJECTED_UPDATES, MODEL_VERSIONS.name: MODEL_VERSIONS}
+        self.locations.append(self.spark, table[table_name], rows, app_id=self.settings.writer_id, batch_id=batch_id)
+
+    def _tables_written_by(self, batch_id: int) -> set[str]:
+        """Tables that already hold rows of ``batch_id`` (a replay after a crash); empty in normal running."""
+        written = set()
+        for table in (UPDATES, REJECTED_UPDATES, MODEL_VERSIONS):
+            if self.locations.read(self.spark, table).where(F.col("batch_id") == batch_id).limit(1).count():
+                written.add(table.name)
+        return written
+
+    def _recorded_update_ids(self, messages: Sequence[Row]) -> dict[str, _Recorded]:
+        candidate_ids = []
+        for message in messages:
+            decoded = decode_update(_bytes(message.value), None, self.settings.kafka.max_message_bytes)
+            if isinstance(decoded, DecodedUpdate):
+                candidate_ids.append(decoded.header.update_id)
+        if not candidate_ids:
+            return {}
+        found = (
+            self.locations.read(self.spark, UPDATES)
+            .where(F.col("update_id").isin(candidate_ids))
+            .select("update_id", "kafka_partition", "kafka_offset")
+            .collect()
+        )
+        return {row.update_id: _Recorded(row.kafka_partition, row.kafka_offset) for row in found}
+
+
+class _PhaseClock:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps[phase] = round(self.laps.get(phase, 0.0) + now - self._last, 4)
+        self._last = now
+
+
+def _intake_max_staleness(settings: JobSettings) -> int | None:
+    """Synchronous FedAvg takes only updates of the current round; the other modes use the configured bound."""
+    config = settings.aggregation
+    return 0 if config.mode == "fedavg" else config.max_staleness
+
+
+def _bytes(value: bytearray | bytes | None) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
+def _buffered(decoded: DecodedUpdate, now: datetime) -> BufferedUpdate:
+    header = decoded.header
+    return BufferedUpdate(
+        pending=PendingUpdate(
+            update_id=header.update_id,
+            delta=decoded.delta,
+            base_version=header.base_version,
+            sample_count=header.sample_count,
+            received_at=now,
+        ),
+        validation_loss=header.metrics.validation_loss,
+        validation_accuracy=header.metrics.validation_accuracy,
+        validation_count=header.metrics.validation_count,
+    )
+
+
+def _kafka_fields(message: Row) -> dict[str, object]:
+    return {
+        "kafka_topic": message.topic,
+        "kafka_partition": message.partition,
+        "kafka_offset": message.offset,
+        "kafka_timestamp": _aware(message.timestamp),
+    }
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _update_row(message: Row, decoded: DecodedUpdate, value: bytes | None, now: datetime, batch_id: int) -> UpdateRow:
+    header = decoded.header
+    framed = split_frame(value or b"", UPDATE_MAGIC)
+    payload = framed[1] if isinstance(framed, tuple) else b""
+    return UpdateRow(
+        **_kafka_fields(message),  # type: ignore[arg-type]
+        update_id=header.update_id,
+        client_id=header.client_id,
+        model_name=header.model_name,
+        base_version=header.base_version,
+        sample_count=header.sample_count,
+        payload_sha256=header.payload_sha256,
+        payload=payload,
+        validation_loss=header.metrics.validation_loss,
+        validation_accuracy=header.metrics.validation_accuracy,
+        validation_count=header.metrics.validation_count,
+        training_loss=header.metrics.training_loss,
+        training_steps=header.metrics.training_steps,
+        client_created_at=header.created_at,
+        received_at=now,
+        batch_id=batch_id,
+    )
+
+
+def _rejected_row(
+    message: Row, problems: Sequence[Rejection], decoded: DecodedUpdate | None, now: datetime, batch_id: int
+) -> RejectedUpdateRow:
+    value = _bytes(message.value)
+    return RejectedUpdateRow(
+        **_kafka_fields(message),  # type: ignore[arg-type]
+        reason=problems[0].reason.value,
+        detail="; ".join(str(problem) for problem in problems)[:2000],
+        all_reasons=sorted({problem.reason.value for problem in problems}),
+        update_id=decoded.header.update_id if decoded else None,
+        client_id=decoded.header.client_id if decoded else None,
+        key=_bytes(message.key),
+        raw_value=value,
+        raw_size=len(value or b""),
+        rejected_at=now,
+        batch_id=batch_id,
+    )
