@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from datetime import UTC, datetime
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -20,8 +22,17 @@ Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
+MAX_LONG = 2**63 - 1
+"""Largest value of a Delta ``LONG`` column; counters and versions are bounded by it."""
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _in_utc(moment: datetime) -> datetime:
+    # An offset with seconds would be rounded when serialised; UTC keeps the instant exact.
+    return moment.astimezone(UTC)
 
 
 class ClientMetrics(_Strict):
@@ -29,9 +40,9 @@ class ClientMetrics(_Strict):
 
     validation_loss: FiniteFloat | None = None
     validation_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    validation_count: Annotated[int, Field(ge=0)] = 0
+    validation_count: Annotated[int, Field(strict=True, ge=0, le=MAX_LONG)] = 0
     training_loss: FiniteFloat | None = None
-    training_steps: Annotated[int, Field(ge=0)] = 0
+    training_steps: Annotated[int, Field(strict=True, ge=0, le=MAX_LONG)] = 0
 
 
 class UpdateHeader(_Strict):
@@ -41,11 +52,13 @@ class UpdateHeader(_Strict):
     update_id: UpdateId
     client_id: Identifier
     model_name: Identifier
-    base_version: Annotated[int, Field(ge=0)]
-    sample_count: Annotated[int, Field(gt=0)]
+    base_version: Annotated[int, Field(strict=True, ge=0, le=MAX_LONG)]
+    sample_count: Annotated[int, Field(strict=True, gt=0, le=MAX_LONG)]
     created_at: AwareDatetime
     payload_sha256: Sha256Hex
     metrics: ClientMetrics = ClientMetrics()
+
+    _created_at_in_utc = field_validator("created_at")(_in_utc)
 
 
 class ModelHeader(_Strict):
@@ -53,9 +66,11 @@ class ModelHeader(_Strict):
 
     schema_version: Literal[1] = SCHEMA_VERSION
     model_name: Identifier
-    version: Annotated[int, Field(ge=0)]
-    parent_version: Annotated[int, Field(ge=0)] | None
+    version: Annotated[int, Field(strict=True, ge=0, le=MAX_LONG)]
+    parent_version: Annotated[int, Field(strict=True, ge=0, le=MAX_LONG)] | None
     parameter_hash: Sha256Hex
     payload_sha256: Sha256Hex
     created_at: AwareDatetime
-    update_count: Annotated[int, Field(ge=0)] = 0
+    update_count: Annotated[int, Field(strict=True, ge=0)] = 0
+
+    _created_at_in_utc = field_validator("created_at")(_in_utc)

@@ -28,13 +28,16 @@ def decode_tensors(payload: bytes) -> Tensors:
 
 
 def parameter_hash(tensors: Mapping[str, npt.NDArray[np.generic]]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes in name order: the identity of a set of parameters."""
+    """SHA-256 over names, dtypes, shapes and bytes in name order: the identity of a set of parameters.
+
+    Every field is length-prefixed, so no choice of names can make two different sets hash alike.
+    """
     digest = hashlib.sha256()
     for name in sorted(tensors):
         array = _contiguous(tensors[name])
-        digest.update(name.encode())
-        digest.update(b"\x00" + array.dtype.str.encode() + b"\x00" + repr(array.shape).encode() + b"\x00")
-        digest.update(array.tobytes())
+        for field in (name.encode(), array.dtype.str.encode(), repr(array.shape).encode(), array.tobytes()):
+            digest.update(len(field).to_bytes(8, "big"))
+            digest.update(field)
     return digest.hexdigest()
 
 

@@ -133,17 +133,18 @@ def decode_model(value: bytes) -> DecodedModel:
 def _parse_header(header_json: bytes) -> UpdateHeader | Rejection:
     try:
         raw = json.loads(header_json)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        return Rejection(RejectionReason.INVALID_HEADER, f"header is not JSON: {error}")
+    except (ValueError, RecursionError) as error:  # includes bad UTF-8, bad JSON, over-long integers, deep nesting
+        return Rejection(RejectionReason.INVALID_HEADER, f"header is not JSON: {str(error)[:200]}")
     if not isinstance(raw, dict):
         return Rejection(RejectionReason.INVALID_HEADER, f"header is a JSON {type(raw).__name__}, not an object")
-    if raw.get("schema_version") != SCHEMA_VERSION:
+    version = raw.get("schema_version")
+    if type(version) is not int or version != SCHEMA_VERSION:
         return Rejection(
             RejectionReason.UNSUPPORTED_SCHEMA_VERSION,
-            f"schema_version {raw.get('schema_version')!r}; this job reads {SCHEMA_VERSION}",
+            f"schema_version {version!r}; this job reads {SCHEMA_VERSION}",
         )
     try:
-        return UpdateHeader.model_validate(raw)
+        return UpdateHeader.model_validate_json(header_json)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:5])
         return Rejection(RejectionReason.INVALID_HEADER, problems[:500])

@@ -54,6 +54,7 @@ class JobProgress:
     def __init__(self, status_file: Path | None) -> None:
         self.status_file = status_file
         self.totals = {"batches": 0, "messages": 0, "accepted": 0, "rejected": 0, "versions": 0}
+        self.rejected_by_reason: dict[str, int] = {}
         self.last: BatchOutcome | None = None
 
     def record(self, outcome: BatchOutcome) -> None:
@@ -64,9 +65,12 @@ class JobProgress:
         self.totals["accepted"] += outcome.accepted
         self.totals["rejected"] += outcome.rejected
         self.totals["versions"] += len(outcome.new_versions)
+        for reason, count in outcome.rejected_by_reason.items():
+            self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + count
         if self.status_file is not None:
             document = {
                 **self.totals,
+                "rejected_by_reason": self.rejected_by_reason,
                 "current_version": outcome.current_version,
                 "pending": outcome.pending,
                 "last_batch": asdict(outcome),

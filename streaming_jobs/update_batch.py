@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ class BatchOutcome:
     messages: int
     accepted: int
     rejected: int
+    rejected_by_reason: dict[str, int]
     already_recorded: int
     new_versions: tuple[int, ...]
     current_version: int
@@ -155,6 +157,7 @@ class UpdateBatchProcessor:
             messages=len(messages),
             accepted=len(accepted),
             rejected=len(rejected),
+            rejected_by_reason=dict(Counter(row.reason for row in rejected)),
             already_recorded=already_recorded,
             new_versions=tuple(row.version for row in versions),
             current_version=self.state.version,

@@ -57,3 +57,35 @@ def _admin(settings: KafkaSettings, timeout_seconds: float) -> KafkaAdminClient:
             if time.monotonic() > deadline:
                 raise
             time.sleep(1.0)
+
+
+def reset_topics(settings: KafkaSettings, timeout_seconds: float = 60.0) -> None:
+    """Delete and recreate fedstream's topics: a clean slate for a demo or a benchmark, never for production."""
+    admin = _admin(settings, timeout_seconds)
+    try:
+        names = [name for name in topic_configs(settings) if name in set(admin.list_topics())]
+        if names:
+            admin.delete_topics(names)
+        deadline = time.monotonic() + timeout_seconds
+        while set(names) & set(admin.list_topics()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics {names} were not deleted within {timeout_seconds}s")
+            time.sleep(0.5)
+    finally:
+        admin.close()
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        ensure_topics(settings)
+        if set(topic_configs(settings)) <= _existing(settings):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("topics could not be recreated")
+        time.sleep(0.5)
+
+
+def _existing(settings: KafkaSettings) -> set[str]:
+    admin = _admin(settings, 30.0)
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()

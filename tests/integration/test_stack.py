@@ -15,7 +15,7 @@ pytestmark = pytest.mark.stack
 def _fedstream(home: Path, port: int, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FEDSTREAM_HOME": str(home), "FEDSTREAM_KAFKA_PORT": str(port)}
     return subprocess.run(
-        [sys.executable, "-m", "streaming_jobs.cli", "stack", *args],
+        [sys.executable, "-m", "fedstream.cli", "stack", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -29,7 +29,18 @@ def _parser() -> argparse.ArgumentParser:
     job = commands.add_parser("job", help="run the streaming aggregation job (what Databricks runs)")
     _add_job_arguments(job)
     job.set_defaults(handler=_job)
+
+    demo = commands.add_parser("demo", help="a local end-to-end federated run on the UCI HAPT activity data")
+    demo.add_argument("--minutes", type=float, default=3.0, help="how long the devices train")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=_demo)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from fedstream.demo import DemoSettings, run_demo
+
+    return run_demo(DemoSettings(duration_seconds=60 * args.minutes, seed=args.seed))
 
 
 def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +53,7 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-offsets-per-trigger", type=int, default=500)
     parser.add_argument("--trigger-seconds", type=float, default=1.0)
     parser.add_argument("--register-every", type=int, default=10)
+    parser.add_argument("--experiment", default="fedstream", help="MLflow experiment name")
 
 
 def _job(args: argparse.Namespace) -> int:
@@ -62,6 +74,7 @@ def _job(args: argparse.Namespace) -> int:
         "max_offsets_per_trigger": args.max_offsets_per_trigger,
         "trigger_interval_seconds": args.trigger_seconds,
         "register_every": args.register_every,
+        "mlflow_experiment": args.experiment,
     }
     if args.tables_root:
         overrides["tables_root"] = args.tables_root

@@ -1,0 +1,291 @@
+"""``fedstream demo``: a local end-to-end federated run on the UCI HAPT activity data.
+
+One simulated device per training subject trains a small CNN on its own windows and publishes updates to
+Kafka; the streaming job (a separate process, as in production) validates them, buffers them into Delta
+and aggregates asynchronously; held-out subjects, never seen in training, measure each global version.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HELD_OUT = (5, 10, 15, 20, 25, 30)
+DEFAULT_AGGREGATION: dict[str, Any] = {
+    "mode": "fedbuff",
+    "buffer_size": 10,
+    "max_wait_seconds": 10.0,
+    "staleness_function": "polynomial",
+    "staleness_exponent": 0.5,
+    "max_staleness": 20,
+    "server_optimizer": "sgd",
+    "server_learning_rate": 1.0,
+}
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo runs; the defaults finish in about five minutes on two cores."""
+
+    duration_seconds: float = 180.0
+    held_out_subjects: tuple[int, ...] = DEFAULT_HELD_OUT
+    aggregation: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_AGGREGATION))
+    local_epochs: int = 1
+    local_learning_rate: float = 0.02
+    proximal_mu: float = 0.0
+    device_delay_median_seconds: float = 1.0
+    seed: int = 0
+    model_name: str = "har-cnn"
+    progress_every_seconds: float = 5.0
+
+
+@dataclass
+class _Point:
+    elapsed: float
+    version: int
+    accepted: int
+    accuracy: float
+    macro_f1: float
+
+
+def run_demo(settings: DemoSettings) -> int:
+    """Run the demo; return a process exit code."""
+    import torch
+
+    from producers.client import FederatedClient, LocalData
+    from producers.data.hapt import load_hapt_clients
+    from producers.evaluation import HeldOutEvaluator
+    from producers.fleet import DeviceSpeeds, SimulatedFleet
+    from producers.models import build_model, model_weights
+    from producers.training import LocalTrainingConfig
+    from producers.transport import GlobalModelSubscriber, UpdatePublisher
+    from schemas.kafka_settings import KafkaSettings
+    from schemas.tensors import encode_tensors
+    from streaming_jobs.stack.local_stack import stack_up
+    from streaming_jobs.stack.paths import state_dir
+    from streaming_jobs.stack.topics import reset_topics
+    from streaming_jobs.tracking import tracking_uri
+
+    torch.set_num_threads(1)  # the other core is the streaming job's
+    run_dir = state_dir() / "demo" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True)
+    _say(f"fedstream demo: run folder {run_dir}")
+    status = stack_up()
+    kafka = KafkaSettings(bootstrap_servers=status.broker.bootstrap_servers)
+    reset_topics(kafka)
+    _say("topics fl.updates and fl.models reset for a clean run")
+
+    clients_data = load_hapt_clients()
+    held_out = {subject: clients_data.pop(subject) for subject in settings.held_out_subjects}
+    _say(
+        f"UCI HAPT: {len(clients_data)} training devices (one per subject), "
+        f"{len(held_out)} subjects held out {tuple(sorted(held_out))}"
+    )
+    initial = run_dir / "initial-model.safetensors"
+    initial.write_bytes(encode_tensors(model_weights(build_model(settings.model_name, settings.seed))))
+
+    job = _start_job(settings, run_dir, initial)
+    stop = threading.Event()
+    points: list[_Point] = []
+    try:
+        evaluator_subscriber = GlobalModelSubscriber(kafka, settings.model_name)
+        _say("waiting for the streaming job to publish version 0 (Spark start-up takes ~30-60 s) ...")
+        first = _wait_for_version_zero(evaluator_subscriber, job, run_dir)
+        evaluator = HeldOutEvaluator(build_model(settings.model_name, settings.seed), held_out)
+        training = LocalTrainingConfig(
+            epochs=settings.local_epochs,
+            learning_rate=settings.local_learning_rate,
+            proximal_mu=settings.proximal_mu,
+            seed=settings.seed,
+        )
+        clients = [
+            FederatedClient(
+                client_id=f"subject-{subject:02d}",
+                model_name=settings.model_name,
+                model=build_model(settings.model_name, settings.seed),
+                data=LocalData(data.train.windows, data.train.labels, data.validation.windows, data.validation.labels),
+                training=training,
+            )
+            for subject, data in sorted(clients_data.items())
+        ]
+        fleet = SimulatedFleet(
+            clients,
+            GlobalModelSubscriber(kafka, settings.model_name),
+            UpdatePublisher(kafka),
+            DeviceSpeeds(median_seconds=settings.device_delay_median_seconds, seed=settings.seed),
+        )
+        started = time.monotonic()
+        baseline = evaluator.evaluate(first.parameters)
+        points.append(_Point(0.0, 0, 0, baseline.accuracy, baseline.macro_f1))
+        _say(f"version 0: held-out accuracy {baseline.accuracy:.1%} (an untrained model guesses)")
+        fleet_thread = threading.Thread(target=fleet.run, args=(settings.duration_seconds, stop), daemon=True)
+        fleet_thread.start()
+        injected = False
+        while fleet_thread.is_alive():
+            fleet_thread.join(settings.progress_every_seconds)
+            elapsed = time.monotonic() - started
+            if not injected and elapsed > settings.duration_seconds / 4:
+                injected = _inject_bad_updates(kafka, settings.model_name, evaluator_subscriber)
+            _progress(points, evaluator, evaluator_subscriber, run_dir, elapsed)
+        _say("devices stopped; letting the job aggregate what is still buffered ...")
+        _drain(run_dir, settings)
+        _progress(points, evaluator, evaluator_subscriber, run_dir, time.monotonic() - started)
+    except KeyboardInterrupt:
+        _say("interrupted: stopping devices and the job")
+        stop.set()
+    finally:
+        stop.set()
+        _stop_job(job)
+    _summary(settings, run_dir, points, tracking_uri())
+    return 0
+
+
+def _start_job(settings: DemoSettings, run_dir: Path, initial: Path) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable, "-m", "fedstream.cli", "job",
+        "--model-name", settings.model_name,
+        "--initial-model", str(initial),
+        "--tables-root", str(run_dir / "tables"),
+        "--checkpoint", str(run_dir / "checkpoint"),
+        "--status-file", str(run_dir / "job-status.json"),
+        "--aggregation", json.dumps(settings.aggregation),
+        "--experiment", "fedstream-demo",
+    ]  # fmt: skip
+    log = (run_dir / "job.log").open("wb")
+    return subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy()
+    )
+
+
+def _wait_for_version_zero(subscriber: Any, job: subprocess.Popen[bytes], run_dir: Path) -> Any:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if job.poll() is not None:
+            raise SystemExit(f"the streaming job exited with {job.returncode}; see {run_dir / 'job.log'}")
+        if subscriber.poll(1.0) is not None:
+            return subscriber.newest()
+    raise SystemExit(f"no version 0 after 300 s; see {run_dir / 'job.log'}")
+
+
+def _inject_bad_updates(kafka: Any, model_name: str, subscriber: Any) -> bool:
+    from fedstream.bad_updates import bad_update_messages
+    from producers.transport import UpdatePublisher
+
+    newest = subscriber.newest()
+    publisher = UpdatePublisher(kafka)
+    messages = bad_update_messages(model_name, newest.parameters, newest.header.version)
+    for _, client_id, value in messages:
+        publisher.publish(client_id, value)
+    publisher.close()
+    _say("a faulty device sent: " + ", ".join(label for label, _, _ in messages) + " (watch 'rejected')")
+    return True
+
+
+def _job_status(run_dir: Path) -> dict[str, Any]:
+    try:
+        loaded: dict[str, Any] = json.loads((run_dir / "job-status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return loaded
+
+
+def _progress(points: list[_Point], evaluator: Any, subscriber: Any, run_dir: Path, elapsed: float) -> None:
+    version = subscriber.poll(0.1)
+    status = _job_status(run_dir)
+    if version is not None and version != points[-1].version:
+        result = evaluator.evaluate(subscriber.newest().parameters)
+        points.append(_Point(elapsed, version, int(status.get("accepted", 0)), result.accuracy, result.macro_f1))
+    last = points[-1]
+    _say(
+        f"[{elapsed:5.0f}s] version {last.version:4d} | updates accepted {status.get('accepted', 0):5d}, "
+        f"rejected {status.get('rejected', 0):2d}, buffered {status.get('pending', 0):2d} | "
+        f"held-out accuracy {last.accuracy:6.1%} (v{last.version})"
+    )
+
+
+def _drain(run_dir: Path, settings: DemoSettings) -> None:
+    deadline = time.monotonic() + float(settings.aggregation.get("max_wait_seconds") or 10.0) + 30
+    while time.monotonic() < deadline:
+        status = _job_status(run_dir)
+        if status and status.get("pending", 1) == 0:
+            return
+        time.sleep(1.0)
+
+
+def _stop_job(job: subprocess.Popen[bytes]) -> None:
+    if job.poll() is None:
+        os.killpg(job.pid, signal.SIGTERM)
+        try:
+            job.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+
+
+def _summary(settings: DemoSettings, run_dir: Path, points: list[_Point], mlflow_uri: str) -> None:
+    status = _job_status(run_dir)
+    with (run_dir / "accuracy.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["elapsed_seconds", "version", "accepted_updates", "held_out_accuracy", "held_out_macro_f1"])
+        for point in points:
+            writer.writerow([f"{point.elapsed:.1f}", point.version, point.accepted, point.accuracy, point.macro_f1])
+    plot = _plot(points, run_dir / "accuracy.png", settings)
+    aggregation = settings.aggregation
+    print()
+    print("=" * 78)
+    print(
+        f"fedstream demo: {aggregation['mode']} K={aggregation['buffer_size']}, "
+        f"staleness {aggregation['staleness_function']}, server {aggregation['server_optimizer']}"
+    )
+    print(f"{'elapsed':>8} {'version':>8} {'accepted':>9} {'held-out acc':>13} {'macro-F1':>9}")
+    shown = points if len(points) <= 12 else [points[i * (len(points) - 1) // 11] for i in range(12)]
+    for point in shown:
+        print(
+            f"{point.elapsed:7.0f}s {point.version:8d} {point.accepted:9d} {point.accuracy:13.1%} {point.macro_f1:9.3f}"
+        )
+    if points:
+        first, last = points[0], points[-1]
+        print(f"held-out accuracy: {first.accuracy:.1%} at version 0 -> {last.accuracy:.1%} at version {last.version}")
+    print(
+        f"updates accepted {status.get('accepted', 0)}, rejected {status.get('rejected', 0)}: "
+        + ", ".join(f"{reason} {count}" for reason, count in sorted(status.get("rejected_by_reason", {}).items()))
+    )
+    print(f"Delta tables : {run_dir / 'tables'} (updates, rejected_updates, model_versions)")
+    print(f"MLflow       : {mlflow_uri} (experiment fedstream-demo)")
+    print(f"plot, csv    : {plot or 'matplotlib not installed'}, {run_dir / 'accuracy.csv'}")
+    print(f"job log      : {run_dir / 'job.log'}")
+    print("=" * 78)
+
+
+def _plot(points: list[_Point], path: Path, settings: DemoSettings) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot([p.elapsed for p in points], [100 * p.accuracy for p in points], marker="o", markersize=3)
+    axis.set_xlabel("seconds since devices started")
+    axis.set_ylabel("held-out accuracy (%)")
+    axis.set_title(f"fedstream on UCI HAPT: {len(settings.held_out_subjects)} unseen subjects")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)

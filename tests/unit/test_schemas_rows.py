@@ -1,0 +1,234 @@
+"""Each pydantic Delta row model agrees with the Spark schema of its table, field by field."""
+
+import types
+import typing
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import AwareDatetime, BaseModel, ValidationError
+from pyspark.sql.types import (
+    ArrayType,
+    BinaryType,
+    DataType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructType,
+    TimestampType,
+)
+
+from schemas import rows
+from schemas.rows import KafkaCoordinates, ModelVersionRow, RejectedUpdateRow, UpdateRow
+from streaming_jobs.tables import ALL_TABLES, TableSpec
+
+TABLE_IDS = [table.name for table in ALL_TABLES]
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+KAFKA: dict[str, Any] = {
+    "kafka_topic": "fl.updates",
+    "kafka_partition": 2,
+    "kafka_offset": 1234,
+    "kafka_timestamp": NOW,
+}
+
+
+def strip_optional(annotation: Any) -> tuple[Any, bool]:
+    """The annotation without ``| None``, and whether ``None`` was allowed."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        rest = [member for member in members if member is not type(None)]
+        assert len(rest) == 1, f"unexpected union {annotation}"
+        return rest[0], len(rest) < len(members)
+    return annotation, False
+
+
+def strip_annotated(annotation: Any) -> Any:
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
+
+
+def spark_type_matches(annotation: Any, spark_type: DataType) -> bool:
+    """Whether a (non-optional) Python annotation fits a Spark column type."""
+    annotation = strip_annotated(annotation)
+    if typing.get_origin(annotation) is list:
+        (element,) = typing.get_args(annotation)
+        element, element_nullable = strip_optional(element)
+        return (
+            isinstance(spark_type, ArrayType)
+            and spark_type.containsNull == element_nullable
+            and spark_type_matches(element, spark_type.elementType)
+        )
+    expected: dict[Any, tuple[type[DataType], ...]] = {
+        int: (LongType, IntegerType),
+        float: (DoubleType,),
+        str: (StringType,),
+        bytes: (BinaryType,),
+        AwareDatetime: (TimestampType,),
+        datetime: (TimestampType,),
+    }
+    return annotation in expected and isinstance(spark_type, expected[annotation])
+
+
+def test_every_row_model_has_a_table_and_every_table_a_row_model() -> None:
+    row_models = {
+        value
+        for value in vars(rows).values()
+        if isinstance(value, type)
+        and issubclass(value, BaseModel)
+        and value.__module__ == rows.__name__
+        and not value.__name__.startswith("_")
+    }
+    assert row_models - {KafkaCoordinates} == {table.row_model for table in ALL_TABLES}
+    assert {table.row_model for table in ALL_TABLES} == {UpdateRow, RejectedUpdateRow, ModelVersionRow}
+    assert len({table.name for table in ALL_TABLES}) == len(ALL_TABLES)
+
+
+@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+def test_row_fields_equal_the_spark_columns_in_name_and_nullability(table: TableSpec) -> None:
+    model_columns = {name: strip_optional(field.annotation)[1] for name, field in table.row_model.model_fields.items()}
+    spark_columns = {field.name: field.nullable for field in table.schema.fields}
+    assert model_columns == spark_columns
+
+
+@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+def test_row_fields_are_in_the_spark_column_order(table: TableSpec) -> None:
+    assert list(table.row_model.model_fields) == table.schema.fieldNames()
+
+
+@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+def test_row_field_types_fit_the_spark_column_types(table: TableSpec) -> None:
+    mismatched = []
+    for column in table.schema.fields:
+        annotation, _ = strip_optional(table.row_model.model_fields[column.name].annotation)
+        if not spark_type_matches(annotation, column.dataType):
+            mismatched.append(f"{column.name}: {annotation} vs {column.dataType}")
+    assert mismatched == []
+
+
+@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+def test_every_row_field_is_required_so_a_writer_cannot_forget_one(table: TableSpec) -> None:
+    optional = [name for name, field in table.row_model.model_fields.items() if not field.is_required()]
+    assert optional == []
+
+
+@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+def test_the_spark_schema_has_no_duplicate_columns(table: TableSpec) -> None:
+    assert isinstance(table.schema, StructType)
+    names = table.schema.fieldNames()
+    assert len(names) == len(set(names))
+
+
+def update_row() -> UpdateRow:
+    return UpdateRow(
+        **KAFKA,
+        update_id="0123456789abcdef0123456789abcdef",
+        client_id="client-007",
+        model_name="har.mlp",
+        base_version=3,
+        sample_count=64,
+        payload_sha256="a" * 64,
+        payload=b"\x00\x01",
+        validation_loss=None,
+        validation_accuracy=0.75,
+        validation_count=10,
+        training_loss=0.5,
+        training_steps=20,
+        client_created_at=NOW,
+        received_at=NOW,
+        batch_id=0,
+    )
+
+
+def rejected_row() -> RejectedUpdateRow:
+    return RejectedUpdateRow(
+        **KAFKA,
+        reason="key_mismatch",
+        detail="key b'x' != client_id 'y'",
+        all_reasons=["key_mismatch"],
+        update_id=None,
+        client_id=None,
+        key=None,
+        raw_value=None,
+        raw_size=0,
+        rejected_at=NOW,
+        batch_id=1,
+    )
+
+
+def model_version_row() -> ModelVersionRow:
+    return ModelVersionRow(
+        model_name="har.mlp",
+        version=1,
+        parent_version=0,
+        parent_parameter_hash="b" * 64,
+        created_at=NOW,
+        parameters=b"",
+        parameter_hash="c" * 64,
+        update_ids=["0123456789abcdef0123456789abcdef"],
+        update_weights=[1.0],
+        update_staleness=[0],
+        staleness_mean=0.0,
+        staleness_max=0,
+        aggregation_mode="fedbuff",
+        server_optimizer="sgd",
+        optimizer_state=b"",
+        config_json="{}",
+        federated_validation_loss=None,
+        federated_validation_accuracy=None,
+        batch_id=2,
+    )
+
+
+SAMPLES: dict[type[BaseModel], Callable[[], BaseModel]] = {
+    UpdateRow: update_row,
+    RejectedUpdateRow: rejected_row,
+    ModelVersionRow: model_version_row,
+}
+
+
+@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+def test_a_sample_row_dumps_exactly_the_spark_columns(table: TableSpec) -> None:
+    row = SAMPLES[table.row_model]()
+    assert set(row.model_dump()) == set(table.schema.fieldNames())
+
+
+@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+def test_rows_are_frozen(table: TableSpec) -> None:
+    row = SAMPLES[table.row_model]()
+    with pytest.raises(ValidationError, match="frozen"):
+        setattr(row, "batch_id", 99)  # noqa: B010
+    assert getattr(row, "batch_id") != 99  # noqa: B009
+
+
+@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+def test_rows_forbid_extra_fields(table: TableSpec) -> None:
+    values = SAMPLES[table.row_model]().model_dump()
+    with pytest.raises(ValidationError, match="extra"):
+        table.row_model(**values, note="free text")
+
+
+@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+def test_rows_refuse_naive_datetimes(table: TableSpec) -> None:
+    values = SAMPLES[table.row_model]().model_dump()
+    timestamp_columns = [field.name for field in table.schema.fields if isinstance(field.dataType, TimestampType)]
+    assert timestamp_columns
+    for name in timestamp_columns:
+        with pytest.raises(ValidationError, match=name):
+            table.row_model(**{**values, name: datetime(2025, 3, 1, 12, 0)})
+
+
+@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+def test_a_non_nullable_column_refuses_none(table: TableSpec) -> None:
+    values = SAMPLES[table.row_model]().model_dump()
+    for column in table.schema.fields:
+        if not column.nullable:
+            with pytest.raises(ValidationError, match=column.name):
+                table.row_model(**{**values, column.name: None})
+
+
+def test_update_row_identifiers_follow_the_header_patterns() -> None:
+    values = update_row().model_dump()
+    for name, bad in [("client_id", "Alice"), ("update_id", "xyz"), ("payload_sha256", "A" * 64), ("sample_count", 0)]:
+        with pytest.raises(ValidationError, match=name):
+            UpdateRow(**{**values, name: bad})
