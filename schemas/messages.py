@@ -6,9 +6,8 @@ and unknown fields are refused (``extra="forbid"``), so no personal data can rid
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 from datetime import UTC, datetime
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
