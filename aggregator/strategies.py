@@ -86,7 +86,11 @@ def aggregation_weights(
     staleness: StalenessPolicy,
     weight_by_sample_count: bool,
 ) -> list[float]:
-    """Return one weight per update, ``f(s)`` (times the sample count if enabled), normalised to sum to 1.
+    """Return one weight per update: its data share times its staleness factor, ``f(s) * n / sum(n)``.
+
+    The data shares (sample counts if enabled, else equal) sum to one; the staleness factor then scales
+    each update, as in FedBuff, so a buffer of stale updates moves the model less than a fresh one. With
+    staleness 0 everywhere the weights sum to one and FedBuff reduces to FedAvg.
 
     Raises ``EmptyBufferError`` for no updates, ``InvalidStalenessError`` for a base version after
     ``current_version``, ``StaleUpdateError`` beyond ``max_staleness``, ``ZeroWeightError`` if all
@@ -106,17 +110,17 @@ def aggregation_weights(
             f"updates beyond max_staleness {staleness.max_staleness} at version {current_version}: "
             f"{', '.join(too_stale)}; reject them first (see partition_by_staleness)"
         )
-    raw = [
-        staleness.weight(s) * (update.sample_count if weight_by_sample_count else 1)
-        for update, s in zip(updates, stalenesses, strict=True)
-    ]
-    total = math.fsum(raw)
+    data = [float(update.sample_count) if weight_by_sample_count else 1.0 for update in updates]
+    total = math.fsum(data)
     if total == 0:
         raise ZeroWeightError(
             f"all {len(updates)} updates have weight 0 (sample counts "
             f"{[update.sample_count for update in updates]}); nothing to average"
         )
-    return [weight / total for weight in raw]
+    weights = [staleness.weight(s) * share / total for s, share in zip(stalenesses, data, strict=True)]
+    if math.fsum(weights) == 0:
+        raise ZeroWeightError(f"every staleness factor is 0 at version {current_version} (stalenesses {stalenesses})")
+    return weights
 
 
 def fedbuff_step(

@@ -78,27 +78,28 @@ def assert_weights_equal(actual: ModelWeights, expected: ModelWeights) -> None:
 
 
 def test_weights_hand_computed_staleness_only() -> None:
-    # current version 3; stalenesses 0 and 3; f = (1 + s) ** -0.5 -> raw [1, 1/2] -> [2/3, 1/3]
+    # current version 3; stalenesses 0 and 3; f = (1 + s) ** -0.5 -> [1, 1/2]; equal shares [1/2, 1/2]
+    # -> [1/2, 1/4]: the stale update counts half, and the buffer as a whole moves the model less
     updates = [update("a", weights(0.0), base_version=3), update("b", weights(0.0), base_version=0)]
-    assert aggregation_weights(updates, 3, SQRT, weight_by_sample_count=False) == pytest.approx([2 / 3, 1 / 3])
+    assert aggregation_weights(updates, 3, SQRT, weight_by_sample_count=False) == pytest.approx([1 / 2, 1 / 4])
 
 
 def test_weights_hand_computed_with_sample_counts() -> None:
-    # raw = f(s) * n = [1 * 10, 1/2 * 40] = [10, 20] -> [1/3, 2/3]
+    # shares n / sum(n) = [10/50, 40/50]; times f(s) = [1, 1/2] -> [0.2, 0.4]
     updates = [
         update("a", weights(0.0), base_version=3, sample_count=10),
         update("b", weights(0.0), base_version=0, sample_count=40),
     ]
-    assert aggregation_weights(updates, 3, SQRT, weight_by_sample_count=True) == pytest.approx([1 / 3, 2 / 3])
+    assert aggregation_weights(updates, 3, SQRT, weight_by_sample_count=True) == pytest.approx([0.2, 0.4])
 
 
 def test_weights_hinge_hand_computed() -> None:
-    # hinge a = 10, b = 4 at version 10: stalenesses [0, 4, 5] -> raw [1, 1, 1/11] -> total 23/11
-    # -> [11/23, 11/23, 1/23]
+    # hinge a = 10, b = 4 at version 10: stalenesses [0, 4, 5] -> f [1, 1, 1/11]; shares 1/3 each
+    # -> [1/3, 1/3, 1/33]
     policy = StalenessPolicy("hinge", hinge_a=10.0, hinge_b=4, max_staleness=None)
     updates = [update(name, weights(0.0), base_version=version) for name, version in [("a", 10), ("b", 6), ("c", 5)]]
     assert aggregation_weights(updates, 10, policy, weight_by_sample_count=False) == pytest.approx(
-        [11 / 23, 11 / 23, 1 / 23]
+        [1 / 3, 1 / 3, 1 / 33]
     )
 
 
@@ -166,14 +167,20 @@ update_lists = st.lists(
 
 @settings(max_examples=200)
 @given(items=update_lists, function=st.sampled_from(["constant", "polynomial", "hinge", "inverse_sqrt"]))
-def test_weights_are_normalised_and_non_negative(items: list[tuple[int, int]], function: str) -> None:
+def test_data_shares_are_normalised_and_staleness_only_shrinks(items: list[tuple[int, int]], function: str) -> None:
     policy = StalenessPolicy(function, max_staleness=None)
     updates = [update(f"u{i}", weights(0.0), 30 - staleness, count) for i, (staleness, count) in enumerate(items)]
     for by_count in (True, False):
         result = aggregation_weights(updates, 30, policy, weight_by_sample_count=by_count)
         assert len(result) == len(updates)
         assert all(w >= 0 for w in result)
-        assert math.isclose(math.fsum(result), 1.0, rel_tol=1e-12)
+        shares = [w / policy.weight(s) for w, (s, _) in zip(result, items, strict=True)]
+        assert math.isclose(math.fsum(shares), 1.0, rel_tol=1e-12)
+        assert math.fsum(result) <= 1.0 + 1e-12
+        fresh = aggregation_weights(
+            [update(u.update_id, u.delta, 30, u.sample_count) for u in updates], 30, policy, by_count
+        )
+        assert math.isclose(math.fsum(fresh), 1.0, rel_tol=1e-12)
 
 
 @settings(max_examples=200)
@@ -202,17 +209,17 @@ def test_staler_never_outweighs_fresher_with_equal_counts(items: list[tuple[int,
 
 def test_fedbuff_hand_computed() -> None:
     # version 3; a: s = 0, n = 10, delta [1, 0];  b: s = 3, n = 40, delta [0, 3]
-    # raw = [1 * 10, 1/2 * 40] = [10, 20] -> weights [1/3, 2/3]
-    # aggregated delta = 1/3 [1, 0] + 2/3 [0, 3] = [1/3, 2]; SGD lr 0.5: theta + 0.5 * that
-    # theta = [1, 1] -> [1 + 1/6, 1 + 1] = [1.1666667, 2]
+    # shares [0.2, 0.8] times f(s) [1, 1/2] -> weights [0.2, 0.4]
+    # aggregated delta = 0.2 [1, 0] + 0.4 [0, 3] = [0.2, 1.2]; SGD lr 0.5: theta + 0.5 * that
+    # theta = [1, 1] -> [1.1, 1.6]
     updates = [
         update("a", weights(1.0, 0.0), base_version=3, sample_count=10),
         update("b", weights(0.0, 3.0), base_version=0, sample_count=40),
     ]
     result = fedbuff_step(weights(1.0, 1.0), 3, updates, SQRT, True, ServerSGD(0.5))
-    np.testing.assert_allclose(result.new_params["w"], [1 + 1 / 6, 2.0], rtol=1e-6)
+    np.testing.assert_allclose(result.new_params["w"], [1.1, 1.6], rtol=1e-6)
     assert result.update_ids == ("a", "b")
-    assert result.weights == pytest.approx((1 / 3, 2 / 3))
+    assert result.weights == pytest.approx((0.2, 0.4))
     assert result.stalenesses == (0, 3)
     assert result.mean_staleness == 1.5
     assert result.max_staleness == 3
