@@ -53,10 +53,14 @@ class GlobalModelSubscriber:
     def newest(self, timeout_seconds: float = 30.0) -> DecodedModel:
         """The newest version, waiting up to ``timeout_seconds`` for version 0 to appear."""
         deadline = time.monotonic() + timeout_seconds
+        reread_at = time.monotonic() + 10
         self.poll(0.2)
         while self._newest_value is None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no version of {self.model_name!r} on {MODELS_TOPIC} after {timeout_seconds}s")
+            if time.monotonic() > reread_at:  # a topic recreated under us: read it again from the start
+                self._consumer.seek_to_beginning()
+                reread_at = time.monotonic() + 10
             self.poll(0.5)
         if self._decoded is None:
             self._decoded = decode_model(self._newest_value)

@@ -76,7 +76,7 @@ def reset_topics(settings: KafkaSettings, timeout_seconds: float = 60.0) -> None
     deadline = time.monotonic() + timeout_seconds
     while True:
         ensure_topics(settings)
-        if set(topic_configs(settings)) <= _existing(settings):
+        if set(topic_configs(settings)) <= _existing(settings) and _leaders_ready(settings):
             return
         if time.monotonic() > deadline:
             raise TimeoutError("topics could not be recreated")
@@ -89,3 +89,24 @@ def _existing(settings: KafkaSettings) -> set[str]:
         return set(admin.list_topics())
     finally:
         admin.close()
+
+
+def _leaders_ready(settings: KafkaSettings) -> bool:
+    """True once every partition of the recreated topics answers an offset request (it has a leader)."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    consumer = KafkaConsumer(**settings.consumer_options())
+    try:
+        partitions = []
+        for name in topic_configs(settings):
+            ids = consumer.partitions_for_topic(name)
+            if not ids:
+                return False
+            partitions += [TopicPartition(name, partition) for partition in ids]
+        consumer.end_offsets(partitions)
+        return True
+    except KafkaError:
+        return False
+    finally:
+        consumer.close()

@@ -1,0 +1,105 @@
+"""Run ``fedstream job`` as its own process, as operators do, so tests can SIGKILL and restart it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from producers.transport import GlobalModelSubscriber
+from schemas.kafka_settings import KafkaSettings
+
+
+class JobProcess:
+    """One streaming job over a folder of Delta tables, restartable from the same checkpoint."""
+
+    def __init__(self, folder: Path, model_name: str, initial_model: Path, aggregation: dict[str, Any]) -> None:
+        self.folder = folder
+        self.model_name = model_name
+        self.initial_model = initial_model
+        self.aggregation = aggregation
+        self.tables = folder / "tables"
+        self.status_file = folder / "job-status.json"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = (self.folder / f"job-{self.starts}.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fedstream.cli",
+                "job",
+                "--model-name",
+                self.model_name,
+                "--initial-model",
+                str(self.initial_model),
+                "--tables-root",
+                str(self.tables),
+                "--checkpoint",
+                str(self.folder / "checkpoint"),
+                "--status-file",
+                str(self.status_file),
+                "--aggregation",
+                json.dumps(self.aggregation),
+                "--register-every",
+                "2",
+                "--trigger-seconds",
+                "0.5",
+                "--experiment",
+                f"test-{self.model_name}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=os.environ.copy(),
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the job and its Spark JVM: a crash, not a shutdown."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM: the job finishes its batch and exits."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log(self) -> str:
+        return "\n".join(path.read_text(errors="replace")[-4000:] for path in sorted(self.folder.glob("job-*.log")))
+
+    def wait_for_version(self, kafka: KafkaSettings, version: int, timeout_seconds: float = 240) -> None:
+        subscriber = GlobalModelSubscriber(kafka, self.model_name)
+        try:
+            deadline = time.monotonic() + timeout_seconds
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise AssertionError(f"the job exited with {self.process.returncode}:\n{self.log()}")
+                newest = subscriber.poll(1.0)
+                if newest is not None and newest >= version:
+                    return
+            raise AssertionError(f"no version {version} within {timeout_seconds}s:\n{self.log()}")
+        finally:
+            subscriber.close()
+
+    def status(self) -> dict[str, Any]:
+        try:
+            loaded: dict[str, Any] = json.loads(self.status_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return loaded

@@ -1,0 +1,163 @@
+"""The whole loop on the real stack: clients → Kafka → job → Delta → versions → fl.models, with a crash."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F  # noqa: N812
+
+from producers.transport import GlobalModelSubscriber, UpdatePublisher
+from producers.updates import build_update
+from schemas.tensors import encode_tensors
+from streaming_jobs.audit import verify_version
+from streaming_jobs.stack.topics import ensure_topics
+from streaming_jobs.tables import TableLocations
+from tests.conftest import RunningStack
+from tests.integration.job_process import JobProcess
+
+pytestmark = pytest.mark.stack
+
+BUFFER_SIZE = 4
+AGGREGATION = {
+    "mode": "fedbuff",
+    "buffer_size": BUFFER_SIZE,
+    "max_wait_seconds": None,
+    "staleness_function": "polynomial",
+    "max_staleness": 2,
+    "server_optimizer": "adam",
+    "server_learning_rate": 0.05,
+}
+
+
+def _initial_parameters() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return {
+        "dense.weight": rng.normal(size=(32, 16)).astype(np.float32),
+        "dense.bias": np.zeros(16, dtype=np.float32),
+    }
+
+
+def _delta(rng: np.random.Generator, parameters: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: (0.01 * rng.normal(size=array.shape)).astype(np.float32) for name, array in parameters.items()}
+
+
+def _publish_valid(
+    publisher: UpdatePublisher, model: str, base: int, count: int, rng: np.random.Generator
+) -> list[str]:
+    ids = []
+    for index in range(count):
+        header, value = build_update(
+            client_id=f"client-{index % 3}",
+            model_name=model,
+            base_version=base,
+            sample_count=int(rng.integers(10, 100)),
+            delta=_delta(rng, _initial_parameters()),
+        )
+        publisher.publish(header.client_id, value)
+        ids.append(header.update_id)
+    return ids
+
+
+def test_updates_become_consecutive_reproducible_versions_across_a_crash(
+    spark, local_stack: RunningStack, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    ensure_topics(local_stack.kafka)
+    model = f"test-{uuid.uuid4().hex[:8]}"
+    initial = tmp_path / "initial.safetensors"
+    initial.write_bytes(encode_tensors(_initial_parameters()))
+    job = JobProcess(tmp_path, model, initial, AGGREGATION)
+    publisher = UpdatePublisher(local_stack.kafka)
+    rng = np.random.default_rng(1)
+    expected_rejections: dict[str, str] = {}  # update id (or raw marker) -> reason
+    try:
+        job.start()
+        job.wait_for_version(local_stack.kafka, 0)
+
+        accepted = _publish_valid(publisher, model, 0, 3 * BUFFER_SIZE, rng)
+        # bad input of every kind, interleaved; the job must record each and keep going
+        publisher.publish("client-bad", b"\x00\x01 not an update")
+        wrong_shape = _delta(rng, _initial_parameters())
+        wrong_shape["dense.bias"] = np.zeros(17, dtype=np.float32)
+        with_nan = _delta(rng, _initial_parameters())
+        with_nan["dense.weight"][3, 4] = np.nan
+        for reason, delta, model_name in [
+            ("shape_mismatch", wrong_shape, model),
+            ("non_finite", with_nan, model),
+            ("unknown_model", _delta(rng, _initial_parameters()), "someone-elses-model"),
+        ]:
+            header, value = build_update(
+                client_id="client-bad", model_name=model_name, base_version=0, sample_count=5, delta=delta
+            )
+            publisher.publish("client-bad", value)
+            expected_rejections[header.update_id] = reason
+        job.wait_for_version(local_stack.kafka, 3)
+
+        # at version 3 with max_staleness 2: base 0 is too stale, base 9 is in the future
+        for reason, base in [("too_stale", 0), ("future_base_version", 9)]:
+            header, value = build_update(
+                client_id="client-1", model_name=model, base_version=base, sample_count=5,
+                delta=_delta(rng, _initial_parameters()),
+            )  # fmt: skip
+            publisher.publish("client-1", value)
+            expected_rejections[header.update_id] = reason
+        # a replay: the same valid update sent twice; the first is accepted, the second rejected
+        header, value = build_update(
+            client_id="client-2", model_name=model, base_version=3, sample_count=7,
+            delta=_delta(rng, _initial_parameters()),
+        )  # fmt: skip
+        publisher.publish("client-2", value)
+        publisher.publish("client-2", value)
+        accepted.append(header.update_id)
+        accepted += _publish_valid(publisher, model, 3, BUFFER_SIZE - 1, rng)
+        job.wait_for_version(local_stack.kafka, 4)
+
+        job.kill()  # a crash: no shutdown, no flush
+        accepted += _publish_valid(publisher, model, 4, 2 * BUFFER_SIZE, rng)  # arrive while the job is down
+        job.start()
+        job.wait_for_version(local_stack.kafka, 6)
+        time.sleep(3)  # let a further (wrong) version show up if the restart were to duplicate work
+    finally:
+        job.stop()
+        publisher.close()
+
+    locations = TableLocations(str(job.tables))
+    updates = locations.read(spark, _table("updates")).where(F.col("model_name") == model).collect()
+    assert sorted(row.update_id for row in updates) == sorted(accepted), "every valid update exactly once"
+
+    versions = sorted(
+        locations.read(spark, _table("model_versions")).where(F.col("model_name") == model).collect(),
+        key=lambda row: row.version,
+    )
+    assert [row.version for row in versions] == list(range(7)), "consecutive versions, no gaps or duplicates"
+    aggregated = [update_id for row in versions for update_id in row.update_ids]
+    assert sorted(aggregated) == sorted(accepted), "every accepted update in exactly one version"
+    for row in versions[1:]:
+        assert len(row.update_ids) == BUFFER_SIZE
+        assert row.parent_version == row.version - 1
+        check = verify_version(spark, locations, model, row.version)
+        assert check.ok, f"version {row.version}: stored {check.stored_hash}, recomputed {check.recomputed_hash}"
+
+    rejected = locations.read(spark, _table("rejected_updates")).collect()
+    by_id = {row.update_id: row.reason for row in rejected if row.update_id in expected_rejections}
+    assert by_id == expected_rejections
+    assert any(row.reason == "malformed_envelope" and row.raw_value == b"\x00\x01 not an update" for row in rejected)
+    duplicates = [row for row in rejected if row.reason == "duplicate_update"]
+    assert [row.update_id for row in duplicates] == [header.update_id]
+
+    subscriber = GlobalModelSubscriber(local_stack.kafka, model)
+    newest = subscriber.newest()
+    subscriber.close()
+    assert newest.header.version == 6
+    assert newest.header.parameter_hash == versions[-1].parameter_hash
+    assert json.loads(versions[-1].config_json)["server_optimizer"] == "adam"
+
+
+def _table(name: str):  # type: ignore[no-untyped-def]
+    from streaming_jobs.tables import ALL_TABLES
+
+    return next(table for table in ALL_TABLES if table.name == name)
