@@ -81,3 +81,4 @@ class ModelVersionRow(_Row):
     federated_validation_loss: float | None
     federated_validation_accuracy: float | None
     batch_id: int
+    """The micro-batch that made this version; -1 for version 0 and for a version made by the buffer deadline."""

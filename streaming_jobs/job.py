@@ -60,7 +60,7 @@ class JobProgress:
     def record(self, outcome: BatchOutcome) -> None:
         """Add one batch's outcome and rewrite the status file."""
         self.last = outcome
-        self.totals["batches"] += 1
+        self.totals["batches"] += outcome.batch_id >= 0
         self.totals["messages"] += outcome.messages
         self.totals["accepted"] += outcome.accepted
         self.totals["rejected"] += outcome.rejected
@@ -128,6 +128,7 @@ def run_job(
     try:
         while query.isActive and not stop.is_set():
             query.awaitTermination(1)
+            processor.flush_overdue()
         failure = query.exception()
         if failure is not None:
             raise RuntimeError(f"the streaming query failed: {failure}")

@@ -9,6 +9,7 @@ a full buffer aggregates immediately. Rows reach Delta in three idempotent appen
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -68,6 +69,7 @@ class UpdateBatchProcessor:
         self.on_versions = on_versions
         self._state: GlobalState | None = None
         self._fresh_state = True
+        self._lock = threading.Lock()
 
     @property
     def state(self) -> GlobalState:
@@ -81,14 +83,59 @@ class UpdateBatchProcessor:
 
     def process_batch(self, batch: DataFrame, batch_id: int) -> None:
         """``foreachBatch`` handler: everything for one micro-batch, or an exception and a reload."""
-        try:
-            outcome, versions = self._process(batch, batch_id)
-        except BaseException:
-            self._state = None  # the next attempt starts again from what Delta holds
-            raise
-        logger.info("batch %s: %s", batch_id, outcome)
-        if self.on_versions is not None:
-            self.on_versions(versions, outcome)
+        with self._lock:
+            try:
+                outcome, versions = self._process(batch, batch_id)
+            except BaseException:
+                self._state = None  # the next attempt starts again from what Delta holds
+                raise
+            logger.info("batch %s: %s", batch_id, outcome)
+            if self.on_versions is not None:
+                self.on_versions(versions, outcome)
+
+    def flush_overdue(self) -> list[ModelVersionRow]:
+        """Aggregate a buffer whose oldest update waited ``max_wait_seconds``, when no micro-batch comes.
+
+        Spark runs no micro-batch while ``fl.updates`` is quiet, so the deadline is checked from outside.
+        The rows carry ``batch_id = -1`` and are written once per version number (``txnVersion``).
+        """
+        with self._lock:
+            if self._state is None or not self._state.pending:
+                return []
+            clock = _PhaseClock()
+            try:
+                versions = aggregate_ready_versions(
+                    self._state, self.settings.aggregation, now=datetime.now(UTC), batch_id=-1, time_trigger=True
+                )
+                clock.lap("validate_aggregate")
+                if versions:
+                    self.locations.append(
+                        self.spark,
+                        MODEL_VERSIONS,
+                        versions,
+                        app_id=f"{self.settings.writer_id}:deadline",
+                        batch_id=versions[-1].version,
+                    )
+                clock.lap("write_delta")
+            except BaseException:
+                self._state = None
+                raise
+            if versions and self.on_versions is not None:
+                outcome = BatchOutcome(
+                    batch_id=-1,
+                    messages=0,
+                    accepted=0,
+                    rejected=0,
+                    rejected_by_reason={},
+                    already_recorded=0,
+                    new_versions=tuple(row.version for row in versions),
+                    current_version=self._state.version,
+                    pending=len(self._state.pending),
+                    seconds=clock.laps,
+                )
+                logger.info("buffer deadline: %s", outcome)
+                self.on_versions(versions, outcome)
+            return versions
 
     def _process(self, batch: DataFrame, batch_id: int) -> tuple[BatchOutcome, list[ModelVersionRow]]:
         clock = _PhaseClock()

@@ -161,3 +161,28 @@ def _table(name: str):  # type: ignore[no-untyped-def]
     from streaming_jobs.tables import ALL_TABLES
 
     return next(table for table in ALL_TABLES if table.name == name)
+
+
+def test_a_partial_buffer_becomes_a_version_at_its_deadline_while_kafka_is_quiet(
+    spark, local_stack: RunningStack, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    ensure_topics(local_stack.kafka)
+    model = f"test-{uuid.uuid4().hex[:8]}"
+    initial = tmp_path / "initial.safetensors"
+    initial.write_bytes(encode_tensors(_initial_parameters()))
+    job = JobProcess(tmp_path, model, initial, {**AGGREGATION, "buffer_size": 10, "max_wait_seconds": 3.0})
+    publisher = UpdatePublisher(local_stack.kafka)
+    try:
+        job.start()
+        job.wait_for_version(local_stack.kafka, 0)
+        published = _publish_valid(publisher, model, 0, 2, np.random.default_rng(3))
+        job.wait_for_version(local_stack.kafka, 1, timeout_seconds=60)
+    finally:
+        job.stop()
+        publisher.close()
+    locations = TableLocations(str(job.tables))
+    versions = locations.read(spark, _table("model_versions")).where(F.col("model_name") == model).collect()
+    made = [row for row in versions if row.version == 1]
+    assert len(made) == 1 and sorted(made[0].update_ids) == sorted(published)
+    assert made[0].batch_id == -1, "made by the deadline, not by a micro-batch"
+    assert verify_version(spark, locations, model, 1).ok

@@ -1,0 +1,216 @@
+"""The floor the streaming job is measured against: the same work without Spark and without Delta.
+
+A kafka-python consumer reads ``fl.updates``; each message is decoded (``decode_update``) and validated
+(``validate_update``) against the current version exactly as the job does, buffered, and aggregated with
+``aggregator.fedbuff_step`` whenever ``buffer_size`` updates wait; each new version is published on
+``fl.models`` (acknowledged) framed as the job frames it. Nothing is persisted: this is the cost of the
+decode, validate, aggregate and publish work alone. It writes a status file shaped like the job's
+(``current_version``, totals and ``last_batch.seconds``), so the benchmark follows both the same way.
+
+Run as ``python -m bench.bare_loop --initial-model FILE --status-file FILE``; SIGTERM stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from aggregator import AggregationConfig, PendingUpdate, fedbuff_step
+from bench.workload import model_value
+from schemas.kafka_settings import KafkaSettings
+from schemas.rejections import Rejection
+from schemas.tensors import Tensors, decode_tensors
+from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
+from schemas.validation import validate_update
+from schemas.wire import decode_update
+
+
+class BareLoop:
+    """Consume, decode, validate, aggregate (FedBuff) and publish, one poll at a time."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        model_name: str,
+        parameters: Tensors,
+        config: AggregationConfig,
+        *,
+        status_file: Path,
+        max_records: int,
+    ) -> None:
+        if config.mode != "fedbuff":
+            raise ValueError(f"the bare loop runs mode 'fedbuff' only, got {config.mode!r}")
+        self.kafka = kafka
+        self.model_name = model_name
+        self.config = config
+        self.status_file = status_file
+        self.max_records = max_records
+        self.parameters = parameters
+        self.version = 0
+        self.optimizer = config.make_optimizer()
+        self.staleness = config.staleness_policy()
+        self.pending: list[PendingUpdate] = []
+        self.seen: set[str] = set()
+        self.totals = {"batches": 0, "messages": 0, "accepted": 0, "rejected": 0, "versions": 0}
+        self.first_batch_started_at: float | None = None
+        self._consumer = KafkaConsumer(**kafka.consumer_options(), enable_auto_commit=False)
+        partitions = _partitions(self._consumer)
+        self._consumer.assign(partitions)
+        self._consumer.seek_to_beginning(*partitions)
+        self._producer = KafkaProducer(**kafka.producer_options())
+
+    def run(self, stop: threading.Event) -> None:
+        """Publish the current version, then process polls until ``stop`` is set."""
+        self._publish([model_value(self.model_name, 0, self.parameters)])
+        batch_id = 0
+        while not stop.is_set():
+            started_at = time.time()
+            started = time.perf_counter()
+            polled = self._consumer.poll(timeout_ms=500, max_records=self.max_records)
+            records = [record for partition in sorted(polled, key=str) for record in polled[partition]]
+            if not records:
+                continue
+            if self.first_batch_started_at is None:
+                self.first_batch_started_at = started_at
+            read = time.perf_counter()
+            versions, accepted = self._handle(records)
+            handled = time.perf_counter()
+            self._publish(versions)
+            published = time.perf_counter()
+            seconds = {
+                "read_kafka": round(read - started, 4),
+                "validate_aggregate": round(handled - read, 4),
+                "publish": round(published - handled, 4),
+            }
+            self._record(batch_id, len(records), accepted, len(versions), seconds)
+            batch_id += 1
+
+    def _handle(self, records: Sequence[Any]) -> tuple[list[bytes], int]:
+        versions: list[bytes] = []
+        accepted = 0
+        for record in records:
+            decoded = decode_update(record.value, record.key, self.kafka.max_message_bytes)
+            if isinstance(decoded, Rejection):
+                continue
+            problems = validate_update(
+                decoded,
+                model_name=self.model_name,
+                reference=self.parameters,
+                current_version=self.version,
+                max_staleness=self.config.max_staleness,
+            )
+            if problems or decoded.header.update_id in self.seen:
+                continue
+            header = decoded.header
+            self.seen.add(header.update_id)
+            accepted += 1
+            self.pending.append(
+                PendingUpdate(
+                    update_id=header.update_id,
+                    delta=decoded.delta,
+                    base_version=header.base_version,
+                    sample_count=header.sample_count,
+                    received_at=datetime.now(UTC),
+                )
+            )
+            if len(self.pending) >= self.config.buffer_size:
+                versions.append(self._aggregate())
+        return versions, accepted
+
+    def _aggregate(self) -> bytes:
+        taken = self.pending[: self.config.buffer_size]
+        del self.pending[: len(taken)]
+        result = fedbuff_step(
+            self.parameters, self.version, taken, self.staleness, self.config.weight_by_sample_count, self.optimizer
+        )
+        self.parameters = result.new_params
+        self.version += 1
+        return model_value(self.model_name, self.version, self.parameters, update_count=len(taken))
+
+    def _publish(self, values: Sequence[bytes]) -> None:
+        if not values:
+            return
+        for value in values:
+            self._producer.send(MODELS_TOPIC, key=self.model_name.encode(), value=value)
+        self._producer.flush(timeout=60)
+
+    def _record(self, batch_id: int, messages: int, accepted: int, versions: int, seconds: dict[str, float]) -> None:
+        self.totals["batches"] += 1
+        self.totals["messages"] += messages
+        self.totals["accepted"] += accepted
+        self.totals["rejected"] += messages - accepted
+        self.totals["versions"] += versions
+        document = {
+            **self.totals,
+            "current_version": self.version,
+            "pending": len(self.pending),
+            "first_batch_started_at": self.first_batch_started_at,
+            "last_batch": {"batch_id": batch_id, "messages": messages, "accepted": accepted, "seconds": seconds},
+            "updated_at": datetime.now(UTC).isoformat(),
+            "pid": os.getpid(),
+        }
+        temporary = self.status_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(document))
+        temporary.replace(self.status_file)
+
+    def close(self) -> None:
+        """Close the consumer and the producer."""
+        self._consumer.close()
+        self._producer.close(timeout=30)
+
+
+def _partitions(consumer: KafkaConsumer) -> list[TopicPartition]:
+    deadline = time.monotonic() + 30
+    while True:
+        ids = consumer.partitions_for_topic(UPDATES_TOPIC)
+        if ids:
+            return [TopicPartition(UPDATES_TOPIC, partition) for partition in sorted(ids)]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {UPDATES_TOPIC} does not exist; is the stack up?")
+        time.sleep(0.5)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the bare loop until SIGTERM or SIGINT."""
+    parser = argparse.ArgumentParser(prog="python -m bench.bare_loop", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-name", default="har-cnn")
+    parser.add_argument("--initial-model", required=True, help="safetensors file of version 0")
+    parser.add_argument("--status-file", required=True)
+    parser.add_argument("--aggregation", default="{}", help="AggregationConfig fields as JSON")
+    parser.add_argument("--max-records", type=int, default=500, help="most messages handled per poll")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    loop = BareLoop(
+        KafkaSettings.from_env(),
+        args.model_name,
+        decode_tensors(Path(args.initial_model).read_bytes()),
+        AggregationConfig.from_dict(json.loads(args.aggregation)),
+        status_file=Path(args.status_file),
+        max_records=args.max_records,
+    )
+    try:
+        loop.run(stop)
+    finally:
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""Processes under measurement: start and stop them, follow their status files, sample their memory.
+
+A runner (``fedstream job`` or the bare loop) is a child in its own session, so stopping it reaches its Spark
+JVM too. Its memory is the RSS of its whole process tree, read from ``/proc`` every half second; its progress
+is its status JSON, read every 50 ms and kept per micro-batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class RssSample:
+    """The RSS of a process tree at one moment, in total and by command name."""
+
+    at: float
+    total_bytes: int
+    by_command: dict[str, int]
+
+
+def tree_rss(root: int) -> RssSample:
+    """RSS of ``root`` and all its descendants now (processes that vanish mid-read are skipped)."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        children[int(stat.rsplit(")", 1)[1].split()[1])].append(int(entry.name))
+    by_command: dict[str, int] = defaultdict(int)
+    waiting = [root]
+    while waiting:
+        pid = waiting.pop()
+        waiting += children.get(pid, [])
+        try:
+            resident = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
+            command = Path(f"/proc/{pid}/comm").read_text().strip()
+        except (OSError, IndexError, ValueError):
+            continue
+        by_command[command] += resident
+    return RssSample(time.time(), sum(by_command.values()), dict(by_command))
+
+
+class RssSampler:
+    """Samples one process tree's RSS in a thread until stopped."""
+
+    def __init__(self, root: int, interval_seconds: float = 0.5) -> None:
+        self.root = root
+        self.interval_seconds = interval_seconds
+        self.samples: list[RssSample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rss-{root}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sample = tree_rss(self.root)
+            if sample.total_bytes:
+                self.samples.append(sample)
+            self._stop.wait(self.interval_seconds)
+
+    def peak(self, since: float = 0.0, until: float = float("inf")) -> RssSample | None:
+        """The sample with the largest total within ``[since, until]``."""
+        window = [sample for sample in self.samples if since <= sample.at <= until]
+        return max(window, key=lambda sample: sample.total_bytes, default=None)
+
+    def stop(self) -> None:
+        """Stop sampling."""
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    """One micro-batch as the runner's status file described it right after the batch."""
+
+    batch_id: int
+    finished_at: float
+    """``updated_at`` of the status file, epoch seconds."""
+    messages: int
+    current_version: int
+    pending: int
+    seconds: dict[str, float]
+
+    @property
+    def busy_seconds(self) -> float:
+        """Sum of the batch's measured phases."""
+        return sum(self.seconds.values())
+
+    @property
+    def started_at(self) -> float:
+        """When the measured phases began (the finish minus their sum)."""
+        return self.finished_at - self.busy_seconds
+
+
+class StatusFollower:
+    """Reads a runner's status file every ``interval_seconds`` and keeps each micro-batch once."""
+
+    def __init__(self, status_file: Path, interval_seconds: float = 0.05) -> None:
+        self.status_file = status_file
+        self.interval_seconds = interval_seconds
+        self.batches: dict[int, BatchStatus] = {}
+        self.latest: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="status", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.read()
+            self._stop.wait(self.interval_seconds)
+
+    def read(self) -> None:
+        """Read the status file once (a missing or half-written file is skipped)."""
+        try:
+            document: dict[str, Any] = json.loads(self.status_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return
+        self.latest = document
+        batch = document.get("last_batch") or {}
+        batch_id = batch.get("batch_id")
+        if batch_id is None or batch_id in self.batches:
+            return
+        self.batches[batch_id] = BatchStatus(
+            batch_id=batch_id,
+            finished_at=datetime.fromisoformat(document["updated_at"]).timestamp(),
+            messages=int(batch.get("messages", 0)),
+            current_version=int(document["current_version"]),
+            pending=int(document.get("pending", 0)),
+            seconds={name: float(value) for name, value in batch.get("seconds", {}).items()},
+        )
+
+    def ordered(self, since: float = 0.0, until: float = float("inf")) -> list[BatchStatus]:
+        """Batches that finished within ``[since, until]``, by id."""
+        return [b for _, b in sorted(self.batches.items()) if since <= b.finished_at <= until]
+
+    @property
+    def reported_batches(self) -> int:
+        """How many batches the runner says it has run (to check that none was missed)."""
+        return int(self.latest.get("batches", 0))
+
+    def stop(self) -> None:
+        """Stop following."""
+        self._stop.set()
+        self._thread.join()
+
+
+class RunnerFailedError(RuntimeError):
+    """A runner exited or did not progress in time; the message holds the end of its log."""
+
+
+@dataclass
+class Runner:
+    """One runner process (``fedstream job`` or the bare loop) over its own folder."""
+
+    name: str
+    command: list[str]
+    folder: Path
+    env: dict[str, str]
+    status_file: Path
+    cwd: Path
+    started_at: float = 0.0
+    process: subprocess.Popen[bytes] | None = None
+    sampler: RssSampler | None = None
+    follower: StatusFollower | None = None
+    log_file: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_file = self.folder / f"{self.name}.log"
+
+    def start(self) -> None:
+        """Start the process in its own session, its sampler and its status follower."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("wb") as log:
+            self.started_at = time.time()
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env, cwd=self.cwd
+            )
+        self.sampler = RssSampler(self.process.pid)
+        self.follower = StatusFollower(self.status_file)
+
+    def wait_for_version(self, version: int, timeout_seconds: float) -> BatchStatus:
+        """The first batch after which ``current_version >= version``; raises if the runner dies or stalls."""
+        if self.process is None or self.follower is None:
+            raise RuntimeError(f"{self.name}: start() first")
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            done = [batch for batch in self.follower.ordered() if batch.current_version >= version]
+            if done:
+                return done[0]
+            if self.process.poll() is not None:
+                raise RunnerFailedError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            time.sleep(0.05)
+        raise RunnerFailedError(f"{self.name}: no version {version} within {timeout_seconds:.0f}s:\n{self.log_tail()}")
+
+    def wait_until_idle(self, version: int, timeout_seconds: float = 60.0) -> None:
+        """Wait until the status shows ``version`` with an empty buffer."""
+        if self.follower is None:
+            raise RuntimeError(f"{self.name}: start() first")
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            latest = self.follower.latest
+            if latest.get("current_version") == version and latest.get("pending") == 0:
+                return
+            time.sleep(0.05)
+        raise RunnerFailedError(f"{self.name} did not settle at version {version}: {self.follower.latest}")
+
+    def stop(self) -> None:
+        """SIGTERM the runner's session (the job ends after its batch), SIGKILL after 90 s."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(90)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self.sampler is not None:
+            self.sampler.stop()
+        if self.follower is not None:
+            self.follower.read()
+            self.follower.stop()
+
+    def log_tail(self, characters: int = 4000) -> str:
+        """The end of the runner's log."""
+        try:
+            return self.log_file.read_text(errors="replace")[-characters:]
+        except FileNotFoundError:
+            return ""
