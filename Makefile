@@ -41,3 +41,11 @@ $(STAMP): pyproject.toml
 clean:
 	-$(BIN)/fedstream stack down
 	rm -rf .fedstream
+
+.PHONY: bench-quality bench-quality-quick
+bench-quality: $(STAMP)
+	$(BIN)/python -m bench.quality $(BENCH_ARGS)
+	$(BIN)/python -m bench.quality_heart
+
+bench-quality-quick: $(STAMP)
+	$(BIN)/python -m bench.quality --quick

@@ -24,16 +24,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from aggregator import AggregationConfig, PendingUpdate, fedbuff_step
+from bench.crc import install as install_fast_crc
 from bench.workload import model_value
 from schemas.kafka_settings import KafkaSettings
-from schemas.rejections import Rejection
+from schemas.rejections import Rejection, RejectionReason
 from schemas.tensors import Tensors, decode_tensors
 from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
 from schemas.validation import validate_update
-from schemas.wire import decode_update
+from schemas.wire import DecodedUpdate, decode_update
 
 
 class BareLoop:
@@ -48,6 +51,7 @@ class BareLoop:
         *,
         status_file: Path,
         max_records: int,
+        public_keys: dict[str, Ed25519PublicKey] | None = None,
     ) -> None:
         if config.mode != "fedbuff":
             raise ValueError(f"the bare loop runs mode 'fedbuff' only, got {config.mode!r}")
@@ -56,6 +60,7 @@ class BareLoop:
         self.config = config
         self.status_file = status_file
         self.max_records = max_records
+        self.public_keys = public_keys
         self.parameters = parameters
         self.version = 0
         self.optimizer = config.make_optimizer()
@@ -63,8 +68,10 @@ class BareLoop:
         self.pending: list[PendingUpdate] = []
         self.seen: set[str] = set()
         self.totals = {"batches": 0, "messages": 0, "accepted": 0, "rejected": 0, "versions": 0}
+        self.rejected_by_reason: dict[str, int] = {}
         self.first_batch_started_at: float | None = None
-        self._consumer = KafkaConsumer(**kafka.consumer_options(), enable_auto_commit=False)
+        # check_crcs=False: the job's JVM consumer verifies CRCs at hardware speed; kafka-python's check is Python.
+        self._consumer = KafkaConsumer(**kafka.consumer_options(), enable_auto_commit=False, check_crcs=False)
         partitions = _partitions(self._consumer)
         self._consumer.assign(partitions)
         self._consumer.seek_to_beginning(*partitions)
@@ -102,6 +109,7 @@ class BareLoop:
         for record in records:
             decoded = decode_update(record.value, record.key, self.kafka.max_message_bytes)
             if isinstance(decoded, Rejection):
+                self._reject(decoded)
                 continue
             problems = validate_update(
                 decoded,
@@ -110,7 +118,12 @@ class BareLoop:
                 current_version=self.version,
                 max_staleness=self.config.max_staleness,
             )
-            if problems or decoded.header.update_id in self.seen:
+            if decoded.header.update_id in self.seen:
+                problems.insert(0, Rejection(RejectionReason.DUPLICATE_UPDATE, "seen before"))
+            if self.public_keys is not None:
+                problems[:0] = _authenticity_problems(decoded, self.public_keys)
+            if problems:
+                self._reject(problems[0])
                 continue
             header = decoded.header
             self.seen.add(header.update_id)
@@ -127,6 +140,10 @@ class BareLoop:
             if len(self.pending) >= self.config.buffer_size:
                 versions.append(self._aggregate())
         return versions, accepted
+
+    def _reject(self, rejection: Rejection) -> None:
+        reason = rejection.reason.value
+        self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
 
     def _aggregate(self) -> bytes:
         taken = self.pending[: self.config.buffer_size]
@@ -153,6 +170,7 @@ class BareLoop:
         self.totals["versions"] += versions
         document = {
             **self.totals,
+            "rejected_by_reason": self.rejected_by_reason,
             "current_version": self.version,
             "pending": len(self.pending),
             "first_batch_started_at": self.first_batch_started_at,
@@ -168,6 +186,26 @@ class BareLoop:
         """Close the consumer and the producer."""
         self._consumer.close()
         self._producer.close(timeout=30)
+
+
+def _authenticity_problems(decoded: DecodedUpdate, public_keys: dict[str, Ed25519PublicKey]) -> list[Rejection]:
+    """The job's signature check: an enrolled key's Ed25519 signature over the signed bytes."""
+    key = public_keys.get(decoded.header.client_id)
+    if key is None:
+        return [Rejection(RejectionReason("unknown_client"), f"no key for {decoded.header.client_id!r}")]
+    try:
+        key.verify(getattr(decoded, "signature", b""), getattr(decoded, "signed_bytes", b""))
+    except InvalidSignature:
+        return [Rejection(RejectionReason("bad_signature"), "signature does not verify")]
+    return []
+
+
+def read_public_keys(folder: Path) -> dict[str, Ed25519PublicKey]:
+    """``<client_id>.pub`` files (hex raw Ed25519 keys) in ``folder``, by client id."""
+    return {
+        path.stem: Ed25519PublicKey.from_public_bytes(bytes.fromhex(path.read_text().strip()))
+        for path in sorted(folder.glob("*.pub"))
+    }
 
 
 def _partitions(consumer: KafkaConsumer) -> list[TopicPartition]:
@@ -189,7 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--status-file", required=True)
     parser.add_argument("--aggregation", default="{}", help="AggregationConfig fields as JSON")
     parser.add_argument("--max-records", type=int, default=500, help="most messages handled per poll")
+    parser.add_argument("--public-keys", help="folder of <client_id>.pub files: verify signatures as the job does")
     args = parser.parse_args(argv)
+    install_fast_crc()  # kafka-python's pure-Python CRC-32C would dominate (see bench.crc)
     stop = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -204,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         AggregationConfig.from_dict(json.loads(args.aggregation)),
         status_file=Path(args.status_file),
         max_records=args.max_records,
+        public_keys=read_public_keys(Path(args.public_keys)) if args.public_keys else None,
     )
     try:
         loop.run(stop)

@@ -21,6 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
+    import inspect
+
     import torch
 
     from producers.client import FederatedClient, LocalData
@@ -33,12 +35,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)  # as the demo's devices do: one core each
     kafka = KafkaSettings.from_env()
     data = load_hapt_clients(subjects=[args.subject])[args.subject]
+    client_id = f"subject-{args.subject:02d}"
+    signing: dict[str, object] = {}
+    if "identity" in inspect.signature(FederatedClient).parameters:  # this checkout signs updates
+        from producers.identity import ClientIdentity
+
+        signing["identity"] = ClientIdentity.generate(client_id)
     client = FederatedClient(
-        client_id=f"subject-{args.subject:02d}",
+        client_id=client_id,
         model_name=args.model_name,
         model=build_model(args.model_name, args.seed),
         data=LocalData(data.train.windows, data.train.labels, data.validation.windows, data.validation.labels),
         training=LocalTrainingConfig(epochs=1, learning_rate=0.02, seed=args.seed),  # the demo's local training
+        **signing,  # type: ignore[arg-type]
     )
     subscriber = GlobalModelSubscriber(kafka, args.model_name)
     publisher = UpdatePublisher(kafka)

@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.crc import install as install_fast_crc
 from bench.processes import BatchStatus, RssSample, Runner, RunnerFailedError
-from bench.workload import UpdateFactory, initial_parameters, publish_backlog, publish_model
+from bench.workload import UpdateFactory, initial_parameters, publish_backlog, publish_model, signing_supported
 from schemas.kafka_settings import KafkaSettings
 from schemas.tensors import Tensors, encode_tensors
 
@@ -176,7 +177,8 @@ class Bench:
         self.parameters: Tensors = initial_parameters(MODEL_NAME)
         self.initial_model = home / "initial-model.safetensors"
         self.initial_model.write_bytes(encode_tensors(self.parameters))
-        self.factory = UpdateFactory(MODEL_NAME, self.parameters)
+        self.keys_dir = home / "client-keys" if signing_supported() else None
+        self.factory = UpdateFactory(MODEL_NAME, self.parameters, keys_dir=self.keys_dir)
         self.random = random.Random(0)
         self.env = {
             **os.environ,
@@ -202,6 +204,7 @@ class Bench:
                 "--trigger-seconds", str(self.settings.trigger_seconds),
                 "--register-every", str(self.settings.register_every),
                 "--experiment", f"bench-{label}",
+                *(["--enrol-public-keys", str(self.keys_dir)] if self.keys_dir else []),
             ]  # fmt: skip
         else:
             command = [
@@ -211,6 +214,7 @@ class Bench:
                 "--status-file", str(status_file),
                 "--aggregation", aggregation,
                 "--max-records", str(max_offsets),
+                *(["--public-keys", str(self.keys_dir)] if self.keys_dir else []),
             ]  # fmt: skip
         return Runner(name=kind, command=command, folder=folder, env=self.env, status_file=status_file, cwd=folder)
 
@@ -240,6 +244,8 @@ class Bench:
                 raise RuntimeError("runner not started")
             batches = follower.ordered(until=done.finished_at)
             first = batches[0]
+            if follower.latest.get("rejected"):
+                raise RunnerFailedError(f"{label} rejected updates: {follower.latest.get('rejected_by_reason')}")
             run = BacklogRun(
                 runner=kind,
                 max_offsets=max_offsets,
@@ -334,6 +340,7 @@ class Bench:
 def run_benchmark(settings: BenchSettings, say: Callable[[str], None]) -> Report:
     """Run every measurement on a fresh stack in a temporary ``FEDSTREAM_HOME``; always stop the broker."""
     settings.check()
+    install_fast_crc()  # for the benchmark's own producer and fl.models reader; the job runs as shipped
     home = Path(tempfile.mkdtemp(prefix="fedstream-bench-"))
     os.environ.update(
         FEDSTREAM_HOME=str(home),
@@ -351,7 +358,9 @@ def run_benchmark(settings: BenchSettings, say: Callable[[str], None]) -> Report
         if not status.healthy:
             raise RuntimeError(status.describe())
         bench = Bench(settings, home, say)
-        say(f"{MODEL_NAME}: update message {bench.factory.message_bytes:,} bytes")
+        signed = "signed (Ed25519, keys enrolled in the job)" if bench.keys_dir else "unsigned"
+        report.notes.append(f"updates {signed}")
+        say(f"{MODEL_NAME}: update message {bench.factory.message_bytes:,} bytes, {signed}")
         if settings.client_subject is not None:
             report.client = bench.client(settings.client_subject)
         large = settings.backlog * settings.backlog_factor

@@ -7,6 +7,7 @@ is its status JSON, read every 50 ms and kept per micro-batch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -221,14 +222,15 @@ class Runner:
         raise RunnerFailedError(f"{self.name} did not settle at version {version}: {self.follower.latest}")
 
     def stop(self) -> None:
-        """SIGTERM the runner's session (the job ends after its batch), SIGKILL after 90 s."""
+        """SIGTERM the runner (the job ends after its batch), then SIGKILL what is left of its session."""
         if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
+            self.process.send_signal(signal.SIGTERM)  # the runner itself: the job stops its query, then Spark
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(90)
-            except subprocess.TimeoutExpired:
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):  # whatever is left of its session (an orphaned JVM)
                 os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            self.process.wait()
         if self.sampler is not None:
             self.sampler.stop()
         if self.follower is not None:

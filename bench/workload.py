@@ -7,10 +7,12 @@ reused; only the header (a fresh ``update_id``) changes per message, so generati
 
 from __future__ import annotations
 
+import inspect
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +26,18 @@ from schemas.wire import encode_model, encode_update, tensors_payload
 
 CLIENTS = 24
 """Distinct client ids the synthetic updates rotate through (as many as the demo's devices)."""
+
+
+def signing_supported() -> bool:
+    """True when this checkout signs updates (``producers.identity``) and the job can enrol client keys."""
+    try:
+        import producers.identity  # noqa: F401
+        from streaming_jobs.settings import JobSettings
+    except ImportError:
+        return False
+    return (
+        "signer" in inspect.signature(encode_update).parameters and "enrol_public_keys_dir" in JobSettings.model_fields
+    )
 
 
 def initial_parameters(model_name: str, seed: int = 0) -> Tensors:
@@ -51,11 +65,30 @@ def model_value(
 
 
 class UpdateFactory:
-    """Makes valid ``fl.updates`` messages for one model, all based on ``base_version``."""
+    """Makes valid ``fl.updates`` messages for one model, all based on ``base_version``.
 
-    def __init__(self, model_name: str, reference: Mapping[str, npt.NDArray[np.float32]], *, seed: int = 0) -> None:
+    With ``keys_dir`` every client gets an Ed25519 key pair, signs its updates, and its public key is written
+    to ``keys_dir/<client_id>.pub`` for the job to enrol (``--enrol-public-keys``).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        reference: Mapping[str, npt.NDArray[np.float32]],
+        *,
+        seed: int = 0,
+        keys_dir: Path | None = None,
+    ) -> None:
         rng = np.random.default_rng(seed)
         self.model_name = model_name
+        self._signers: dict[str, Callable[[bytes], bytes]] = {}
+        if keys_dir is not None:
+            from producers.identity import ClientIdentity
+
+            for index in range(CLIENTS):
+                identity = ClientIdentity.generate(_client_id(index))
+                identity.save(keys_dir)
+                self._signers[identity.client_id] = identity.sign
         self._payloads: list[tuple[bytes, str]] = []
         for _ in range(8):
             delta = {
@@ -77,7 +110,7 @@ class UpdateFactory:
         payload, digest = self._payloads[index % len(self._payloads)]
         header = UpdateHeader(
             update_id=uuid.uuid4().hex,
-            client_id=f"bench-client-{index % CLIENTS:02d}",
+            client_id=_client_id(index),
             model_name=self.model_name,
             base_version=base_version,
             sample_count=self._sample_counts[index % CLIENTS],
@@ -85,7 +118,14 @@ class UpdateFactory:
             payload_sha256=digest,
             metrics=ClientMetrics(),
         )
-        return header.client_id, encode_update(header, payload)
+        signer = self._signers.get(header.client_id)
+        if signer is None:
+            return header.client_id, encode_update(header, payload)
+        return header.client_id, encode_update(header, payload, signer)  # type: ignore[call-arg,unused-ignore]
+
+
+def _client_id(index: int) -> str:
+    return f"bench-client-{index % CLIENTS:02d}"
 
 
 def publish_backlog(kafka: KafkaSettings, factory: UpdateFactory, count: int) -> float:

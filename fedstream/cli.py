@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from streaming_jobs.tables import TableLocations
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,11 +36,138 @@ def _parser() -> argparse.ArgumentParser:
     _add_job_arguments(job)
     job.set_defaults(handler=_job)
 
+    clients = commands.add_parser("clients", help="client identities: key pairs, enrolment, revocation")
+    client_commands = clients.add_subparsers(title="actions", required=True)
+    keygen = client_commands.add_parser("keygen", help="create a key pair on the device (the private key stays there)")
+    keygen.add_argument("client_id")
+    keygen.add_argument("--out", default=".", help="folder for <client_id>.key and <client_id>.pub")
+    keygen.set_defaults(handler=_clients_keygen)
+    enrol = client_commands.add_parser("enrol", help="trust public keys (.pub files or folders of them)")
+    enrol.add_argument("paths", nargs="+")
+    enrol.add_argument("--tables-root", help="folder of the Delta tables (default: <state>/tables)")
+    enrol.set_defaults(handler=_clients_enrol)
+    revoke = client_commands.add_parser("revoke", help="stop trusting clients' keys")
+    revoke.add_argument("client_ids", nargs="+")
+    revoke.add_argument("--tables-root", help="folder of the Delta tables (default: <state>/tables)")
+    revoke.set_defaults(handler=_clients_revoke)
+
+    audit = commands.add_parser("audit", help="what made a model: lineage, recomputation, clients, rejections")
+    audit_commands = audit.add_subparsers(title="questions", required=True)
+    for name, help_text in [
+        ("lineage", "the parent chain of a version with its updates, clients, weights and staleness"),
+        ("verify", "recompute versions 1..VERSION from their parents and recorded updates; check the hash chain"),
+        ("client", "a client's accepted updates (and the version each went into) and its rejections"),
+        ("rejected", "rejected messages by reason and hour"),
+    ]:
+        question = audit_commands.add_parser(name, help=help_text)
+        if name in ("lineage", "verify"):
+            question.add_argument("version", type=int)
+        if name == "client":
+            question.add_argument("client_id")
+        question.add_argument("--model-name", default="har-cnn")
+        question.add_argument("--tables-root", help="folder of the Delta tables (default: <state>/tables)")
+        question.add_argument("--as-of", help="read the tables as of a Delta version number or a timestamp")
+        question.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        question.set_defaults(handler=_audit, question=name)
+
     demo = commands.add_parser("demo", help="a local end-to-end federated run on the UCI HAPT activity data")
     demo.add_argument("--minutes", type=float, default=3.0, help="how long the devices train")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _clients_keygen(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from producers.identity import ClientIdentity
+
+    private_path, public_path = ClientIdentity.generate(args.client_id).save(Path(args.out))
+    print(f"private key: {private_path} (keep it on the device)\npublic key : {public_path} (give it to the operator)")
+    return 0
+
+
+def _tables(args: argparse.Namespace) -> tuple[SparkSession, TableLocations]:
+    from streaming_jobs.settings import JobSettings
+    from streaming_jobs.spark_session import get_spark
+    from streaming_jobs.tables import TableLocations
+
+    settings = JobSettings.model_validate({"tables_root": args.tables_root} if args.tables_root else {})
+    spark = get_spark("fedstream-clients")
+    locations = TableLocations(settings.tables_root, settings.catalog_schema)
+    locations.ensure(spark)
+    return spark, locations
+
+
+def _clients_enrol(args: argparse.Namespace) -> int:
+    from streaming_jobs.client_registry import enrol_new_keys, public_keys_in
+
+    keys = [key for path in args.paths for key in public_keys_in(path)]
+    spark, locations = _tables(args)
+    count = enrol_new_keys(spark, locations, keys)
+    print(f"enrolled {count} new keys ({len(keys) - count} already enrolled)")
+    return 0
+
+
+def _clients_revoke(args: argparse.Namespace) -> int:
+    from streaming_jobs.client_registry import revoke
+
+    spark, locations = _tables(args)
+    count = revoke(spark, locations, args.client_ids)
+    print(f"revoked {count} clients; the job stops accepting their updates within its refresh interval")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import json
+
+    from streaming_jobs import audit
+
+    spark, locations = _tables(args)
+    result: object
+    if args.question == "lineage":
+        result = audit.lineage(spark, locations, args.model_name, args.version, args.as_of)
+        rows = [
+            {**{k: v for k, v in step.items() if k != "updates"}, "update": update}
+            for step in result
+            for update in (step["updates"] or [None])  # type: ignore[attr-defined]
+        ]
+    elif args.question == "verify":
+        result = rows = audit.verify_chain(spark, locations, args.model_name, args.version)
+    elif args.question == "client":
+        result = audit.client_activity(spark, locations, args.client_id, args.as_of)
+        rows = [{"status": status, **row} for status, entries in result.items() for row in entries]
+    else:
+        result = rows = audit.rejected_summary(spark, locations, args.as_of)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        _print_table(rows)
+    if args.question == "verify" and not all(row["ok"] for row in rows):
+        return 1
+    return 0
+
+
+def _print_table(rows: list[dict[str, object]]) -> None:
+    if not rows:
+        print("(nothing)")
+        return
+    flat = [{key: _cell(value) for key, value in row.items()} for row in rows]
+    columns = list(flat[0])
+    widths = {column: max(len(column), *(len(row.get(column, "")) for row in flat)) for column in columns}
+    print("  ".join(column.ljust(widths[column]) for column in columns))
+    for row in flat:
+        print("  ".join(row.get(column, "").ljust(widths[column]) for column in columns))
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{key}={_cell(item)}" for key, item in value.items())
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12] + "…"
+    return "" if value is None else str(value)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -54,6 +187,13 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trigger-seconds", type=float, default=1.0)
     parser.add_argument("--register-every", type=int, default=10)
     parser.add_argument("--experiment", default="fedstream", help="MLflow experiment name")
+    parser.add_argument("--enrol-public-keys", help="folder of <client_id>.pub files to enrol at start")
+    parser.add_argument("--registry-refresh-seconds", type=float, default=10.0, help="how often keys are re-read")
+    parser.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="accept updates without an enrolled signature (not for production)",
+    )
 
 
 def _job(args: argparse.Namespace) -> int:
@@ -75,6 +215,9 @@ def _job(args: argparse.Namespace) -> int:
         "trigger_interval_seconds": args.trigger_seconds,
         "register_every": args.register_every,
         "mlflow_experiment": args.experiment,
+        "enrol_public_keys_dir": args.enrol_public_keys,
+        "require_signatures": not args.allow_unsigned,
+        "registry_refresh_seconds": args.registry_refresh_seconds,
     }
     if args.tables_root:
         overrides["tables_root"] = args.tables_root

@@ -23,7 +23,7 @@ from typing import Any
 DEFAULT_HELD_OUT = (5, 10, 15, 20, 25, 30)
 DEFAULT_AGGREGATION: dict[str, Any] = {
     "mode": "fedbuff",
-    "buffer_size": 10,
+    "buffer_size": 5,
     "max_wait_seconds": 10.0,
     "staleness_function": "polynomial",
     "staleness_exponent": 0.5,
@@ -66,6 +66,7 @@ def run_demo(settings: DemoSettings) -> int:
     from producers.data.hapt import load_hapt_clients
     from producers.evaluation import HeldOutEvaluator
     from producers.fleet import DeviceSpeeds, SimulatedFleet
+    from producers.identity import ClientIdentity
     from producers.models import build_model, model_weights
     from producers.training import LocalTrainingConfig
     from producers.transport import GlobalModelSubscriber, UpdatePublisher
@@ -93,8 +94,15 @@ def run_demo(settings: DemoSettings) -> int:
     )
     initial = run_dir / "initial-model.safetensors"
     initial.write_bytes(encode_tensors(model_weights(build_model(settings.model_name, settings.seed))))
+    identities = {subject: ClientIdentity.generate(f"subject-{subject:02d}") for subject in clients_data}
+    faulty_device = ClientIdentity.generate("faulty-device")
+    enrolled = run_dir / "enrolled-keys"
+    enrolled.mkdir()
+    for identity in [*identities.values(), faulty_device]:
+        (enrolled / f"{identity.client_id}.pub").write_text(identity.public_key.hex() + "\n")
+    _say(f"{len(identities) + 1} device key pairs made; the job enrols their public keys from {enrolled}")
 
-    job = _start_job(settings, run_dir, initial)
+    job = _start_job(settings, run_dir, initial, enrolled)
     stop = threading.Event()
     points: list[_Point] = []
     try:
@@ -115,6 +123,7 @@ def run_demo(settings: DemoSettings) -> int:
                 model=build_model(settings.model_name, settings.seed),
                 data=LocalData(data.train.windows, data.train.labels, data.validation.windows, data.validation.labels),
                 training=training,
+                identity=identities[subject],
             )
             for subject, data in sorted(clients_data.items())
         ]
@@ -135,7 +144,7 @@ def run_demo(settings: DemoSettings) -> int:
             fleet_thread.join(settings.progress_every_seconds)
             elapsed = time.monotonic() - started
             if not injected and elapsed > settings.duration_seconds / 4:
-                injected = _inject_bad_updates(kafka, settings.model_name, evaluator_subscriber)
+                injected = _inject_bad_updates(kafka, settings.model_name, evaluator_subscriber, faulty_device)
             _progress(points, evaluator, evaluator_subscriber, run_dir, elapsed)
         _say("devices stopped; letting the job aggregate what is still buffered ...")
         _drain(run_dir, settings)
@@ -150,7 +159,7 @@ def run_demo(settings: DemoSettings) -> int:
     return 0
 
 
-def _start_job(settings: DemoSettings, run_dir: Path, initial: Path) -> subprocess.Popen[bytes]:
+def _start_job(settings: DemoSettings, run_dir: Path, initial: Path, enrolled: Path) -> subprocess.Popen[bytes]:
     command = [
         sys.executable, "-m", "fedstream.cli", "job",
         "--model-name", settings.model_name,
@@ -160,6 +169,7 @@ def _start_job(settings: DemoSettings, run_dir: Path, initial: Path) -> subproce
         "--status-file", str(run_dir / "job-status.json"),
         "--aggregation", json.dumps(settings.aggregation),
         "--experiment", "fedstream-demo",
+        "--enrol-public-keys", str(enrolled),
     ]  # fmt: skip
     log = (run_dir / "job.log").open("wb")
     return subprocess.Popen(
@@ -177,13 +187,15 @@ def _wait_for_version_zero(subscriber: Any, job: subprocess.Popen[bytes], run_di
     raise SystemExit(f"no version 0 after 300 s; see {run_dir / 'job.log'}")
 
 
-def _inject_bad_updates(kafka: Any, model_name: str, subscriber: Any) -> bool:
+def _inject_bad_updates(kafka: Any, model_name: str, subscriber: Any, device: Any) -> bool:
     from fedstream.bad_updates import bad_update_messages
+    from producers.identity import ClientIdentity
     from producers.transport import UpdatePublisher
 
     newest = subscriber.newest()
     publisher = UpdatePublisher(kafka)
-    messages = bad_update_messages(model_name, newest.parameters, newest.header.version)
+    impostor = ClientIdentity.generate("impostor")
+    messages = bad_update_messages(model_name, newest.parameters, newest.header.version, device, impostor)
     for _, client_id, value in messages:
         publisher.publish(client_id, value)
     publisher.close()

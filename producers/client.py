@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 from torch import nn
 
+from producers.identity import ClientIdentity
 from producers.models import load_model_weights, model_weights
 from producers.training import Evaluation, LocalTrainingConfig, evaluate, train_locally
 from producers.transport import GlobalModelSubscriber, UpdatePublisher
@@ -45,12 +46,16 @@ class FederatedClient:
         model: nn.Module,
         data: LocalData,
         training: LocalTrainingConfig,
+        identity: ClientIdentity | None = None,
     ) -> None:
         self.client_id = client_id
         self.model_name = model_name
         self.model = model
         self.data = data
         self.training = training
+        if identity is not None and identity.client_id != client_id:
+            raise ValueError(f"identity belongs to {identity.client_id!r}, not to client {client_id!r}")
+        self.identity = identity
 
     def prepare_update(self, global_model: DecodedModel) -> PreparedUpdate:
         """Evaluate the received global model on local validation data, train from it, and encode Δ."""
@@ -74,6 +79,7 @@ class FederatedClient:
             sample_count=report.sample_count,
             delta=model_delta(model_weights(self.model), base),
             metrics=metrics,
+            signer=None if self.identity is None else self.identity.sign,
         )
         return PreparedUpdate(header=header, value=value, global_evaluation=global_evaluation)
 

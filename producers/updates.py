@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from schemas.messages import ClientMetrics, UpdateHeader
-from schemas.wire import encode_update, tensors_payload
+from schemas.wire import Signer, encode_update, tensors_payload
 
 
 def model_delta(
@@ -32,8 +32,9 @@ def build_update(
     delta: Mapping[str, npt.NDArray[np.float32]],
     metrics: ClientMetrics | None = None,
     update_id: str | None = None,
+    signer: Signer | None = None,
 ) -> tuple[UpdateHeader, bytes]:
-    """Return the header and the encoded ``fl.updates`` value of one update."""
+    """Return the header and the encoded ``fl.updates`` value of one update, signed by ``signer``."""
     payload, payload_hash = tensors_payload(delta)
     header = UpdateHeader(
         update_id=update_id or uuid.uuid4().hex,
@@ -45,4 +46,4 @@ def build_update(
         payload_sha256=payload_hash,
         metrics=metrics or ClientMetrics(),
     )
-    return header, encode_update(header, payload)
+    return header, encode_update(header, payload, signer)

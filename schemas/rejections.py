@@ -23,6 +23,11 @@ class RejectionReason(StrEnum):
     FUTURE_BASE_VERSION = "future_base_version"
     TOO_STALE = "too_stale"
     DUPLICATE_UPDATE = "duplicate_update"
+    UNSIGNED = "unsigned"
+    UNKNOWN_CLIENT = "unknown_client"
+    REVOKED_CLIENT = "revoked_client"
+    BAD_SIGNATURE = "bad_signature"
+    OUTSIDE_REPLAY_WINDOW = "outside_replay_window"
 
 
 @dataclass(frozen=True)

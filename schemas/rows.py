@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -34,6 +34,8 @@ class UpdateRow(KafkaCoordinates):
     sample_count: Annotated[int, Field(gt=0)]
     payload_sha256: Sha256Hex
     payload: bytes
+    signature: bytes
+    """The client's Ed25519 signature over the update header (64 zero bytes when unsigned)."""
     validation_loss: float | None
     validation_accuracy: float | None
     validation_count: NonNegative
@@ -82,3 +84,12 @@ class ModelVersionRow(_Row):
     federated_validation_accuracy: float | None
     batch_id: int
     """The micro-batch that made this version; -1 for version 0 and for a version made by the buffer deadline."""
+
+
+class ClientKeyRow(_Row):
+    """``client_keys``: the enrolment log; a client's newest row says whether its key is trusted."""
+
+    client_id: Identifier
+    public_key: bytes
+    action: Literal["enrol", "revoke"]
+    recorded_at: AwareDatetime

@@ -1,15 +1,18 @@
-"""Framing of fedstream's Kafka messages: ``magic | header length | JSON header | safetensors payload``.
+"""Framing of fedstream's Kafka messages.
 
-``magic`` is 4 bytes naming the message kind and framing version (``FSU1`` update, ``FSM1`` model), the
-header length a big-endian uint32. Decoding never raises on bad input: it returns every problem it finds
-as a :class:`~schemas.rejections.Rejection`, so the job can record it and move on.
+An update is ``magic | header length | JSON header | signature | safetensors payload``; a global model is
+the same without the signature. ``magic`` is 4 bytes naming the message kind and framing version (``FSU1``
+update, ``FSM1`` model), the header length a big-endian uint32, the signature 64 bytes: the client's
+Ed25519 signature over ``magic + JSON header`` (the header names the payload's SHA-256, so the signature
+binds the payload too), or 64 zero bytes when unsigned. Decoding never raises on bad input: it returns
+the problem it finds as a :class:`~schemas.rejections.Rejection`, so the job can record it and move on.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -27,14 +30,28 @@ MODEL_MAGIC: Final = b"FSM1"
 _LENGTH = struct.Struct(">I")
 _PREFIX_BYTES: Final = len(UPDATE_MAGIC) + _LENGTH.size
 MAX_HEADER_BYTES: Final = 64 * 1024
+SIGNATURE_BYTES: Final = 64
+UNSIGNED: Final = bytes(SIGNATURE_BYTES)
+
+Signer = Callable[[bytes], bytes]
+"""Signs the bytes :func:`signed_bytes` returns; a client's private key lives inside it."""
 
 
 @dataclass(frozen=True)
 class DecodedUpdate:
-    """A well-formed update: its header and its delta tensors."""
+    """A well-formed update: its header, its delta tensors, and its signature with the bytes it signs."""
 
     header: UpdateHeader
     delta: Tensors
+    payload: bytes = b""
+    """The safetensors bytes ``delta`` was decoded from (their SHA-256 is ``header.payload_sha256``)."""
+    signature: bytes = UNSIGNED
+    signed_bytes: bytes = b""
+
+    @property
+    def is_signed(self) -> bool:
+        """False when the signature slot holds zeros."""
+        return self.signature != UNSIGNED
 
 
 @dataclass(frozen=True)
@@ -50,11 +67,20 @@ def frame(magic: bytes, header_json: bytes, payload: bytes) -> bytes:
     return magic + _LENGTH.pack(len(header_json)) + header_json + payload
 
 
-def encode_update(header: UpdateHeader, payload: bytes) -> bytes:
-    """Encode an update whose ``payload_sha256`` already names ``payload``."""
+def signed_bytes(header_json: bytes) -> bytes:
+    """What a client signs: the update magic and the exact header bytes sent (which name the payload hash)."""
+    return UPDATE_MAGIC + header_json
+
+
+def encode_update(header: UpdateHeader, payload: bytes, signer: Signer | None = None) -> bytes:
+    """Encode an update whose ``payload_sha256`` already names ``payload``, signed when ``signer`` is given."""
     if header.payload_sha256 != sha256_hex(payload):
         raise ValueError(f"header.payload_sha256 {header.payload_sha256!r} does not match the payload")
-    return frame(UPDATE_MAGIC, header.model_dump_json().encode(), payload)
+    header_json = header.model_dump_json().encode()
+    signature = signer(signed_bytes(header_json)) if signer is not None else UNSIGNED
+    if len(signature) != SIGNATURE_BYTES:
+        raise ValueError(f"a signature is {SIGNATURE_BYTES} bytes, the signer returned {len(signature)}")
+    return frame(UPDATE_MAGIC, header_json, signature + payload)
 
 
 def encode_model(header: ModelHeader, payload: bytes) -> bytes:
@@ -99,7 +125,10 @@ def decode_update(
     framed = split_frame(value, UPDATE_MAGIC)
     if isinstance(framed, Rejection):
         return framed
-    header_json, payload = framed
+    header_json, signed_payload = framed
+    if len(signed_payload) < SIGNATURE_BYTES:
+        return Rejection(RejectionReason.MALFORMED_ENVELOPE, f"no room for the {SIGNATURE_BYTES}-byte signature")
+    signature, payload = signed_payload[:SIGNATURE_BYTES], signed_payload[SIGNATURE_BYTES:]
     header = _parse_header(header_json)
     if isinstance(header, Rejection):
         return header
@@ -115,7 +144,9 @@ def decode_update(
         delta = decode_tensors(payload)
     except ValueError as error:
         return Rejection(RejectionReason.MALFORMED_PAYLOAD, str(error)[:300])
-    return DecodedUpdate(header=header, delta=delta)
+    return DecodedUpdate(
+        header=header, delta=delta, payload=payload, signature=signature, signed_bytes=signed_bytes(header_json)
+    )
 
 
 def decode_model(value: bytes) -> DecodedModel:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F  # noqa: N812
 
 from aggregator import AggregationConfig
 from schemas.tensors import decode_tensors, parameter_hash
 from streaming_jobs.aggregation import recompute_parameters
-from streaming_jobs.tables import MODEL_VERSIONS, UPDATES, TableLocations
+from streaming_jobs.tables import MODEL_VERSIONS, REJECTED_UPDATES, UPDATES, TableLocations, TableSpec
 
 
 @dataclass(frozen=True)
@@ -70,3 +70,144 @@ def verify_version(
         parent_hash_matches=row.parent_parameter_hash == parent.parameter_hash,
         update_count=len(row.update_ids),
     )
+
+
+AuditRow = dict[str, object]
+_LINEAGE_COLUMNS = (
+    "version",
+    "parent_version",
+    "parameter_hash",
+    "created_at",
+    "update_ids",
+    "update_weights",
+    "update_staleness",
+    "aggregation_mode",
+    "server_optimizer",
+)
+
+
+def read_as_of(spark: SparkSession, locations: TableLocations, table: TableSpec, as_of: str | None) -> DataFrame:
+    """The table now, or as it was at ``as_of`` (a Delta table version number or a timestamp): time travel."""
+    if as_of is None:
+        return locations.read(spark, table)
+    reader = spark.read.format("delta")
+    reader = reader.option("versionAsOf", int(as_of)) if as_of.isdigit() else reader.option("timestampAsOf", as_of)
+    if locations.catalog_schema:
+        return reader.table(locations.identifier(table))
+    return reader.load(locations.identifier(table))
+
+
+def lineage(
+    spark: SparkSession, locations: TableLocations, model_name: str, version: int, as_of: str | None = None
+) -> list[AuditRow]:
+    """The parent chain of ``version`` back to 0, each with its updates, clients, weights and staleness."""
+    versions = {
+        row.version: row
+        for row in read_as_of(spark, locations, MODEL_VERSIONS, as_of)
+        .where((F.col("model_name") == model_name) & (F.col("version") <= version))
+        .select(*_LINEAGE_COLUMNS)
+        .collect()
+    }
+    if version not in versions:
+        raise LookupError(f"model {model_name!r} has no version {version}")
+    clients = {
+        row.update_id: row.client_id
+        for row in read_as_of(spark, locations, UPDATES, as_of)
+        .where(F.col("model_name") == model_name)
+        .select("update_id", "client_id")
+        .collect()
+    }
+    chain: list[AuditRow] = []
+    current: int | None = version
+    while current is not None:
+        row = versions[current]
+        chain.append(
+            {
+                "version": row.version,
+                "parent_version": row.parent_version,
+                "created_at": row.created_at.isoformat(),
+                "parameter_hash": row.parameter_hash,
+                "mode": f"{row.aggregation_mode}/{row.server_optimizer}",
+                "updates": [
+                    {"update_id": update_id, "client_id": clients.get(update_id), "weight": weight, "staleness": s}
+                    for update_id, weight, s in zip(
+                        row.update_ids, row.update_weights, row.update_staleness, strict=True
+                    )
+                ],
+            }
+        )
+        current = row.parent_version
+    return chain
+
+
+def verify_chain(spark: SparkSession, locations: TableLocations, model_name: str, version: int) -> list[AuditRow]:
+    """Recompute every version from 1 to ``version`` and check the parent-hash chain down to version 0."""
+    results = []
+    for each in range(1, version + 1):
+        check = verify_version(spark, locations, model_name, each)
+        results.append(
+            {
+                "version": each,
+                "ok": check.ok,
+                "stored_hash": check.stored_hash,
+                "recomputed_hash": check.recomputed_hash,
+                "parent_hash_matches": check.parent_hash_matches,
+                "updates": check.update_count,
+            }
+        )
+    return results
+
+
+def client_activity(
+    spark: SparkSession, locations: TableLocations, client_id: str, as_of: str | None = None
+) -> dict[str, list[AuditRow]]:
+    """A client's accepted updates (with the version each went into) and its rejected messages."""
+    placed = {
+        update_id: row.version
+        for row in read_as_of(spark, locations, MODEL_VERSIONS, as_of).select("version", "update_ids").collect()
+        for update_id in row.update_ids
+    }
+    accepted = [
+        {
+            "update_id": row.update_id,
+            "model_name": row.model_name,
+            "base_version": row.base_version,
+            "sample_count": row.sample_count,
+            "received_at": row.received_at.isoformat(),
+            "in_version": placed.get(row.update_id),
+        }
+        for row in read_as_of(spark, locations, UPDATES, as_of)
+        .where(F.col("client_id") == client_id)
+        .orderBy("received_at")
+        .collect()
+    ]
+    rejected = [
+        {
+            "update_id": row.update_id,
+            "reason": row.reason,
+            "detail": row.detail,
+            "rejected_at": row.rejected_at.isoformat(),
+        }
+        for row in read_as_of(spark, locations, REJECTED_UPDATES, as_of)
+        .where(F.col("client_id") == client_id)
+        .orderBy("rejected_at")
+        .collect()
+    ]
+    return {"accepted": accepted, "rejected": rejected}
+
+
+def rejected_summary(
+    spark: SparkSession, locations: TableLocations, as_of: str | None = None, by: str = "hour"
+) -> list[AuditRow]:
+    """Rejected messages counted by reason and time bucket (``hour`` or ``day``)."""
+    bucket = F.date_trunc(by, F.col("rejected_at")).alias(by)
+    rows = (
+        read_as_of(spark, locations, REJECTED_UPDATES, as_of)
+        .groupBy(bucket, "reason")
+        .agg(F.count("*").alias("count"), F.countDistinct("client_id").alias("clients"))
+        .orderBy(by, "reason")
+        .collect()
+    )
+    return [
+        {by: row[by].isoformat(), "reason": row.reason, "count": row["count"], "clients": row.clients} for row in rows
+    ]

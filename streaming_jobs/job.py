@@ -96,6 +96,11 @@ def run_job(
     locations = TableLocations(settings.tables_root, settings.catalog_schema)
     locations.ensure(spark)
     bootstrap_initial_version(spark, settings)
+    if settings.enrol_public_keys_dir:
+        from streaming_jobs.client_registry import enrol_new_keys, public_keys_in
+
+        enrolled = enrol_new_keys(spark, locations, public_keys_in(settings.enrol_public_keys_dir))
+        logger.info("enrolled %d client keys from %s", enrolled, settings.enrol_public_keys_dir)
     publisher = VersionPublisher(settings)
     progress = JobProgress(status_file)
 

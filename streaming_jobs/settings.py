@@ -2,23 +2,47 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from aggregator import AggregationConfig
+from schemas.kafka_settings import ENVIRONMENT_VARIABLES as KAFKA_ENVIRONMENT_VARIABLES
 from schemas.kafka_settings import KafkaSettings
 from schemas.messages import Identifier
+from streaming_jobs import databricks
 from streaming_jobs.stack.paths import state_dir
+
+CHECKPOINT_VARIABLE = "FEDSTREAM_CHECKPOINT_LOCATION"
+
+ENVIRONMENT_VARIABLES: dict[str, str] = {
+    databricks.CATALOG_VARIABLE: "catalog_schema (with FEDSTREAM_SCHEMA): Unity Catalog catalog of the tables",
+    databricks.SCHEMA_VARIABLE: "catalog_schema (with FEDSTREAM_CATALOG): Unity Catalog schema of the tables",
+    CHECKPOINT_VARIABLE: "checkpoint_location",
+    databricks.SECRET_SCOPE_VARIABLE: "kafka.sasl_username/sasl_password from this secret scope (Databricks)",
+    **{variable: f"kafka.{field}" for variable, field in KAFKA_ENVIRONMENT_VARIABLES.items()},
+}
+"""Every environment variable ``JobSettings`` reads (a field left unset takes its value from here)."""
 
 
 def _default_tables_root() -> str:
     return str(state_dir() / "tables")
 
 
-def _default_checkpoint() -> str:
-    return str(state_dir() / "checkpoints" / "aggregation-job")
+def _default_checkpoint(environ: Mapping[str, str] | None = None) -> str:
+    values = os.environ if environ is None else environ
+    return values.get(CHECKPOINT_VARIABLE) or str(state_dir() / "checkpoints" / "aggregation-job")
+
+
+def _default_catalog_schema() -> str | None:
+    return databricks.catalog_schema_from_env()
+
+
+def _default_kafka() -> KafkaSettings:
+    return databricks.kafka_settings_for_runtime()
 
 
 class JobSettings(BaseModel):
@@ -28,9 +52,10 @@ class JobSettings(BaseModel):
 
     model_name: Identifier = "har-cnn"
     tables_root: str = Field(default_factory=_default_tables_root)
-    catalog_schema: str | None = None
+    catalog_schema: str | None = Field(default_factory=_default_catalog_schema)
+    """Unity Catalog ``catalog.schema`` of the tables (None: Delta folders under ``tables_root``)."""
     checkpoint_location: str = Field(default_factory=_default_checkpoint)
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings.from_env)
+    kafka: KafkaSettings = Field(default_factory=_default_kafka)
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     max_offsets_per_trigger: int = Field(default=500, gt=0)
     trigger_interval_seconds: float = Field(default=1.0, ge=0)
@@ -41,6 +66,14 @@ class JobSettings(BaseModel):
     """Delta ``txnAppId`` prefix: identifies this job's writes so replays are skipped."""
     initial_model_path: str | None = None
     """safetensors file of version 0, used once when ``model_versions`` is empty."""
+    require_signatures: bool = True
+    """Accept only updates signed by an enrolled, unrevoked client key (``client_keys`` table)."""
+    registry_refresh_seconds: float = Field(default=10.0, gt=0)
+    """How often the job re-reads ``client_keys``: a revocation takes effect within this time."""
+    replay_window_seconds: float | None = Field(default=900.0, gt=0)
+    """Reject an update whose ``created_at`` is further than this from its Kafka timestamp (None: no limit)."""
+    enrol_public_keys_dir: str | None = None
+    """Folder of ``<client_id>.pub`` files enrolled at start (convenience for local runs and the demo)."""
 
     @field_validator("aggregation", mode="before")
     @classmethod
@@ -49,9 +82,33 @@ class JobSettings(BaseModel):
             return AggregationConfig.from_dict(value)
         return value
 
+    @model_validator(mode="after")
+    def _refuse_unsupported_on_databricks(self) -> JobSettings:
+        if databricks.on_databricks():
+            databricks.refuse_unsupported(self)
+        return self
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        dbutils: databricks.DbutilsLike | None = None,
+        **overrides: Any,
+    ) -> JobSettings:
+        """Settings from ``ENVIRONMENT_VARIABLES`` (``os.environ`` by default), then ``overrides``."""
+        values: dict[str, Any] = {
+            "catalog_schema": databricks.catalog_schema_from_env(environ),
+            "checkpoint_location": _default_checkpoint(environ),
+            "kafka": databricks.kafka_settings_for_runtime(environ, dbutils=dbutils),
+        }
+        return cls.model_validate({**values, **overrides})
+
     @property
     def registered_model_name(self) -> str:
-        """MLflow registry name of the global model."""
+        """MLflow registry name of the global model; three-part in Unity Catalog when the tables are there."""
+        if self.catalog_schema and self.catalog_schema.count(".") == 1:
+            return databricks.registered_model_name(self.catalog_schema, self.model_name)
         return f"fedstream-{self.model_name}"
 
     def initial_model_file(self) -> Path | None:

@@ -25,7 +25,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from schemas.rows import ModelVersionRow, RejectedUpdateRow, UpdateRow
+from schemas.rows import ClientKeyRow, ModelVersionRow, RejectedUpdateRow, UpdateRow
 
 _KAFKA_FIELDS = [
     StructField("kafka_topic", StringType(), False),
@@ -44,6 +44,7 @@ UPDATES_SCHEMA = StructType(
         StructField("sample_count", LongType(), False),
         StructField("payload_sha256", StringType(), False),
         StructField("payload", BinaryType(), False),
+        StructField("signature", BinaryType(), False),
         StructField("validation_loss", DoubleType(), True),
         StructField("validation_accuracy", DoubleType(), True),
         StructField("validation_count", LongType(), False),
@@ -96,6 +97,16 @@ MODEL_VERSIONS_SCHEMA = StructType(
 )
 
 
+CLIENT_KEYS_SCHEMA = StructType(
+    [
+        StructField("client_id", StringType(), False),
+        StructField("public_key", BinaryType(), False),
+        StructField("action", StringType(), False),
+        StructField("recorded_at", TimestampType(), False),
+    ]
+)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """A Delta table: its name, Spark schema and the pydantic row model that describes one row."""
@@ -108,7 +119,8 @@ class TableSpec:
 UPDATES = TableSpec("updates", UPDATES_SCHEMA, UpdateRow)
 REJECTED_UPDATES = TableSpec("rejected_updates", REJECTED_UPDATES_SCHEMA, RejectedUpdateRow)
 MODEL_VERSIONS = TableSpec("model_versions", MODEL_VERSIONS_SCHEMA, ModelVersionRow)
-ALL_TABLES = (UPDATES, REJECTED_UPDATES, MODEL_VERSIONS)
+CLIENT_KEYS = TableSpec("client_keys", CLIENT_KEYS_SCHEMA, ClientKeyRow)
+ALL_TABLES = (UPDATES, REJECTED_UPDATES, MODEL_VERSIONS, CLIENT_KEYS)
 
 
 @dataclass(frozen=True)
@@ -143,18 +155,24 @@ class TableLocations:
             builder.execute()
 
     def append(
-        self, spark: SparkSession, table: TableSpec, rows: Sequence[BaseModel], *, app_id: str, batch_id: int
+        self,
+        spark: SparkSession,
+        table: TableSpec,
+        rows: Sequence[BaseModel],
+        *,
+        app_id: str | None,
+        batch_id: int | None,
     ) -> None:
-        """Append ``rows`` once per ``(app_id, batch_id)``: a replayed batch is skipped by Delta itself."""
+        """Append ``rows`` once per ``(app_id, batch_id)``: a replayed batch is skipped by Delta itself.
+
+        ``app_id=None`` appends without a transaction id (one-off writes such as enrolments).
+        """
         if not rows:
             return
         frame = spark.createDataFrame([_as_tuple(row, table.schema) for row in rows], schema=table.schema)
-        writer = (
-            frame.write.format("delta")
-            .mode("append")
-            .option("txnAppId", f"{app_id}:{table.name}")
-            .option("txnVersion", batch_id)
-        )
+        writer = frame.write.format("delta").mode("append")
+        if app_id is not None and batch_id is not None:
+            writer = writer.option("txnAppId", f"{app_id}:{table.name}").option("txnVersion", batch_id)
         if self.catalog_schema:
             writer.saveAsTable(self.identifier(table))
         else:

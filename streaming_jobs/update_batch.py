@@ -23,8 +23,9 @@ from aggregator import PendingUpdate
 from schemas.rejections import Rejection, RejectionReason
 from schemas.rows import ModelVersionRow, RejectedUpdateRow, UpdateRow
 from schemas.validation import validate_update
-from schemas.wire import UPDATE_MAGIC, DecodedUpdate, decode_update, split_frame
+from schemas.wire import DecodedUpdate, decode_update
 from streaming_jobs.aggregation import aggregate_ready_versions
+from streaming_jobs.client_registry import ClientRegistry
 from streaming_jobs.global_state import BufferedUpdate, GlobalState, load_global_state
 from streaming_jobs.settings import JobSettings
 from streaming_jobs.tables import MODEL_VERSIONS, REJECTED_UPDATES, UPDATES, TableLocations
@@ -70,6 +71,11 @@ class UpdateBatchProcessor:
         self._state: GlobalState | None = None
         self._fresh_state = True
         self._lock = threading.Lock()
+        self.registry = (
+            ClientRegistry(spark, self.locations, settings.registry_refresh_seconds)
+            if settings.require_signatures
+            else None
+        )
 
     @property
     def state(self) -> GlobalState:
@@ -148,6 +154,8 @@ class UpdateBatchProcessor:
         # A micro-batch is replayed only after a restart or a failure, and both reload the state.
         already_written = self._tables_written_by(batch_id) if self._fresh_state else set()
         self._fresh_state = False
+        if self.registry is not None:
+            self.registry.refresh_if_due()
         clock.lap("load_state")
         recorded = self._recorded_update_ids(messages)
         clock.lap("lookup_duplicates")
@@ -177,11 +185,12 @@ class UpdateBatchProcessor:
             )
             if previous is not None or update_id in seen_in_batch:
                 problems.insert(0, Rejection(RejectionReason.DUPLICATE_UPDATE, f"update_id {update_id} seen before"))
+            problems[:0] = self._authenticity_problems(decoded, _aware(message.timestamp))
             if problems:
                 rejected.append(_rejected_row(message, problems, decoded, now, batch_id))
                 continue
             seen_in_batch.add(update_id)
-            row = _update_row(message, decoded, _bytes(message.value), now, batch_id)
+            row = _update_row(message, decoded, now, batch_id)
             accepted.append(row)
             state.pending.append(_buffered(decoded, now))
             if aggregate:
@@ -224,6 +233,26 @@ class UpdateBatchProcessor:
             return
         table = {UPDATES.name: UPDATES, REJECTED_UPDATES.name: REJECTED_UPDATES, MODEL_VERSIONS.name: MODEL_VERSIONS}
         self.locations.append(self.spark, table[table_name], rows, app_id=self.settings.writer_id, batch_id=batch_id)
+
+    def _authenticity_problems(self, decoded: DecodedUpdate, sent_at: datetime) -> list[Rejection]:
+        """Signature from an enrolled, unrevoked key; ``created_at`` within the replay window of the send time."""
+        problems = []
+        if self.registry is not None:
+            problem = self.registry.check(decoded)
+            if problem is not None:
+                problems.append(problem)
+        window = self.settings.replay_window_seconds
+        if window is not None:
+            skew = abs((decoded.header.created_at - sent_at).total_seconds())
+            if skew > window:
+                problems.append(
+                    Rejection(
+                        RejectionReason.OUTSIDE_REPLAY_WINDOW,
+                        f"created_at {decoded.header.created_at.isoformat()} is {skew:.0f} s from the Kafka "
+                        f"timestamp {sent_at.isoformat()} (window {window:.0f} s)",
+                    )
+                )
+        return problems
 
     def _tables_written_by(self, batch_id: int) -> set[str]:
         """Tables that already hold rows of ``batch_id`` (a replay after a crash); empty in normal running."""
@@ -300,10 +329,8 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _update_row(message: Row, decoded: DecodedUpdate, value: bytes | None, now: datetime, batch_id: int) -> UpdateRow:
+def _update_row(message: Row, decoded: DecodedUpdate, now: datetime, batch_id: int) -> UpdateRow:
     header = decoded.header
-    framed = split_frame(value or b"", UPDATE_MAGIC)
-    payload = framed[1] if isinstance(framed, tuple) else b""
     return UpdateRow(
         **_kafka_fields(message),  # type: ignore[arg-type]
         update_id=header.update_id,
@@ -312,7 +339,8 @@ def _update_row(message: Row, decoded: DecodedUpdate, value: bytes | None, now: 
         base_version=header.base_version,
         sample_count=header.sample_count,
         payload_sha256=header.payload_sha256,
-        payload=payload,
+        payload=decoded.payload,
+        signature=decoded.signature,
         validation_loss=header.metrics.validation_loss,
         validation_accuracy=header.metrics.validation_accuracy,
         validation_count=header.metrics.validation_count,

@@ -6,6 +6,7 @@ The test stack uses its own state folder and port, so a developer's running stac
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,18 @@ import pytest
 
 from schemas.kafka_settings import KafkaSettings
 
-TEST_KAFKA_PORT = int(os.environ.get("FEDSTREAM_TEST_KAFKA_PORT", "19092"))
+
+def free_port_pair(preferred: int) -> int:
+    """``preferred`` if it and the next port are free, else another such pair: broker and controller ports."""
+    for port in [preferred, *range(preferred + 100, preferred + 2000, 7)]:
+        if all(_port_free(candidate) for candidate in (port, port + 1)):
+            return port
+    raise RuntimeError(f"no two free consecutive ports near {preferred}")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
 @dataclass(frozen=True)
@@ -26,10 +38,11 @@ class RunningStack:
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     home = tmp_path_factory.mktemp("fedstream-home")
+    port = free_port_pair(int(os.environ.get("FEDSTREAM_TEST_KAFKA_PORT", "19092")))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FEDSTREAM_HOME", str(home))
-        patch.setenv("FEDSTREAM_KAFKA_PORT", str(TEST_KAFKA_PORT))
-        patch.setenv("FEDSTREAM_KAFKA_BOOTSTRAP_SERVERS", f"localhost:{TEST_KAFKA_PORT}")
+        patch.setenv("FEDSTREAM_KAFKA_PORT", str(port))
+        patch.setenv("FEDSTREAM_KAFKA_BOOTSTRAP_SERVERS", f"localhost:{port}")
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         from streaming_jobs.stack.local_stack import stack_down, stack_up
 

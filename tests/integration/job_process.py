@@ -18,11 +18,19 @@ from schemas.kafka_settings import KafkaSettings
 class JobProcess:
     """One streaming job over a folder of Delta tables, restartable from the same checkpoint."""
 
-    def __init__(self, folder: Path, model_name: str, initial_model: Path, aggregation: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        model_name: str,
+        initial_model: Path,
+        aggregation: dict[str, Any],
+        public_keys: Path | None = None,
+    ) -> None:
         self.folder = folder
         self.model_name = model_name
         self.initial_model = initial_model
         self.aggregation = aggregation
+        self.public_keys = public_keys
         self.tables = folder / "tables"
         self.status_file = folder / "job-status.json"
         self.process: subprocess.Popen[bytes] | None = None
@@ -55,6 +63,9 @@ class JobProcess:
                 "0.5",
                 "--experiment",
                 f"test-{self.model_name}",
+                "--registry-refresh-seconds",
+                "2",
+                *(["--enrol-public-keys", str(self.public_keys)] if self.public_keys else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

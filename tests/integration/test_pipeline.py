@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F  # noqa: N812
 
+from producers.identity import ClientIdentity
 from producers.transport import GlobalModelSubscriber, UpdatePublisher
 from producers.updates import build_update
 from schemas.tensors import encode_tensors
@@ -46,13 +47,26 @@ def _delta(rng: np.random.Generator, parameters: dict[str, np.ndarray]) -> dict[
     return {name: (0.01 * rng.normal(size=array.shape)).astype(np.float32) for name, array in parameters.items()}
 
 
+IDENTITIES = {name: ClientIdentity.generate(name) for name in ("client-0", "client-1", "client-2", "client-bad")}
+
+
+def _enrolled_keys(folder: Path) -> Path:
+    for identity in IDENTITIES.values():
+        (folder / f"{identity.client_id}.pub").write_text(identity.public_key.hex())
+    return folder
+
+
+def _signed(client_id: str, **fields):  # type: ignore[no-untyped-def]
+    return build_update(client_id=client_id, signer=IDENTITIES[client_id].sign, **fields)
+
+
 def _publish_valid(
     publisher: UpdatePublisher, model: str, base: int, count: int, rng: np.random.Generator
 ) -> list[str]:
     ids = []
     for index in range(count):
-        header, value = build_update(
-            client_id=f"client-{index % 3}",
+        header, value = _signed(
+            f"client-{index % 3}",
             model_name=model,
             base_version=base,
             sample_count=int(rng.integers(10, 100)),
@@ -70,7 +84,7 @@ def test_updates_become_consecutive_reproducible_versions_across_a_crash(
     model = f"test-{uuid.uuid4().hex[:8]}"
     initial = tmp_path / "initial.safetensors"
     initial.write_bytes(encode_tensors(_initial_parameters()))
-    job = JobProcess(tmp_path, model, initial, AGGREGATION)
+    job = JobProcess(tmp_path, model, initial, AGGREGATION, _enrolled_keys(tmp_path))
     publisher = UpdatePublisher(local_stack.kafka)
     rng = np.random.default_rng(1)
     expected_rejections: dict[str, str] = {}  # update id (or raw marker) -> reason
@@ -90,24 +104,22 @@ def test_updates_become_consecutive_reproducible_versions_across_a_crash(
             ("non_finite", with_nan, model),
             ("unknown_model", _delta(rng, _initial_parameters()), "someone-elses-model"),
         ]:
-            header, value = build_update(
-                client_id="client-bad", model_name=model_name, base_version=0, sample_count=5, delta=delta
-            )
+            header, value = _signed("client-bad", model_name=model_name, base_version=0, sample_count=5, delta=delta)
             publisher.publish("client-bad", value)
             expected_rejections[header.update_id] = reason
         job.wait_for_version(local_stack.kafka, 3)
 
         # at version 3 with max_staleness 2: base 0 is too stale, base 9 is in the future
         for reason, base in [("too_stale", 0), ("future_base_version", 9)]:
-            header, value = build_update(
-                client_id="client-1", model_name=model, base_version=base, sample_count=5,
+            header, value = _signed(
+                "client-1", model_name=model, base_version=base, sample_count=5,
                 delta=_delta(rng, _initial_parameters()),
             )  # fmt: skip
             publisher.publish("client-1", value)
             expected_rejections[header.update_id] = reason
         # a replay: the same valid update sent twice; the first is accepted, the second rejected
-        header, value = build_update(
-            client_id="client-2", model_name=model, base_version=3, sample_count=7,
+        header, value = _signed(
+            "client-2", model_name=model, base_version=3, sample_count=7,
             delta=_delta(rng, _initial_parameters()),
         )  # fmt: skip
         publisher.publish("client-2", value)
@@ -170,7 +182,9 @@ def test_a_partial_buffer_becomes_a_version_at_its_deadline_while_kafka_is_quiet
     model = f"test-{uuid.uuid4().hex[:8]}"
     initial = tmp_path / "initial.safetensors"
     initial.write_bytes(encode_tensors(_initial_parameters()))
-    job = JobProcess(tmp_path, model, initial, {**AGGREGATION, "buffer_size": 10, "max_wait_seconds": 3.0})
+    job = JobProcess(
+        tmp_path, model, initial, {**AGGREGATION, "buffer_size": 10, "max_wait_seconds": 3.0}, _enrolled_keys(tmp_path)
+    )
     publisher = UpdatePublisher(local_stack.kafka)
     try:
         job.start()

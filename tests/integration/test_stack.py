@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port_pair
+
 pytestmark = pytest.mark.stack
 
 
@@ -34,7 +36,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def test_up_twice_down_and_status_tell_the_truth(tmp_path: Path) -> None:
-    port = 19192
+    port = free_port_pair(19192)
     first = _fedstream(tmp_path, port, "up")
     assert first.returncode == 0, first.stderr
     pid = int((tmp_path / "kafka" / "broker.pid").read_text())
@@ -59,7 +61,7 @@ def test_up_twice_down_and_status_tell_the_truth(tmp_path: Path) -> None:
 
 
 def test_status_notices_a_broker_killed_behind_its_back(tmp_path: Path) -> None:
-    port = 19292
+    port = free_port_pair(19292)
     assert _fedstream(tmp_path, port, "up").returncode == 0
     pid = int((tmp_path / "kafka" / "broker.pid").read_text())
     os.kill(pid, 9)

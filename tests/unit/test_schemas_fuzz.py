@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -19,7 +21,15 @@ from schemas.messages import ClientMetrics, UpdateHeader
 from schemas.rejections import Rejection, RejectionReason
 from schemas.tensors import sha256_hex
 from schemas.validation import validate_update
-from schemas.wire import UPDATE_MAGIC, DecodedUpdate, decode_update, encode_update, tensors_payload
+from schemas.wire import (
+    SIGNATURE_BYTES,
+    UNSIGNED,
+    UPDATE_MAGIC,
+    DecodedUpdate,
+    decode_update,
+    encode_update,
+    tensors_payload,
+)
 
 MODEL = "har.mlp"
 CLIENT = "client-007"
@@ -43,10 +53,21 @@ HEADER = UpdateHeader(
     payload_sha256=PAYLOAD_HASH,
     metrics=ClientMetrics(validation_loss=0.69, validation_accuracy=0.5, validation_count=40),
 )
-MESSAGE = encode_update(HEADER, PAYLOAD)
+CLIENT_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+MESSAGE = encode_update(HEADER, PAYLOAD, CLIENT_KEY.sign)
 HEADER_START = 8  # magic and big-endian length
 HEADER_END = HEADER_START + struct.unpack(">I", MESSAGE[4:8])[0]
-assert MESSAGE[HEADER_END:] == PAYLOAD
+PAYLOAD_START = HEADER_END + SIGNATURE_BYTES
+assert MESSAGE[PAYLOAD_START:] == PAYLOAD
+
+
+def signature_verifies(result: DecodedUpdate) -> bool:
+    try:
+        CLIENT_KEY.public_key().verify(result.signature, result.signed_bytes)
+    except InvalidSignature:
+        return False
+    return True
+
 
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -75,7 +96,7 @@ def assert_header_validates(header: UpdateHeader) -> None:
 
 
 def framed(header_json: bytes, payload: bytes) -> bytes:
-    return UPDATE_MAGIC + struct.pack(">I", len(header_json)) + header_json + payload
+    return UPDATE_MAGIC + struct.pack(">I", len(header_json)) + header_json + UNSIGNED + payload
 
 
 # --- (a) arbitrary bytes -------------------------------------------------------------------------------------------
@@ -158,7 +179,8 @@ def test_crafted_safetensors_behind_a_matching_hash_decode_or_are_malformed(
 # --- (b) mutations of a valid message ------------------------------------------------------------------------------
 
 REGIONS = {"magic": (0, 4), "length": (4, HEADER_START), "header": (HEADER_START, HEADER_END)}
-REGIONS["payload"] = (HEADER_END, len(MESSAGE))
+REGIONS["signature"] = (HEADER_END, PAYLOAD_START)
+REGIONS["payload"] = (PAYLOAD_START, len(MESSAGE))
 
 
 @st.composite
@@ -183,15 +205,17 @@ def mutations(draw: st.DrawFn) -> tuple[str, str, int, bytes]:
 
 @settings(FAST, max_examples=2000)
 @given(mutations())
-def test_a_mutated_message_decodes_only_to_a_valid_header_over_the_original_payload(
+def test_a_mutated_signed_message_never_decodes_to_an_update_whose_signature_verifies(
     mutation: tuple[str, str, int, bytes],
 ) -> None:
     kind, region, position, mutated = mutation
     result = decode(mutated)
     event(f"{kind} in {region}: {'decoded' if isinstance(result, DecodedUpdate) else result.reason.value}")
     if isinstance(result, DecodedUpdate):
-        # only a same-length change inside the header JSON can survive: anything else moves or alters the payload
-        assert kind == "flip" and region == "header", (kind, region, position)
+        # only a same-length change inside the header or the signature can decode: anything else moves or alters
+        # the payload; and then the signature no longer verifies, so the job rejects it as bad_signature
+        assert kind == "flip" and region in ("header", "signature"), (kind, region, position)
+        assert not signature_verifies(result)
         assert_header_validates(result.header)
         assert_is_the_original_payload(result)
         assert result.header.client_id == CLIENT  # the key is checked
@@ -201,9 +225,9 @@ def test_a_mutated_message_decodes_only_to_a_valid_header_over_the_original_payl
         assert all(isinstance(problem, Rejection) for problem in problems)
         return
     if region == "magic":
+        # inserting the magic's own last byte keeps the magic and shifts the length field instead
         assert result.reason is RejectionReason.MALFORMED_ENVELOPE, str(result)
-        assert "magic" in result.detail or "too short" in result.detail
-    elif region == "payload":
+    elif region == "payload" or (region == "signature" and kind in ("insert", "delete")):
         assert result.reason is RejectionReason.PAYLOAD_HASH_MISMATCH, str(result)
     elif kind == "truncate":
         assert result.reason is RejectionReason.MALFORMED_ENVELOPE, str(result)
@@ -218,6 +242,13 @@ def test_a_header_flip_can_yield_another_valid_header_over_the_same_payload() ->
     assert result.header.base_version == 13
     assert result.header.model_copy(update={"base_version": 12}) == HEADER
     assert_is_the_original_payload(result)
+    assert not signature_verifies(result), "the signature covers the header: the job refuses this one"
+
+
+def test_the_unmutated_signed_message_verifies() -> None:
+    result = decode(MESSAGE)
+    assert isinstance(result, DecodedUpdate)
+    assert result.is_signed and signature_verifies(result)
 
 
 def test_a_header_flip_to_another_payload_hash_is_caught() -> None:

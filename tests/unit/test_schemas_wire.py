@@ -14,6 +14,7 @@ from schemas.tensors import encode_tensors, parameter_hash, sha256_hex
 from schemas.wire import (
     MAX_HEADER_BYTES,
     MODEL_MAGIC,
+    UNSIGNED,
     UPDATE_MAGIC,
     DecodedModel,
     DecodedUpdate,
@@ -61,7 +62,7 @@ def header_fields(payload: bytes, **overrides: Any) -> dict[str, Any]:
 def raw_message(header: dict[str, Any] | bytes, payload: bytes) -> bytes:
     """A message framed by hand, so the header can be anything the encoder would refuse to write."""
     header_json = header if isinstance(header, bytes) else json.dumps(header).encode()
-    return UPDATE_MAGIC + struct.pack(">I", len(header_json)) + header_json + payload
+    return UPDATE_MAGIC + struct.pack(">I", len(header_json)) + header_json + UNSIGNED + payload
 
 
 def valid_message() -> tuple[bytes, UpdateHeader, bytes]:

@@ -1,0 +1,466 @@
+"""Event-driven federated simulator with a virtual clock: real training and aggregation, simulated time.
+
+It drives the same client code as a device (``producers.training.train_locally``, FedProx included, and
+``producers.personalization``) and the same server math as the streaming job (``aggregator.fedavg_step``,
+``fedbuff_step``, ``fedasync_step``, ``BufferPolicy``, ``StalenessPolicy``, the server optimizers), but
+no Kafka and no Spark: a client's update "takes" a compute time drawn from
+:class:`producers.fleet.DeviceSpeeds` (log-normal with a straggler tail, times per-update jitter) plus an
+upload time (message size over the device's uplink), and a heap of events advances a virtual clock.
+Many configurations and seeds therefore run in seconds of real time per hundred updates.
+
+Strategies:
+
+- synchronous (``mode="fedavg"``, or ``fedbuff`` with ``synchronous=True``): each round samples
+  ``concurrency`` clients, all train from the same version, and the round lasts as long as its slowest
+  client; FedProx is the same with ``training.proximal_mu > 0``.
+- asynchronous (``fedbuff``/``fedasync``): ``concurrency`` clients train at once; when one finishes, its
+  update goes to the buffer (rejected if too stale) and a client is sampled from the idle ones to start
+  on the newest version. The buffer is aggregated when ``BufferPolicy`` says so (``K`` updates or the
+  wait limit, checked on every arrival and at the wait deadline).
+
+Events that fall on the same virtual instant are handled together before any client starts again, so
+with equal delays FedBuff(K = concurrency = all clients) makes exactly the FedAvg rounds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import numpy.typing as npt
+
+from aggregator import (
+    AggregationConfig,
+    PendingUpdate,
+    fedasync_step,
+    fedavg_step,
+    fedbuff_step,
+)
+from producers.client import LocalData
+from producers.fleet import DeviceSpeeds
+from producers.models import build_model, load_model_weights, model_weights
+from producers.personalization import check_prefixes, evaluate_client, merge_weights, split_weights
+from producers.training import Evaluation, LocalTrainingConfig, train_locally
+from producers.updates import build_update, model_delta
+
+__all__ = [
+    "CurvePoint",
+    "NetworkSpeeds",
+    "SimulationResult",
+    "Simulator",
+    "StrategyConfig",
+    "update_message_bytes",
+]
+
+Weights = dict[str, npt.NDArray[np.float32]]
+Evaluator = Callable[[Mapping[str, npt.NDArray[np.float32]]], Evaluation]
+
+_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+"""Virtual time 0 as an aware datetime, for the aggregator's buffer policy."""
+
+
+@dataclass(frozen=True)
+class NetworkSpeeds:
+    """Per-device uplink speed in bytes per second: log-normal around ``median_bytes_per_second``.
+
+    ``median_bytes_per_second=None`` means uploads take no time.
+    """
+
+    median_bytes_per_second: float | None = 1_000_000.0
+    sigma: float = 0.5
+
+    def __post_init__(self) -> None:
+        """Reject a non-positive median or a negative spread."""
+        if self.median_bytes_per_second is not None and not self.median_bytes_per_second > 0:
+            raise ValueError(f"median_bytes_per_second must be > 0 or None, got {self.median_bytes_per_second!r}")
+        if not self.sigma >= 0:
+            raise ValueError(f"sigma must be >= 0, got {self.sigma!r}")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """One federated configuration to simulate.
+
+    ``concurrency``: clients training at once (asynchronous) or sampled per round (synchronous).
+    ``synchronous``: rounds that wait for every sampled client (implied by ``mode="fedavg"``); with
+    ``mode="fedbuff"`` a synchronous round aggregates through ``fedbuff_step`` (a server optimizer).
+    ``personal_prefixes``: parameter-name prefixes that stay on each client (see
+    :mod:`producers.personalization`). ``fine_tuning``: local steps a client takes on the final global
+    model before it is evaluated on the client's own data (``None``: no fine-tuning).
+    """
+
+    name: str
+    aggregation: AggregationConfig
+    training: LocalTrainingConfig
+    concurrency: int = 10
+    synchronous: bool = False
+    personal_prefixes: tuple[str, ...] = ()
+    fine_tuning: LocalTrainingConfig | None = None
+
+    def __post_init__(self) -> None:
+        """Check that the fields fit together."""
+        if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {self.concurrency!r}")
+        if self.aggregation.mode == "fedasync" and self.synchronous:
+            raise ValueError("fedasync is asynchronous by definition; it cannot run synchronous rounds")
+
+    @property
+    def is_synchronous(self) -> bool:
+        """Whether rounds wait for every sampled client."""
+        return self.synchronous or self.aggregation.mode == "fedavg"
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """The global model's held-out quality at one virtual instant."""
+
+    virtual_seconds: float
+    updates: int
+    version: int
+    accuracy: float
+    macro_f1: float
+
+
+@dataclass
+class SimulationResult:
+    """What one simulated run did and reached."""
+
+    strategy: str
+    curve: list[CurvePoint] = field(default_factory=list)
+    final_weights: Weights = field(default_factory=dict)
+    personal_weights: dict[str, Weights] = field(default_factory=dict)
+    updates: int = 0
+    rejected: int = 0
+    versions: int = 0
+    bytes_sent: int = 0
+    virtual_seconds: float = 0.0
+    round_seconds: list[float] = field(default_factory=list)
+    client_updates: dict[str, int] = field(default_factory=dict)
+
+    def time_to_accuracy(self, target: float) -> tuple[float, int] | None:
+        """First ``(virtual seconds, updates)`` at which held-out accuracy reached ``target``, else None."""
+        for point in self.curve:
+            if point.accuracy >= target:
+                return point.virtual_seconds, point.updates
+        return None
+
+
+def update_message_bytes(model_name: str, shared: Mapping[str, npt.NDArray[np.float32]]) -> int:
+    """Size of one encoded ``fl.updates`` message carrying a delta over ``shared`` (header included)."""
+    zeros = {name: np.zeros_like(value) for name, value in shared.items()}
+    _, value = build_update(
+        client_id="client-000", model_name=model_name, base_version=0, sample_count=1, delta=zeros, update_id="0" * 32
+    )
+    return len(value)
+
+
+@dataclass(order=True)
+class _Arrival:
+    at: float
+    sequence: int
+    client: int = field(compare=False)
+    base_version: int = field(compare=False)
+    delta: Weights = field(compare=False)
+    sample_count: int = field(compare=False)
+
+
+class Simulator:
+    """Runs one :class:`StrategyConfig` over a set of clients with real training and a virtual clock."""
+
+    def __init__(
+        self,
+        model_name: str,
+        clients: Mapping[str, LocalData],
+        strategy: StrategyConfig,
+        *,
+        speeds: DeviceSpeeds,
+        network: NetworkSpeeds | None = None,
+        evaluator: Evaluator | None = None,
+        jitter_sigma: float = 0.3,
+        seed: int = 0,
+    ) -> None:
+        if not clients:
+            raise ValueError("the simulator needs at least one client")
+        if strategy.concurrency > len(clients):
+            raise ValueError(f"concurrency {strategy.concurrency} exceeds the {len(clients)} clients")
+        if jitter_sigma < 0:
+            raise ValueError(f"jitter_sigma must be >= 0, got {jitter_sigma!r}")
+        self.model_name = model_name
+        self.client_ids = sorted(clients)
+        self.clients = [clients[client_id] for client_id in self.client_ids]
+        self.strategy = strategy
+        self.evaluator = evaluator
+        self.seed = seed
+        self.model = build_model(model_name, seed)
+        initial = model_weights(self.model)
+        check_prefixes(initial, strategy.personal_prefixes)
+        self.shared, initial_personal = split_weights(initial, strategy.personal_prefixes)
+        self.personal: list[Weights] = [
+            {name: value.copy() for name, value in initial_personal.items()} for _ in self.clients
+        ]
+        self.compute_seconds = speeds.draw(len(self.clients))
+        network = network or NetworkSpeeds()
+        self.message_bytes = update_message_bytes(model_name, self.shared)
+        rng = np.random.default_rng([seed, 1])
+        if network.median_bytes_per_second is None:
+            self.upload_seconds = [0.0] * len(self.clients)
+        else:
+            uplinks = network.median_bytes_per_second * np.exp(network.sigma * rng.standard_normal(len(self.clients)))
+            self.upload_seconds = [float(self.message_bytes / uplink) for uplink in uplinks]
+        self.jitter_sigma = jitter_sigma
+        self._jitter = np.random.default_rng([seed, 2])
+        self._sampler = np.random.default_rng([seed, 3])
+        self._client_update_counts = [0] * len(self.clients)
+        self.optimizer = strategy.aggregation.make_optimizer()
+        self.staleness = strategy.aggregation.staleness_policy()
+        self.buffer_policy = strategy.aggregation.buffer_policy()
+
+    # ------------------------------------------------------------------ client side
+
+    def _duration(self, client: int) -> float:
+        jitter = math.exp(self.jitter_sigma * float(self._jitter.standard_normal())) if self.jitter_sigma else 1.0
+        return self.compute_seconds[client] * jitter + self.upload_seconds[client]
+
+    def _train(self, client: int) -> tuple[Weights, int]:
+        """Train client ``client`` from the current shared global plus its personal layers; return Δ_shared."""
+        data = self.clients[client]
+        count = self._client_update_counts[client]
+        self._client_update_counts[client] += 1
+        config = self.strategy.training
+        training = LocalTrainingConfig(
+            epochs=config.epochs,
+            max_steps=config.max_steps,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            optimizer=config.optimizer,
+            momentum=config.momentum,
+            proximal_mu=config.proximal_mu,
+            seed=(config.seed * 1_000_003 + self.seed * 10_007 + client * 101 + count) % (2**31),
+            num_threads=config.num_threads,
+        )
+        start = merge_weights(self.shared, self.personal[client])
+        load_model_weights(self.model, start)
+        report = train_locally(self.model, data.train_features, data.train_labels, training, start)
+        local = model_weights(self.model)
+        local_shared, local_personal = split_weights(local, self.strategy.personal_prefixes)
+        self.personal[client] = local_personal
+        return model_delta(local_shared, self.shared), report.sample_count
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, total_updates: int, *, eval_every_updates: int = 10) -> SimulationResult:
+        """Simulate until ``total_updates`` client updates have arrived; evaluate every ``eval_every_updates``."""
+        if total_updates < 1 or eval_every_updates < 1:
+            raise ValueError(
+                f"total_updates and eval_every_updates must be >= 1, got {total_updates}, {eval_every_updates}"
+            )
+        result = SimulationResult(strategy=self.strategy.name)
+        self._record(result, 0.0, 0, 0)
+        if self.strategy.is_synchronous:
+            self._run_synchronous(result, total_updates, eval_every_updates)
+        else:
+            self._run_asynchronous(result, total_updates, eval_every_updates)
+        self._record(result, result.virtual_seconds, result.updates, result.versions)
+        result.final_weights = {name: value.copy() for name, value in self.shared.items()}
+        result.personal_weights = {
+            client_id: personal for client_id, personal in zip(self.client_ids, self.personal, strict=True) if personal
+        }
+        result.client_updates = {
+            client_id: count for client_id, count in zip(self.client_ids, self._client_update_counts, strict=True)
+        }
+        return result
+
+    def _record(self, result: SimulationResult, now: float, updates: int, version: int) -> None:
+        """Append a curve point; a version already evaluated is not evaluated again."""
+        if self.evaluator is None:
+            return
+        last = result.curve[-1] if result.curve else None
+        if last is not None and last.version == version:
+            if last.updates != updates:
+                result.curve.append(CurvePoint(now, updates, version, last.accuracy, last.macro_f1))
+            return
+        evaluation = self.evaluator(self._evaluation_weights())
+        result.curve.append(CurvePoint(now, updates, version, evaluation.accuracy, evaluation.macro_f1))
+
+    def _evaluation_weights(self) -> Weights:
+        """The global model for unseen subjects: shared layers plus, if any, the mean of the personal ones.
+
+        Personal layers have no global value; their client average is the nearest thing a new user could get.
+        """
+        if not self.strategy.personal_prefixes:
+            return dict(self.shared)
+        mean_personal = {
+            name: np.mean([personal[name] for personal in self.personal], axis=0).astype(np.float32)
+            for name in self.personal[0]
+        }
+        return merge_weights(self.shared, mean_personal)
+
+    def _sample(self, pool: Sequence[int], count: int) -> list[int]:
+        chosen = self._sampler.choice(len(pool), size=count, replace=False)
+        return [pool[int(index)] for index in sorted(chosen)]
+
+    def _run_synchronous(self, result: SimulationResult, total_updates: int, eval_every: int) -> None:
+        aggregation = self.strategy.aggregation
+        next_eval = eval_every
+        while result.updates < total_updates:
+            cohort = self._sample(range(len(self.clients)), self.strategy.concurrency)
+            updates: list[PendingUpdate] = []
+            durations = []
+            for client in cohort:
+                delta, sample_count = self._train(client)
+                durations.append(self._duration(client))
+                updates.append(
+                    PendingUpdate(
+                        update_id=f"{self.client_ids[client]}-{result.updates + len(updates)}",
+                        delta=delta,
+                        base_version=result.versions,
+                        sample_count=sample_count,
+                        received_at=_EPOCH + timedelta(seconds=result.virtual_seconds + durations[-1]),
+                    )
+                )
+            round_seconds = max(durations)
+            result.round_seconds.append(round_seconds)
+            result.virtual_seconds += round_seconds
+            result.updates += len(updates)
+            result.bytes_sent += self.message_bytes * len(updates)
+            if aggregation.mode == "fedavg":
+                step = fedavg_step(self.shared, updates, aggregation.weight_by_sample_count)
+            else:
+                step = fedbuff_step(
+                    self.shared,
+                    result.versions,
+                    updates,
+                    self.staleness,
+                    aggregation.weight_by_sample_count,
+                    self.optimizer,
+                )
+            self.shared = step.new_params
+            result.versions += 1
+            if result.updates >= next_eval:
+                self._record(result, result.virtual_seconds, result.updates, result.versions)
+                next_eval = result.updates + eval_every
+
+    def _run_asynchronous(self, result: SimulationResult, total_updates: int, eval_every: int) -> None:
+        aggregation = self.strategy.aggregation
+        arrivals: list[_Arrival] = []
+        sequence = 0
+        busy: set[int] = set()
+        buffer: list[PendingUpdate] = []
+        deadlines: list[float] = []
+        started = 0
+        next_eval = eval_every
+        now = 0.0
+
+        def start(clients: Sequence[int]) -> None:
+            nonlocal sequence, started
+            for client in clients:
+                if started >= total_updates:
+                    return
+                delta, sample_count = self._train(client)
+                busy.add(client)
+                started += 1
+                heapq.heappush(
+                    arrivals,
+                    _Arrival(now + self._duration(client), sequence, client, result.versions, delta, sample_count),
+                )
+                sequence += 1
+
+        def aggregate() -> None:
+            if aggregation.mode == "fedasync":
+                steps = [fedasync_step(self.shared, result.versions, buffer[0], aggregation.mixing, self.staleness)]
+            else:
+                steps = [
+                    fedbuff_step(
+                        self.shared,
+                        result.versions,
+                        buffer,
+                        self.staleness,
+                        aggregation.weight_by_sample_count,
+                        self.optimizer,
+                    )
+                ]
+            self.shared = steps[-1].new_params
+            result.versions += 1
+            buffer.clear()
+            deadlines.clear()
+
+        start(self._sample(range(len(self.clients)), self.strategy.concurrency))
+        while arrivals or (buffer and deadlines):
+            next_arrival = arrivals[0].at if arrivals else math.inf
+            next_deadline = deadlines[0] if deadlines else math.inf
+            now = min(next_arrival, next_deadline)
+            finished: list[int] = []
+            while arrivals and arrivals[0].at <= now:
+                arrival = heapq.heappop(arrivals)
+                busy.discard(arrival.client)
+                finished.append(arrival.client)
+                result.updates += 1
+                result.bytes_sent += self.message_bytes
+                staleness = result.versions - arrival.base_version
+                if self.staleness.is_too_stale(staleness):
+                    result.rejected += 1
+                else:
+                    if not buffer and self.buffer_policy.max_wait_seconds is not None:
+                        deadlines.append(now + self.buffer_policy.max_wait_seconds)
+                    buffer.append(
+                        PendingUpdate(
+                            update_id=f"{self.client_ids[arrival.client]}-{arrival.sequence}",
+                            delta=arrival.delta,
+                            base_version=arrival.base_version,
+                            sample_count=arrival.sample_count,
+                            received_at=_EPOCH + timedelta(seconds=now),
+                        )
+                    )
+                oldest = buffer[0].received_at if buffer else None
+                if self.buffer_policy.should_aggregate(len(buffer), oldest, _EPOCH + timedelta(seconds=now)):
+                    aggregate()
+            if deadlines and deadlines[0] <= now:
+                oldest = buffer[0].received_at if buffer else None
+                if self.buffer_policy.should_aggregate(len(buffer), oldest, _EPOCH + timedelta(seconds=now)):
+                    aggregate()
+                else:
+                    deadlines.clear()
+            result.virtual_seconds = now
+            if result.updates >= next_eval:
+                self._record(result, now, result.updates, result.versions)
+                next_eval = result.updates + eval_every
+            if finished:
+                idle = [client for client in range(len(self.clients)) if client not in busy]
+                start(self._sample(idle, min(len(finished), len(idle))))
+        if buffer:
+            aggregate()  # flush what is left so the final model uses every accepted update
+
+    # ------------------------------------------------------------------ per-client evaluation
+
+    def evaluate_clients(
+        self, result: SimulationResult, fine_tuning: LocalTrainingConfig | None = None
+    ) -> dict[str, tuple[Evaluation, Evaluation]]:
+        """Per client: (global model, personalized model) on the client's own validation windows.
+
+        Global: the final shared layers (with the initial personal layers if the strategy keeps any, which
+        is why that number means little for such strategies). Personalized: the client's own personal
+        layers swapped in, then ``fine_tuning`` (or the strategy's own) on its training windows.
+        """
+        fine_tuning = fine_tuning or self.strategy.fine_tuning
+        initial_personal = split_weights(
+            model_weights(build_model(self.model_name, self.seed)), self.strategy.personal_prefixes
+        )[1]
+        evaluations: dict[str, tuple[Evaluation, Evaluation]] = {}
+        for index, client_id in enumerate(self.client_ids):
+            data = self.clients[index]
+            if len(data.validation_labels) == 0:
+                continue
+            comparison = evaluate_client(
+                self.model,
+                client_id,
+                merge_weights(result.final_weights, initial_personal),
+                data,
+                personal_weights=self.personal[index] or None,
+                fine_tuning=fine_tuning,
+            )
+            evaluations[client_id] = (comparison.global_evaluation, comparison.personalized_evaluation)
+        return evaluations

@@ -1,0 +1,106 @@
+"""Only enrolled, unrevoked clients holding their key, sending fresh updates, get in: on the real stack."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F  # noqa: N812
+
+from producers.identity import ClientIdentity
+from producers.transport import UpdatePublisher
+from producers.updates import build_update
+from schemas.messages import UpdateHeader
+from schemas.tensors import encode_tensors
+from schemas.wire import encode_update, tensors_payload
+from streaming_jobs.stack.topics import ensure_topics
+from streaming_jobs.tables import REJECTED_UPDATES, UPDATES, TableLocations
+from tests.conftest import RunningStack
+from tests.integration.job_process import JobProcess
+
+pytestmark = pytest.mark.stack
+
+PARAMETERS = {"w": np.zeros((8, 4), dtype=np.float32)}
+AGGREGATION = {"buffer_size": 100, "max_wait_seconds": None}
+
+
+def _delta() -> dict[str, np.ndarray]:
+    return {"w": np.full((8, 4), 0.01, dtype=np.float32)}
+
+
+def _wait_until(condition, timeout_seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_unsigned_unknown_forged_revoked_and_replayed_updates_are_refused(
+    spark, local_stack: RunningStack, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    ensure_topics(local_stack.kafka)
+    model = f"test-{uuid.uuid4().hex[:8]}"
+    initial = tmp_path / "initial.safetensors"
+    initial.write_bytes(encode_tensors(PARAMETERS))
+    keys = tmp_path / "enrolled"
+    keys.mkdir()
+    alice, bob = ClientIdentity.generate("alice"), ClientIdentity.generate("bob")
+    for identity in (alice, bob):
+        (keys / f"{identity.client_id}.pub").write_text(identity.public_key.hex())
+    mallory = ClientIdentity.generate("mallory")  # never enrolled
+    job = JobProcess(tmp_path, model, initial, AGGREGATION, keys)
+    publisher = UpdatePublisher(local_stack.kafka)
+    expected: dict[str, str] = {}
+    common = {"model_name": model, "base_version": 0, "sample_count": 3, "delta": _delta()}
+    try:
+        job.start()
+        job.wait_for_version(local_stack.kafka, 0)
+        good, value = build_update(client_id="alice", signer=alice.sign, **common)
+        publisher.publish("alice", value)
+        header, value = build_update(client_id="alice", **common)
+        publisher.publish("alice", value)
+        expected[header.update_id] = "unsigned"
+        header, value = build_update(client_id="mallory", signer=mallory.sign, **common)
+        publisher.publish("mallory", value)
+        expected[header.update_id] = "unknown_client"
+        header, value = build_update(client_id="alice", signer=mallory.sign, **common)  # mallory forges alice
+        publisher.publish("alice", value)
+        expected[header.update_id] = "bad_signature"
+        payload, payload_hash = tensors_payload(_delta())
+        stale = UpdateHeader(
+            update_id=uuid.uuid4().hex, client_id="alice", model_name=model, base_version=0, sample_count=3,
+            created_at=datetime.now(UTC) - timedelta(hours=2), payload_sha256=payload_hash,
+        )  # fmt: skip
+        publisher.publish("alice", encode_update(stale, payload, alice.sign))
+        expected[stale.update_id] = "outside_replay_window"
+
+        locations = TableLocations(str(job.tables))
+        _wait_until(lambda: job.status().get("messages", 0) >= 5, 120, "the first five messages")
+
+        revoked = subprocess.run(
+            [sys.executable, "-m", "fedstream.cli", "clients", "revoke", "bob", "--tables-root", str(job.tables)],
+            capture_output=True, text=True, env=os.environ.copy(), timeout=300, check=False,
+        )  # fmt: skip
+        assert revoked.returncode == 0, revoked.stderr[-3000:]
+        time.sleep(3)  # the job re-reads client_keys every 2 s in this test
+        header, value = build_update(client_id="bob", signer=bob.sign, **common)
+        publisher.publish("bob", value)
+        expected[header.update_id] = "revoked_client"
+        _wait_until(lambda: job.status().get("messages", 0) >= 6, 120, "the revoked client's update")
+    finally:
+        job.stop()
+        publisher.close()
+
+    accepted = [row.update_id for row in locations.read(spark, UPDATES).where(F.col("model_name") == model).collect()]
+    assert accepted == [good.update_id]
+    rejected = {row.update_id: row.reason for row in locations.read(spark, REJECTED_UPDATES).collect()}
+    assert {update_id: rejected.get(update_id) for update_id in expected} == expected

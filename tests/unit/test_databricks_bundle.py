@@ -1,0 +1,309 @@
+"""Offline checks of databricks.yml: it parses, and its job is the job the code runs.
+
+The YAML checks always run. ``databricks bundle validate`` runs too when the Databricks CLI is installed: it is
+pointed at a small fake workspace on localhost that answers the three calls validation makes (host metadata,
+current user, workspace folder status), so no workspace and no network are needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import tomllib
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import yaml
+
+from fedstream import cli
+from schemas.kafka_settings import SHADED_KAFKA_CLASS_PACKAGE
+from streaming_jobs import databricks
+from streaming_jobs.settings import ENVIRONMENT_VARIABLES, JobSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = yaml.safe_load((ROOT / "databricks.yml").read_text())
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+DOCS = ROOT / "docs" / "databricks.md"
+USER = "someone@example.com"
+BOOTSTRAP = "broker-1.example.com:9096"
+MLFLOW_VARIABLES = {"MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"}
+REFERENCE = re.compile(r"\$\{([a-z_]+(?:\.[A-Za-z_]+)+)\}")
+
+
+def the_job() -> dict[str, Any]:
+    jobs = BUNDLE["resources"]["jobs"]
+    assert len(jobs) == 1, f"expected one job, found {sorted(jobs)}"
+    job: dict[str, Any] = next(iter(jobs.values()))
+    return job
+
+
+def the_task() -> dict[str, Any]:
+    tasks = the_job()["tasks"]
+    assert len(tasks) == 1, f"expected one task, found {[task['task_key'] for task in tasks]}"
+    task: dict[str, Any] = tasks[0]
+    return task
+
+
+def the_cluster() -> dict[str, Any]:
+    clusters = {cluster["job_cluster_key"]: cluster["new_cluster"] for cluster in the_job()["job_clusters"]}
+    cluster: dict[str, Any] = clusters[the_task()["job_cluster_key"]]
+    return cluster
+
+
+def resolve(value: str, target: str = "dev", overrides: dict[str, str] | None = None) -> str:
+    """Substitute ``${var.*}``, ``${bundle.target}`` and ``${workspace.current_user.userName}`` as the CLI would."""
+    variables = {name: str(spec.get("default", "")) for name, spec in BUNDLE["variables"].items()}
+    variables.update(BUNDLE["targets"][target].get("variables") or {})
+    variables.update(overrides or {})
+    known = {"bundle.target": target, "bundle.name": BUNDLE["bundle"]["name"], "workspace.current_user.userName": USER}
+    known.update({f"var.{name}": value for name, value in variables.items()})
+    for _ in range(10):
+        replaced = REFERENCE.sub(lambda match: known[match.group(1)], value)
+        if replaced == value:
+            return value
+        value = replaced
+    raise AssertionError(f"references in {value!r} do not resolve")
+
+
+def bundle_environment(target: str = "dev") -> dict[str, str]:
+    overrides = {"kafka_bootstrap_servers": BOOTSTRAP}
+    return {name: resolve(str(value), target, overrides) for name, value in the_cluster()["spark_env_vars"].items()}
+
+
+def bundle_parameters(target: str = "dev") -> list[str]:
+    return [resolve(str(parameter), target) for parameter in the_task()["python_wheel_task"]["parameters"]]
+
+
+# ── structure ───────────────────────────────────────────────────────────────────────────────────────────────────
+
+
+def test_dev_and_prod_targets_exist() -> None:
+    targets = BUNDLE["targets"]
+    assert targets["dev"]["mode"] == "development"
+    assert targets["dev"].get("default") is True
+    assert targets["prod"]["mode"] == "production"
+    assert targets["prod"]["workspace"]["root_path"], "production mode needs one fixed root_path"
+
+
+def test_the_job_is_continuous_and_single_run() -> None:
+    job = the_job()
+    assert job["continuous"] == {"pause_status": "UNPAUSED"}
+    assert "schedule" not in job and "trigger" not in job
+    assert job["max_concurrent_runs"] == 1
+
+
+def test_every_variable_reference_is_declared() -> None:
+    text = (ROOT / "databricks.yml").read_text()
+    used = {match.group(1).split(".", 1)[1] for match in REFERENCE.finditer(text) if match.group(1).startswith("var.")}
+    assert used <= set(BUNDLE["variables"]), f"undeclared: {sorted(used - set(BUNDLE['variables']))}"
+    assert not set(BUNDLE["variables"]) - used, f"unused: {sorted(set(BUNDLE['variables']) - used)}"
+
+
+def test_the_issue_variables_exist() -> None:
+    wanted = {"catalog", "schema", "checkpoint_location", "kafka_bootstrap_servers", "secret_scope"}
+    assert wanted <= set(BUNDLE["variables"])
+    assert "default" not in BUNDLE["variables"]["kafka_bootstrap_servers"], "the broker must be given explicitly"
+
+
+def test_checkpoint_is_on_a_unity_catalog_volume() -> None:
+    checkpoint = resolve("${var.checkpoint_location}")
+    assert re.fullmatch(r"/Volumes/[a-z0-9_]+/[a-z0-9_]+/[a-z0-9_]+/checkpoints/[a-z0-9_-]+", checkpoint), checkpoint
+
+
+# ── the entry point is fedstream's ─────────────────────────────────────────────────────────────────────────────
+
+
+def test_the_wheel_task_runs_the_fedstream_console_script() -> None:
+    wheel_task = the_task()["python_wheel_task"]
+    assert wheel_task["package_name"] == PYPROJECT["project"]["name"]
+    scripts = PYPROJECT["project"]["scripts"]
+    assert wheel_task["entry_point"] in scripts
+    assert scripts[wheel_task["entry_point"]] == "fedstream.cli:main"
+    assert bundle_parameters()[0] == "job"
+
+
+def test_every_parameter_is_accepted_by_the_cli() -> None:
+    parameters = bundle_parameters()
+    try:
+        arguments = cli._parser().parse_args(parameters)
+    except SystemExit as exit_:
+        pytest.fail(f"`fedstream {' '.join(parameters)}` is refused by the CLI parser (exit {exit_.code})")
+    assert arguments.handler is cli._job
+    flags = [parameter for parameter in parameters if parameter.startswith("--")]
+    assert len(flags) == len(set(flags)), f"a flag is passed twice: {flags}"
+
+
+def test_every_environment_variable_is_read_by_the_settings() -> None:
+    names = set(the_cluster()["spark_env_vars"])
+    fedstream = {name for name in names if name.startswith("FEDSTREAM_")}
+    assert fedstream <= set(ENVIRONMENT_VARIABLES), (
+        f"not read by JobSettings: {sorted(fedstream - set(ENVIRONMENT_VARIABLES))}"
+    )
+    assert names - fedstream == MLFLOW_VARIABLES
+
+
+@pytest.mark.parametrize("target", ["dev", "prod"])
+def test_the_bundle_builds_settings_the_job_accepts_on_databricks(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``fedstream job`` exactly as the wheel task does, on a pretend runtime, and keep the settings it builds."""
+
+    class Secrets:
+        def get(self, scope: str, key: str) -> str:
+            assert scope == resolve("${var.secret_scope}", target)
+            return {databricks.SASL_USERNAME_KEY: "fedstream-job", databricks.SASL_PASSWORD_KEY: "s3cret"}[key]
+
+    class Dbutils:
+        secrets = Secrets()
+
+    for name in ENVIRONMENT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**bundle_environment(target), "DATABRICKS_RUNTIME_VERSION": "17.3"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(databricks, "find_dbutils", Dbutils)
+    built: list[JobSettings] = []
+    monkeypatch.setattr("streaming_jobs.job.run_job", lambda settings, **_: built.append(settings))
+
+    assert cli.main(bundle_parameters(target)) == 0
+
+    (settings,) = built
+    assert settings.catalog_schema == f"{resolve('${var.catalog}', target)}.{resolve('${var.schema}', target)}"
+    assert settings.checkpoint_location == resolve("${var.checkpoint_location}", target)
+    assert settings.initial_model_path == resolve("${var.initial_model}", target)
+    assert settings.kafka.bootstrap_servers == BOOTSTRAP
+    jaas = settings.kafka.spark_source_options()["kafka.sasl.jaas.config"]
+    assert jaas.startswith(f"{SHADED_KAFKA_CLASS_PACKAGE}.common.security.scram.ScramLoginModule required ")
+    assert databricks.settings_problems(settings) == []
+
+
+# ── compute and libraries ───────────────────────────────────────────────────────────────────────────────────────
+
+
+def test_the_cluster_is_classic_dedicated_spark_4() -> None:
+    cluster = the_cluster()
+    version = resolve(cluster["spark_version"])
+    match = re.fullmatch(r"(\d+)\.(\d+)\.x-scala2\.13", version)
+    assert match and int(match.group(1)) >= 17, f"{version} is not a Databricks Runtime with Spark 4"
+    assert cluster["data_security_mode"] == "SINGLE_USER", "Spark Connect (standard access mode) cannot run the job"
+    assert "environment_key" not in the_task(), "serverless compute cannot run the job"
+
+
+def test_no_jar_resolution_and_no_spark_from_pypi() -> None:
+    cluster, task = the_cluster(), the_task()
+    assert not any(key.startswith("spark.jars") for key in cluster.get("spark_conf", {}))
+    kinds = {kind for library in task["libraries"] for kind in library}
+    assert kinds <= {"whl", "pypi"}, f"unexpected library kinds {kinds}"
+    packages = [library["pypi"]["package"] for library in task["libraries"] if "pypi" in library]
+    names = {re.split(r"[<>=!~\[ ]", package, maxsplit=1)[0] for package in packages}
+    assert not names & {"pyspark", "delta-spark"}, "the runtime's own pyspark and Delta must not be replaced"
+
+
+def test_kafka_python_matches_the_server_extra() -> None:
+    server = PYPROJECT["project"]["optional-dependencies"]["server"]
+    wanted = next(requirement for requirement in server if requirement.startswith("kafka-python"))
+    packages = [library["pypi"]["package"] for library in the_task()["libraries"] if "pypi" in library]
+    assert wanted.replace(" ", "") in packages
+
+
+def test_the_wheel_library_is_the_artifact_built_here() -> None:
+    (artifact,) = BUNDLE["artifacts"].values()
+    assert artifact["type"] == "whl"
+    assert artifact["path"] == "."
+    assert "--wheel-dir dist" in artifact["build"]
+    wheels = [library["whl"] for library in the_task()["libraries"] if "whl" in library]
+    assert wheels == ["./dist/fedstream-*.whl"]
+
+
+def test_the_docs_cover_every_variable() -> None:
+    text = DOCS.read_text()
+    missing = [name for name in BUNDLE["variables"] if name not in text]
+    assert not missing, f"docs/databricks.md does not mention {missing}"
+
+
+# ── `databricks bundle validate` against a fake workspace ──────────────────────────────────────────────────────
+
+
+class FakeWorkspace(BaseHTTPRequestHandler):
+    """Answers what ``bundle validate`` asks a workspace; anything else is a 404 the CLI would report."""
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        url = urlparse(self.path)
+        status, body = 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"{url.path} is not faked"}
+        if url.path == "/api/2.0/preview/scim/v2/Me":
+            status, body = 200, {"id": "1000", "userName": USER, "active": True}
+        elif url.path == "/api/2.0/workspace/get-status":
+            status, body = 200, {"object_type": "DIRECTORY", "path": parse_qs(url.query)["path"][0], "object_id": 1}
+        elif url.path == "/api/2.0/workspace/mkdirs":
+            status, body = 200, {}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def databricks_cli() -> str | None:
+    """The Go Databricks CLI (the legacy Python one has no ``bundle`` command), or None."""
+    candidate = os.environ.get("FEDSTREAM_DATABRICKS_CLI") or shutil.which("databricks")
+    if candidate is None:
+        return None
+    probe = subprocess.run([candidate, "bundle", "--help"], capture_output=True, text=True, timeout=60, check=False)
+    return candidate if probe.returncode == 0 else None
+
+
+@pytest.fixture(scope="module")
+def fake_workspace() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeWorkspace)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("target", ["dev", "prod"])
+def test_databricks_bundle_validate(target: str, fake_workspace: str, tmp_path: Path) -> None:
+    executable = databricks_cli()
+    if executable is None:
+        pytest.skip("the Databricks CLI (Go, `databricks bundle`) is not installed; the YAML checks above still ran")
+    shutil.copy(ROOT / "databricks.yml", tmp_path / "databricks.yml")  # validate writes .databricks/ beside it
+    environment = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "DATABRICKS_HOST": fake_workspace,
+        "DATABRICKS_TOKEN": "dapi-placeholder",
+        "DATABRICKS_CONFIG_FILE": str(tmp_path / "no-databrickscfg"),
+    }
+    command = [executable, "bundle", "validate", "--strict", "-t", target, "-o", "json"]
+    command += ["--var", f"kafka_bootstrap_servers={BOOTSTRAP}"]
+    result = subprocess.run(
+        command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)
+    (job,) = resolved["resources"]["jobs"].values()
+    assert job["continuous"]["pause_status"] == "UNPAUSED"
+    (task,) = job["tasks"]
+    assert task["python_wheel_task"]["parameters"] == bundle_parameters(target)
+    (cluster,) = job["job_clusters"]
+    assert cluster["new_cluster"]["spark_env_vars"] == bundle_environment(target)
+    assert "${" not in json.dumps(job)

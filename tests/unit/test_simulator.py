@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+
+import producers.data.heart  # noqa: F401  (registers heart-mlp, a fast model for these tests)
+from aggregator import AggregationConfig
+from fedstream.simulator import NetworkSpeeds, Simulator, StrategyConfig
+from producers.client import LocalData
+from producers.fleet import DeviceSpeeds
+from producers.training import Evaluation, LocalTrainingConfig
+
+MODEL = "heart-mlp"
+TRAINING = LocalTrainingConfig(epochs=1, batch_size=8, learning_rate=0.05)
+EQUAL = DeviceSpeeds(median_seconds=2.0, sigma=0.0, straggler_fraction=0.0)
+NO_NETWORK = NetworkSpeeds(median_bytes_per_second=None)
+
+
+def _clients(count: int = 4, samples: int = 24) -> dict[str, LocalData]:
+    rng = np.random.default_rng(7)
+    clients = {}
+    for index in range(count):
+        features = rng.standard_normal((samples, 22)).astype(np.float32)
+        labels = (features[:, 0] + 0.3 * index > 0).astype(np.int64)
+        clients[f"c{index}"] = LocalData(features[:16], labels[:16], features[16:], labels[16:])
+    return clients
+
+
+def _evaluator(weights: object) -> Evaluation:
+    return Evaluation(loss=0.0, accuracy=0.5, macro_f1=0.5, count=1)
+
+
+def _run(strategy: StrategyConfig, *, seed: int = 0, updates: int = 12, **kwargs: object) -> tuple[Simulator, object]:
+    simulator = Simulator(MODEL, _clients(), strategy, seed=seed, evaluator=_evaluator, **kwargs)  # type: ignore[arg-type]
+    return simulator, simulator.run(updates, eval_every_updates=4)
+
+
+def _fedbuff(concurrency: int = 2, **kwargs: object) -> StrategyConfig:
+    aggregation = AggregationConfig(mode="fedbuff", buffer_size=2, max_wait_seconds=None, **kwargs)  # type: ignore[arg-type]
+    return StrategyConfig("fedbuff", aggregation, TRAINING, concurrency=concurrency)
+
+
+def test_same_seed_same_run_and_other_seed_differs() -> None:
+    _, first = _run(_fedbuff(), speeds=DeviceSpeeds(seed=3))
+    _, again = _run(_fedbuff(), speeds=DeviceSpeeds(seed=3))
+    _, other = _run(_fedbuff(), seed=1, speeds=DeviceSpeeds(seed=4))
+    assert first.virtual_seconds == again.virtual_seconds
+    assert [p.virtual_seconds for p in first.curve] == [p.virtual_seconds for p in again.curve]
+    for name, value in first.final_weights.items():
+        np.testing.assert_array_equal(value, again.final_weights[name])
+    assert first.virtual_seconds != other.virtual_seconds
+    assert any(not np.array_equal(v, other.final_weights[k]) for k, v in first.final_weights.items())
+
+
+def test_synchronous_round_lasts_as_long_as_its_slowest_client() -> None:
+    sync = StrategyConfig("fedavg", AggregationConfig(mode="fedavg", max_wait_seconds=None), TRAINING, concurrency=4)
+    speeds = DeviceSpeeds(median_seconds=1.0, sigma=0.8, straggler_fraction=0.25, straggler_factor=6.0, seed=5)
+    simulator, result = _run(sync, speeds=speeds, network=NO_NETWORK, jitter_sigma=0.0)
+    slowest = max(simulator.compute_seconds)
+    assert result.round_seconds == pytest.approx([slowest] * 3)
+    assert result.virtual_seconds == pytest.approx(3 * slowest)
+    assert result.versions == 3 and result.updates == 12
+
+
+def test_fedbuff_with_k_equal_n_and_equal_delays_makes_the_fedavg_rounds() -> None:
+    fedavg = StrategyConfig("fedavg", AggregationConfig(mode="fedavg", max_wait_seconds=None), TRAINING, concurrency=4)
+    fedbuff = StrategyConfig(
+        "fedbuff",
+        AggregationConfig(mode="fedbuff", buffer_size=4, max_wait_seconds=None, staleness_function="constant"),
+        TRAINING,
+        concurrency=4,
+    )
+    _, sync = _run(fedavg, speeds=EQUAL, network=NO_NETWORK, jitter_sigma=0.0)
+    _, buffered = _run(fedbuff, speeds=EQUAL, network=NO_NETWORK, jitter_sigma=0.0)
+    assert sync.versions == buffered.versions == 3
+    assert buffered.virtual_seconds == pytest.approx(sync.virtual_seconds)
+    for name, value in sync.final_weights.items():
+        np.testing.assert_allclose(buffered.final_weights[name], value, atol=1e-6)
+
+
+def test_asynchronous_run_rejects_nothing_fresh_and_counts_bytes() -> None:
+    simulator, result = _run(_fedbuff(concurrency=3), speeds=DeviceSpeeds(seed=1))
+    assert result.updates == 12
+    assert result.bytes_sent == 12 * simulator.message_bytes
+    assert sum(result.client_updates.values()) == 12
+    assert result.curve[0].updates == 0 and result.curve[-1].updates == 12
+
+
+def test_fedasync_aggregates_every_update() -> None:
+    strategy = StrategyConfig(
+        "fedasync", AggregationConfig(mode="fedasync", buffer_size=1, max_wait_seconds=None), TRAINING, concurrency=2
+    )
+    _, result = _run(strategy, speeds=DeviceSpeeds(seed=2))
+    assert result.versions == 12
+
+
+def test_personal_layers_never_reach_the_global_model() -> None:
+    shared_only = StrategyConfig(
+        "fedbuff-personal",
+        AggregationConfig(mode="fedbuff", buffer_size=2, max_wait_seconds=None),
+        TRAINING,
+        concurrency=2,
+        personal_prefixes=("classifier.",),
+    )
+    simulator, result = _run(shared_only, speeds=DeviceSpeeds(seed=3))
+    plain, _ = _run(_fedbuff(), speeds=DeviceSpeeds(seed=3))
+    assert not any(name.startswith("classifier.") for name in result.final_weights)
+    assert set(result.final_weights) == {"body.0.weight", "body.0.bias"}
+    assert simulator.message_bytes < plain.message_bytes
+    heads = [weights["classifier.weight"] for weights in result.personal_weights.values()]
+    assert len(heads) == 4 and not np.array_equal(heads[0], heads[1])
+    per_client = simulator.evaluate_clients(result)
+    assert set(per_client) == {"c0", "c1", "c2", "c3"}
+
+
+def test_invalid_configuration_is_rejected() -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        Simulator(MODEL, _clients(), _fedbuff(concurrency=5), speeds=EQUAL)
+    with pytest.raises(ValueError, match="match no parameter"):
+        Simulator(
+            MODEL,
+            _clients(),
+            StrategyConfig("x", AggregationConfig(), TRAINING, 2, personal_prefixes=("head.",)),
+            speeds=EQUAL,
+        )
