@@ -18,7 +18,11 @@ def on_databricks() -> bool:
 def get_spark(app_name: str = "fedstream", *, shuffle_partitions: int = 2) -> SparkSession:
     """Return the active session on Databricks, or build a local ``local[*]`` session with Delta and Kafka."""
     if on_databricks():
-        return SparkSession.builder.getOrCreate()
+        from streaming_jobs.databricks import refuse_spark_connect
+
+        session = SparkSession.builder.getOrCreate()
+        refuse_spark_connect(session)
+        return session
     builder = (
         SparkSession.builder.appName(app_name)
         .master(os.environ.get("FEDSTREAM_SPARK_MASTER", "local[*]"))
