@@ -26,6 +26,7 @@ from schemas.validation import validate_update
 from schemas.wire import DecodedUpdate, decode_update
 from streaming_jobs.aggregation import aggregate_ready_versions
 from streaming_jobs.client_registry import ClientRegistry
+from streaming_jobs.faults import crash_point
 from streaming_jobs.global_state import BufferedUpdate, GlobalState, load_global_state
 from streaming_jobs.settings import JobSettings
 from streaming_jobs.tables import MODEL_VERSIONS, REJECTED_UPDATES, UPDATES, TableLocations
@@ -115,6 +116,7 @@ class UpdateBatchProcessor:
                 )
                 clock.lap("validate_aggregate")
                 if versions:
+                    crash_point("during_aggregation")
                     self.locations.append(
                         self.spark,
                         MODEL_VERSIONS,
@@ -202,9 +204,15 @@ class UpdateBatchProcessor:
                 state, self.settings.aggregation, now=datetime.now(UTC), batch_id=batch_id, time_trigger=True
             )
         clock.lap("validate_aggregate")
+        if versions:
+            crash_point("during_aggregation")
         self._append(UPDATES.name, accepted, already_written, batch_id)
         self._append(REJECTED_UPDATES.name, rejected, already_written, batch_id)
+        if accepted:
+            crash_point("after_updates_write")
         self._append(MODEL_VERSIONS.name, versions, already_written, batch_id)
+        if versions:
+            crash_point("after_versions_write")
         clock.lap("write_delta")
         if not aggregate:
             self._state = None  # versions of this batch were written by an earlier attempt: reload them

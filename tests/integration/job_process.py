@@ -36,7 +36,7 @@ class JobProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self) -> None:
+    def start(self, extra_environment: dict[str, str] | None = None) -> None:
         self.starts += 1
         log = (self.folder / f"job-{self.starts}.log").open("wb")
         self.process = subprocess.Popen(
@@ -70,7 +70,7 @@ class JobProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env=os.environ.copy(),
+            env={**os.environ, **(extra_environment or {})},
         )
 
     def kill(self) -> None:
@@ -78,6 +78,14 @@ class JobProcess:
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+
+    def wait_for_exit(self, timeout_seconds: float) -> int | None:
+        """The exit code once the job has exited (a crash point fired), or None if it still runs."""
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout_seconds)
+        except subprocess.TimeoutExpired:
+            return None
 
     def stop(self) -> None:
         """SIGTERM: the job finishes its batch and exits."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -167,6 +170,23 @@ def test_updates_become_consecutive_reproducible_versions_across_a_crash(
     assert newest.header.version == 6
     assert newest.header.parameter_hash == versions[-1].parameter_hash
     assert json.loads(versions[-1].config_json)["server_optimizer"] == "adam"
+
+    # what an auditor runs: the CLI recomputes the whole chain and names each client's contributions
+    chain = _audit(job, model, "verify", "6")
+    assert [step["version"] for step in chain] == [1, 2, 3, 4, 5, 6] and all(step["ok"] for step in chain)
+    activity = _audit(job, model, "client", "client-bad")
+    assert sorted(row["reason"] for row in activity["rejected"]) == ["non_finite", "shape_mismatch", "unknown_model"]
+    assert activity["accepted"] == []
+
+
+def _audit(job: JobProcess, model: str, *question: str):  # type: ignore[no-untyped-def]
+    completed = subprocess.run(
+        [sys.executable, "-m", "fedstream.cli", "audit", *question, "--model-name", model,
+         "--tables-root", str(job.tables), "--json"],
+        capture_output=True, text=True, env=os.environ.copy(), timeout=300, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout)
 
 
 def _table(name: str):  # type: ignore[no-untyped-def]
