@@ -49,3 +49,12 @@ bench-quality: $(STAMP)
 
 bench-quality-quick: $(STAMP)
 	$(BIN)/python -m bench.quality --quick
+
+.PHONY: bench-privacy bench-robustness
+bench-privacy: $(STAMP)
+	$(BIN)/python -m bench.privacy $(BENCH_ARGS)
+
+bench-robustness: $(STAMP)
+	$(BIN)/python -m bench.robustness $(BENCH_ARGS)
+bench-pipeline: $(STAMP)
+	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)

@@ -1,7 +1,8 @@
 """Pure aggregation math for fedstream: staleness, buffering, weighting, strategies, server optimizers.
 
-numpy only; no Spark, Kafka or torch. All state (optimizer moments, configuration) is plain arrays and
-JSON-safe dicts, so it can live in Delta tables.
+numpy only (plus ``dp-accounting`` for the privacy accountant); no Spark, Kafka or torch. All state
+(optimizer moments, DP clip norm, configuration) is plain arrays and JSON-safe dicts, so it can live in
+Delta tables.
 """
 
 from aggregator.buffer import BufferPolicy
@@ -18,6 +19,18 @@ from aggregator.errors import (
     ShapeMismatchError,
     StaleUpdateError,
     ZeroWeightError,
+)
+from aggregator.privacy import PrivacyPolicy, PrivateServerOptimizer, epsilon_after, gaussian_noise
+from aggregator.robust import (
+    ROBUST_RULES,
+    RobustPolicy,
+    RobustRule,
+    clip_factor,
+    combine_deltas,
+    coordinate_median,
+    krum_scores,
+    krum_select,
+    trimmed_mean,
 )
 from aggregator.server_optimizers import (
     SERVER_OPTIMIZERS,
@@ -46,6 +59,7 @@ from aggregator.strategies import (
     fedavg_step,
     fedbuff_step,
     partition_by_staleness,
+    private_server_step,
 )
 from aggregator.weights import (
     ModelWeights,
@@ -61,6 +75,7 @@ from aggregator.weights import (
 
 __all__ = [
     "AGGREGATION_MODES",
+    "ROBUST_RULES",
     "SERVER_OPTIMIZERS",
     "STALENESS_FUNCTIONS",
     "AggregationConfig",
@@ -77,6 +92,10 @@ __all__ = [
     "ModelWeights",
     "NaiveDatetimeError",
     "PendingUpdate",
+    "PrivacyPolicy",
+    "PrivateServerOptimizer",
+    "RobustPolicy",
+    "RobustRule",
     "ServerAdagrad",
     "ServerAdam",
     "ServerOptimizer",
@@ -91,19 +110,28 @@ __all__ = [
     "aggregation_weights",
     "check_same_structure",
     "check_staleness",
+    "clip_factor",
+    "combine_deltas",
     "constant",
+    "coordinate_median",
+    "epsilon_after",
     "fedasync_step",
     "fedavg_step",
     "fedbuff_step",
+    "gaussian_noise",
     "hinge",
     "inverse_sqrt",
+    "krum_scores",
+    "krum_select",
     "l2_norm",
     "make_server_optimizer",
     "parameter_count",
     "partition_by_staleness",
     "polynomial",
+    "private_server_step",
     "scale",
     "subtract",
+    "trimmed_mean",
     "weighted_sum",
     "zeros_like",
 ]

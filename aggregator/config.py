@@ -7,6 +7,8 @@ from typing import Any, Final, Literal, get_args
 from aggregator._checks import check_fraction
 from aggregator.buffer import BufferPolicy
 from aggregator.errors import InvalidConfigError
+from aggregator.privacy import PrivacyPolicy, PrivateServerOptimizer
+from aggregator.robust import RobustPolicy, RobustRule
 from aggregator.server_optimizers import SERVER_OPTIMIZERS, ServerOptimizer, make_server_optimizer
 from aggregator.staleness import StalenessFunctionName, StalenessPolicy
 
@@ -14,6 +16,24 @@ AggregationMode = Literal["fedbuff", "fedasync", "fedavg"]
 AGGREGATION_MODES: Final[tuple[str, ...]] = get_args(AggregationMode)
 
 JsonScalar = str | int | float | bool | None
+
+_OPTIONAL_FIELDS: Final = (
+    "robust_aggregation",
+    "trim_fraction",
+    "krum_byzantine",
+    "multi_krum_selected",
+    "max_update_norm",
+    "dp_noise_multiplier",
+    "dp_clip_norm",
+    "dp_adaptive_clipping",
+    "dp_target_quantile",
+    "dp_clip_learning_rate",
+    "dp_clip_count_noise_multiplier",
+    "dp_population",
+    "dp_delta",
+    "dp_seed",
+)
+"""Robustness and DP fields: ``to_dict`` writes them only when they differ from their defaults."""
 
 _FLOAT_FIELDS: Final = frozenset(
     {
@@ -26,6 +46,14 @@ _FLOAT_FIELDS: Final = frozenset(
         "server_beta2",
         "server_tau",
         "mixing",
+        "trim_fraction",
+        "max_update_norm",
+        "dp_noise_multiplier",
+        "dp_clip_norm",
+        "dp_delta",
+        "dp_target_quantile",
+        "dp_clip_learning_rate",
+        "dp_clip_count_noise_multiplier",
     }
 )
 
@@ -38,6 +66,12 @@ class AggregationConfig:
     ``fedasync``: each update on its own (``buffer_size`` must be 1), mixed in with ``mixing * f(s)``.
     ``fedavg``: synchronous rounds, plain averaging (server optimizer must be ``sgd`` with learning rate 1;
     use ``fedbuff`` with ``max_staleness=0`` for synchronous rounds with another server optimizer).
+
+    Robustness (``fedbuff`` only; see :mod:`aggregator.robust`): ``robust_aggregation`` picks the rule,
+    ``trim_fraction``, ``krum_byzantine`` and ``multi_krum_selected`` its parameters, ``max_update_norm``
+    clips every delta to that L2 norm. Differential privacy (``fedbuff`` only; see
+    :mod:`aggregator.privacy`) is on when ``dp_noise_multiplier`` is set; it needs ``dp_population``,
+    ``robust_aggregation="none"`` and ``weight_by_sample_count=False``. Every new option defaults to off.
     """
 
     mode: AggregationMode = "fedbuff"
@@ -56,6 +90,20 @@ class AggregationConfig:
     server_beta2: float = 0.99
     server_tau: float = 1e-3
     mixing: float = 0.5
+    robust_aggregation: RobustRule = "none"
+    trim_fraction: float = 0.1
+    krum_byzantine: int = 1
+    multi_krum_selected: int | None = None
+    max_update_norm: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_clip_norm: float = 1.0
+    dp_adaptive_clipping: bool = False
+    dp_target_quantile: float = 0.5
+    dp_clip_learning_rate: float = 0.2
+    dp_clip_count_noise_multiplier: float | None = None
+    dp_population: int | None = None
+    dp_delta: float = 1e-5
+    dp_seed: int = 0
 
     def __post_init__(self) -> None:
         """Validate on construction, so a config that exists can always be run."""
@@ -73,7 +121,7 @@ class AggregationConfig:
             )
         self.staleness_policy()
         self.buffer_policy()
-        self.make_optimizer()
+        self._make_inner_optimizer()
         check_fraction("mixing", self.mixing)
         if self.mode == "fedasync" and self.buffer_size != 1:
             raise InvalidConfigError(
@@ -85,6 +133,32 @@ class AggregationConfig:
                 f"and server_learning_rate 1.0, got {self.server_optimizer!r} "
                 f"and {self.server_learning_rate!r}; use mode 'fedbuff' for a server optimizer"
             )
+        robust = self.robust_policy()
+        if not robust.is_default and self.mode != "fedbuff":
+            raise InvalidConfigError(
+                f"robust aggregation ({self.robust_aggregation!r}, max_update_norm {self.max_update_norm!r}) "
+                f"runs in mode 'fedbuff' only, got mode {self.mode!r}"
+            )
+        self._validate_privacy()
+
+    def _validate_privacy(self) -> None:
+        if self.dp_noise_multiplier is None:
+            return
+        if self.mode != "fedbuff":
+            raise InvalidConfigError(f"differential privacy runs in mode 'fedbuff' only, got mode {self.mode!r}")
+        if self.robust_aggregation != "none":
+            raise InvalidConfigError(
+                "differential privacy bounds one client's influence on a weighted sum; "
+                f"robust_aggregation {self.robust_aggregation!r} has no such bound, so it must be 'none'"
+            )
+        if self.weight_by_sample_count:
+            raise InvalidConfigError(
+                "differential privacy needs weight_by_sample_count=False: client-reported sample counts "
+                "would give one client an unbounded share of the average"
+            )
+        if self.dp_population is None:
+            raise InvalidConfigError("differential privacy needs dp_population (clients that may take part), got None")
+        self.privacy_policy()
 
     def staleness_policy(self) -> StalenessPolicy:
         """Return the staleness policy these fields describe."""
@@ -100,8 +174,45 @@ class AggregationConfig:
         """Return the buffer policy these fields describe."""
         return BufferPolicy(buffer_size=self.buffer_size, max_wait_seconds=self.max_wait_seconds)
 
+    def robust_policy(self) -> RobustPolicy:
+        """Return the robust-aggregation policy these fields describe (``rule="none"``: plain average)."""
+        return RobustPolicy(
+            rule=self.robust_aggregation,
+            trim_fraction=self.trim_fraction,
+            krum_byzantine=self.krum_byzantine,
+            multi_krum_selected=self.multi_krum_selected,
+            max_update_norm=self.max_update_norm,
+        )
+
+    def privacy_policy(self) -> PrivacyPolicy | None:
+        """Return the DP policy, or ``None`` when ``dp_noise_multiplier`` is unset (DP off)."""
+        if self.dp_noise_multiplier is None:
+            return None
+        if self.dp_population is None:
+            raise InvalidConfigError("differential privacy needs dp_population (clients that may take part), got None")
+        return PrivacyPolicy(
+            noise_multiplier=self.dp_noise_multiplier,
+            clip_norm=self.dp_clip_norm,
+            population=self.dp_population,
+            buffer_size=self.buffer_size,
+            delta=self.dp_delta,
+            adaptive_clipping=self.dp_adaptive_clipping,
+            target_quantile=self.dp_target_quantile,
+            clip_learning_rate=self.dp_clip_learning_rate,
+            clip_count_noise_multiplier=self.dp_clip_count_noise_multiplier,
+            seed=self.dp_seed,
+        )
+
     def make_optimizer(self) -> ServerOptimizer:
-        """Return a fresh server optimizer with these hyperparameters (its state is not config)."""
+        """Return a fresh server optimizer with these hyperparameters (its state is not config).
+
+        With DP on it is wrapped in a :class:`PrivateServerOptimizer`, whose state also carries the clip norm.
+        """
+        privacy = self.privacy_policy()
+        inner = self._make_inner_optimizer()
+        return inner if privacy is None else PrivateServerOptimizer(inner, privacy)
+
+    def _make_inner_optimizer(self) -> ServerOptimizer:
         name = self.server_optimizer
         kwargs: dict[str, float]
         if name in ("sgd", "momentum"):
@@ -113,9 +224,17 @@ class AggregationConfig:
         return make_server_optimizer(name, self.server_learning_rate, **kwargs)
 
     def to_dict(self) -> dict[str, JsonScalar]:
-        """Return the fields as JSON-safe scalars (floats as floats), in declaration order."""
+        """Return the fields as JSON-safe scalars (floats as floats), in declaration order.
+
+        Robustness and DP fields appear only when they differ from their defaults, so the recorded
+        ``config_json`` of a job that does not use them is what it was before they existed.
+        """
         values: dict[str, JsonScalar] = asdict(self)
-        for name in _FLOAT_FIELDS:
+        defaults = AggregationConfig.__dataclass_fields__
+        for name in _OPTIONAL_FIELDS:
+            if values[name] == defaults[name].default:
+                del values[name]
+        for name in _FLOAT_FIELDS & set(values):
             value = values[name]
             if value is not None and not isinstance(value, str):
                 values[name] = float(value)

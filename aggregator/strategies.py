@@ -21,9 +21,11 @@ from aggregator.errors import (
     StaleUpdateError,
     ZeroWeightError,
 )
+from aggregator.privacy import PrivateServerOptimizer
+from aggregator.robust import RobustPolicy, clip_factor
 from aggregator.server_optimizers import ServerOptimizer
 from aggregator.staleness import StalenessPolicy
-from aggregator.weights import ModelWeights, add, check_same_structure, weighted_sum
+from aggregator.weights import ModelWeights, add, check_same_structure, l2_norm, weighted_sum
 
 __all__ = [
     "AggregationConfig",
@@ -34,6 +36,7 @@ __all__ = [
     "fedavg_step",
     "fedbuff_step",
     "partition_by_staleness",
+    "private_server_step",
 ]
 
 
@@ -130,14 +133,53 @@ def fedbuff_step(
     staleness: StalenessPolicy,
     weight_by_sample_count: bool,
     optimizer: ServerOptimizer,
+    *,
+    robust: RobustPolicy | None = None,
 ) -> AggregationResult:
-    """FedBuff: average the buffered deltas with staleness weights, then take one server-optimizer step."""
+    """FedBuff: average the buffered deltas with staleness weights, then take one server-optimizer step.
+
+    ``robust`` (default: plain weighted average) applies a norm bound, trimmed mean, median or (multi-)Krum
+    to the deltas (see :mod:`aggregator.robust`). A :class:`PrivateServerOptimizer` makes the step
+    differentially private: deltas clipped to its clip norm (folded into the recorded weights), Gaussian
+    noise seeded by ``current_version + 1``. The recorded weights are those :func:`aggregator.robust.combine_deltas`
+    and :func:`private_server_step` need to reproduce the step exactly.
+    """
     weights = aggregation_weights(updates, current_version, staleness, weight_by_sample_count)
     _check_deltas(global_params, updates)
-    aggregated_delta = weighted_sum([update.delta for update in updates], weights)
-    new_params = optimizer.step(global_params, aggregated_delta)
+    policy = robust or RobustPolicy()
+    deltas = [update.delta for update in updates]
     stalenesses = [_staleness_of(update, current_version) for update in updates]
-    return _result(new_params, updates, weights, stalenesses)
+    if isinstance(optimizer, PrivateServerOptimizer):
+        clip_norm = optimizer.clip_norm
+        bound = clip_norm if policy.max_update_norm is None else min(clip_norm, policy.max_update_norm)
+        norms = [l2_norm(delta) for delta in deltas]
+        applied = [weight * clip_factor(norm, bound) for weight, norm in zip(weights, norms, strict=True)]
+        new_params = private_server_step(global_params, deltas, applied, optimizer, version=current_version + 1)
+        return _result(new_params, updates, applied, stalenesses)
+    applied = weights if policy.is_default else policy.applied_weights(deltas, weights)
+    aggregated_delta = policy.combine(deltas, applied)
+    new_params = optimizer.step(global_params, aggregated_delta)
+    return _result(new_params, updates, applied, stalenesses)
+
+
+def private_server_step(
+    global_params: ModelWeights,
+    deltas: Sequence[ModelWeights],
+    applied_weights: Sequence[float],
+    optimizer: PrivateServerOptimizer,
+    *,
+    version: int,
+) -> ModelWeights:
+    """The DP server step from the recorded (clip-folded) weights: sum, seeded noise, step, adapt the clip.
+
+    Shared by :func:`fedbuff_step` and audits, so a recomputation draws the same noise and the same sum.
+    """
+    clip_norm = optimizer.clip_norm
+    unclipped = sum(1 for delta in deltas if l2_norm(delta) <= clip_norm)
+    clipped_sum = weighted_sum(list(deltas), list(applied_weights))
+    return optimizer.private_step(
+        global_params, clipped_sum, update_count=len(deltas), version=version, unclipped_count=unclipped
+    )
 
 
 def fedasync_step(

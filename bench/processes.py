@@ -33,7 +33,12 @@ class RssSample:
 
 
 def tree_rss(root: int) -> RssSample:
-    """RSS of ``root`` and all its descendants now (processes that vanish mid-read are skipped)."""
+    """RSS of ``root`` and all its descendants now (processes that vanish mid-read are skipped).
+
+    A child caught between ``fork`` and ``exec`` (the JVM starting a helper) still maps its parent's pages
+    and would count them twice; it shows the parent's executable under another name (the forking thread's),
+    and is left out.
+    """
     children: dict[int, list[int]] = defaultdict(list)
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -44,15 +49,18 @@ def tree_rss(root: int) -> RssSample:
             continue
         children[int(stat.rsplit(")", 1)[1].split()[1])].append(int(entry.name))
     by_command: dict[str, int] = defaultdict(int)
-    waiting = [root]
+    waiting: list[tuple[int, tuple[str, str] | None]] = [(root, None)]
     while waiting:
-        pid = waiting.pop()
-        waiting += children.get(pid, [])
+        pid, parent = waiting.pop()
         try:
             resident = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
             command = Path(f"/proc/{pid}/comm").read_text().strip()
+            executable = os.readlink(f"/proc/{pid}/exe")
         except (OSError, IndexError, ValueError):
             continue
+        waiting += [(child, (executable, command)) for child in children.get(pid, [])]
+        if parent is not None and parent[0] == executable and parent[1] != command:
+            continue  # forked, not yet exec'd
         by_command[command] += resident
     return RssSample(time.time(), sum(by_command.values()), dict(by_command))
 
@@ -110,12 +118,15 @@ class BatchStatus:
 
 
 class StatusFollower:
-    """Reads a runner's status file every ``interval_seconds`` and keeps each micro-batch once."""
+    """Reads a runner's status file every ``interval_seconds`` and keeps each micro-batch once.
+
+    Batches are told apart by ``updated_at``: the job's buffer-deadline flushes all carry ``batch_id`` -1.
+    """
 
     def __init__(self, status_file: Path, interval_seconds: float = 0.05) -> None:
         self.status_file = status_file
         self.interval_seconds = interval_seconds
-        self.batches: dict[int, BatchStatus] = {}
+        self.batches: dict[str, BatchStatus] = {}
         self.latest: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="status", daemon=True)
@@ -134,12 +145,12 @@ class StatusFollower:
             return
         self.latest = document
         batch = document.get("last_batch") or {}
-        batch_id = batch.get("batch_id")
-        if batch_id is None or batch_id in self.batches:
+        batch_id, updated_at = batch.get("batch_id"), document.get("updated_at")
+        if batch_id is None or updated_at is None or updated_at in self.batches:
             return
-        self.batches[batch_id] = BatchStatus(
-            batch_id=batch_id,
-            finished_at=datetime.fromisoformat(document["updated_at"]).timestamp(),
+        self.batches[updated_at] = BatchStatus(
+            batch_id=int(batch_id),
+            finished_at=datetime.fromisoformat(updated_at).timestamp(),
             messages=int(batch.get("messages", 0)),
             current_version=int(document["current_version"]),
             pending=int(document.get("pending", 0)),
@@ -147,8 +158,9 @@ class StatusFollower:
         )
 
     def ordered(self, since: float = 0.0, until: float = float("inf")) -> list[BatchStatus]:
-        """Batches that finished within ``[since, until]``, by id."""
-        return [b for _, b in sorted(self.batches.items()) if since <= b.finished_at <= until]
+        """Batches that finished within ``[since, until]``, in the order they finished."""
+        finished = sorted(self.batches.values(), key=lambda batch: batch.finished_at)
+        return [batch for batch in finished if since <= batch.finished_at <= until]
 
     @property
     def reported_batches(self) -> int:

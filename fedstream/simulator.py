@@ -58,6 +58,8 @@ __all__ = [
 
 Weights = dict[str, npt.NDArray[np.float32]]
 Evaluator = Callable[[Mapping[str, npt.NDArray[np.float32]]], Evaluation]
+UpdateTransform = Callable[[str, Weights], Weights]
+"""``(client_id, honest delta) -> delta actually sent``: simulates poisoning clients (identity for honest ones)."""
 
 _EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 """Virtual time 0 as an aware datetime, for the aggregator's buffer policy."""
@@ -182,7 +184,9 @@ class Simulator:
         evaluator: Evaluator | None = None,
         jitter_sigma: float = 0.3,
         seed: int = 0,
+        update_transform: UpdateTransform | None = None,
     ) -> None:
+        """``update_transform`` rewrites each client's delta before it is sent (attacks); ``None``: honest."""
         if not clients:
             raise ValueError("the simulator needs at least one client")
         if strategy.concurrency > len(clients):
@@ -218,6 +222,8 @@ class Simulator:
         self.optimizer = strategy.aggregation.make_optimizer()
         self.staleness = strategy.aggregation.staleness_policy()
         self.buffer_policy = strategy.aggregation.buffer_policy()
+        self.robust = strategy.aggregation.robust_policy()
+        self.update_transform = update_transform
 
     # ------------------------------------------------------------------ client side
 
@@ -248,7 +254,10 @@ class Simulator:
         local = model_weights(self.model)
         local_shared, local_personal = split_weights(local, self.strategy.personal_prefixes)
         self.personal[client] = local_personal
-        return model_delta(local_shared, self.shared), report.sample_count
+        delta = model_delta(local_shared, self.shared)
+        if self.update_transform is not None:
+            delta = self.update_transform(self.client_ids[client], delta)
+        return delta, report.sample_count
 
     # ------------------------------------------------------------------ running
 
@@ -337,6 +346,7 @@ class Simulator:
                     self.staleness,
                     aggregation.weight_by_sample_count,
                     self.optimizer,
+                    robust=self.robust,
                 )
             self.shared = step.new_params
             result.versions += 1
@@ -381,6 +391,7 @@ class Simulator:
                         self.staleness,
                         aggregation.weight_by_sample_count,
                         self.optimizer,
+                        robust=self.robust,
                     )
                 ]
             self.shared = steps[-1].new_params

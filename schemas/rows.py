@@ -84,6 +84,8 @@ class ModelVersionRow(_Row):
     federated_validation_accuracy: float | None
     batch_id: int
     """The micro-batch that made this version; -1 for version 0 and for a version made by the buffer deadline."""
+    epsilon: float | None
+    """Differential privacy spent up to and including this version, for the configured delta; None without DP."""
 
 
 class ClientKeyRow(_Row):

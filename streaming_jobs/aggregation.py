@@ -12,12 +12,14 @@ from aggregator import (
     AggregationResult,
     ModelWeights,
     PendingUpdate,
+    PrivateServerOptimizer,
     ServerOptimizer,
     StalenessPolicy,
     add,
     fedasync_step,
     fedavg_step,
     fedbuff_step,
+    private_server_step,
     weighted_sum,
 )
 from schemas.rows import ModelVersionRow
@@ -52,6 +54,7 @@ def _advance(
 ) -> ModelVersionRow:
     result = aggregate(state.parameters, state.version, [item.pending for item in taken], config, state.optimizer)
     new_hash = parameter_hash(result.new_params)
+    privacy = config.privacy_policy()
     row = ModelVersionRow(
         model_name=state.model_name,
         version=state.version + 1,
@@ -72,6 +75,7 @@ def _advance(
         federated_validation_loss=_weighted_metric(taken, "validation_loss"),
         federated_validation_accuracy=_weighted_metric(taken, "validation_accuracy"),
         batch_id=batch_id,
+        epsilon=None if privacy is None else privacy.epsilon(state.version + 1),
     )
     state.version += 1
     state.parameters = result.new_params
@@ -97,7 +101,15 @@ def aggregate(
         return fedasync_step(parameters, version, pending[0], config.mixing, staleness)
     if config.mode == "fedavg":
         return fedavg_step(parameters, pending, config.weight_by_sample_count)
-    return fedbuff_step(parameters, version, pending, staleness, config.weight_by_sample_count, optimizer)
+    return fedbuff_step(
+        parameters,
+        version,
+        pending,
+        staleness,
+        config.weight_by_sample_count,
+        optimizer,
+        robust=config.robust_policy(),
+    )
 
 
 def recompute_parameters(
@@ -106,13 +118,29 @@ def recompute_parameters(
     weights: Sequence[float],
     config: AggregationConfig,
     optimizer: ServerOptimizer,
+    *,
+    version: int | None = None,
 ) -> ModelWeights:
-    """Recompute a version from its parent, its recorded deltas and weights (in recorded order): audits."""
+    """Recompute a version from its parent, its recorded deltas and weights (in recorded order): audits.
+
+    ``optimizer`` holds the parent's state (with DP, also the clip norm and the parent's version). Robust
+    rules go through the same ``combine`` as the step; with DP the noise is drawn again from the configured
+    seed and ``version`` (default: the parent's recorded DP version plus one).
+    """
     if config.mode == "fedasync":
         return weighted_sum([parent, deltas[0]], [1.0, weights[0]])
     if config.mode == "fedavg":
         return add(parent, weighted_sum(list(deltas), list(weights)))
-    return optimizer.step(parent, weighted_sum(list(deltas), list(weights)))
+    if isinstance(optimizer, PrivateServerOptimizer):
+        if version is None:
+            if optimizer.version is None:
+                raise ValueError(
+                    "differential privacy is on but neither the version nor the parent's DP version is known; "
+                    "pass version= to recompute the noise"
+                )
+            version = optimizer.version + 1
+        return private_server_step(parent, deltas, weights, optimizer, version=version)
+    return optimizer.step(parent, config.robust_policy().combine(deltas, weights))
 
 
 def _without_limit(policy: StalenessPolicy) -> StalenessPolicy:

@@ -62,6 +62,7 @@ def verify_version(
         list(row.update_weights),
         config,
         optimizer,
+        version=version,
     )
     return VersionVerification(
         version=version,

@@ -123,4 +123,5 @@ def initial_version_row(model_name: str, parameters: Tensors, config: Aggregatio
         federated_validation_loss=None,
         federated_validation_accuracy=None,
         batch_id=-1,
+        epsilon=None,
     )

@@ -86,6 +86,7 @@ class _MlflowRecorder:
                 "staleness_max": None if row.staleness_max is None else float(row.staleness_max),
                 "federated_validation_accuracy": row.federated_validation_accuracy,
                 "federated_validation_loss": row.federated_validation_loss,
+                "epsilon": row.epsilon,
             }
             metrics += [Metric(k, v, stamp, row.version) for k, v in values.items() if v is not None]
         if metrics:

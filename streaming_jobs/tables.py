@@ -93,6 +93,7 @@ MODEL_VERSIONS_SCHEMA = StructType(
         StructField("federated_validation_loss", DoubleType(), True),
         StructField("federated_validation_accuracy", DoubleType(), True),
         StructField("batch_id", LongType(), False),
+        StructField("epsilon", DoubleType(), True),
     ]
 )
 
@@ -170,6 +171,14 @@ class TableLocations:
         if not rows:
             return
         frame = spark.createDataFrame([_as_tuple(row, table.schema) for row in rows], schema=table.schema)
+        self.append_frame(table, frame, app_id=app_id, batch_id=batch_id)
+
+    def append_frame(
+        self, table: TableSpec, frame: DataFrame | None, *, app_id: str | None, batch_id: int | None
+    ) -> None:
+        """Append a DataFrame with ``table``'s columns, idempotently as :meth:`append` does."""
+        if frame is None:
+            return
         writer = frame.write.format("delta").mode("append")
         if app_id is not None and batch_id is not None:
             writer = writer.option("txnAppId", f"{app_id}:{table.name}").option("txnVersion", batch_id)

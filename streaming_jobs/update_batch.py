@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F  # noqa: N812
+from pyspark.sql.types import LongType, StructField, StructType
 
 from aggregator import PendingUpdate
 from schemas.rejections import Rejection, RejectionReason
@@ -147,11 +148,20 @@ class UpdateBatchProcessor:
 
     def _process(self, batch: DataFrame, batch_id: int) -> tuple[BatchOutcome, list[ModelVersionRow]]:
         clock = _PhaseClock()
-        messages = sorted(
-            batch.select("key", "value", "topic", "partition", "offset", "timestamp").collect(),
-            key=lambda message: (message.partition, message.offset),
-        )
+        batch = batch.select("key", "value", "topic", "partition", "offset", "timestamp").persist()
+        try:
+            return self._process_persisted(batch, batch_id, clock)
+        finally:
+            batch.unpersist()
+
+    def _process_persisted(
+        self, batch: DataFrame, batch_id: int, clock: _PhaseClock
+    ) -> tuple[BatchOutcome, list[ModelVersionRow]]:
+        messages = sorted(batch.collect(), key=lambda message: (message.partition, message.offset))
         clock.lap("read_kafka")
+        max_bytes = self.settings.kafka.max_message_bytes
+        decoded_messages = [decode_update(_bytes(m.value), _bytes(m.key), max_bytes) for m in messages]
+        clock.lap("decode")
         state = self.state
         # A micro-batch is replayed only after a restart or a failure, and both reload the state.
         already_written = self._tables_written_by(batch_id) if self._fresh_state else set()
@@ -159,7 +169,7 @@ class UpdateBatchProcessor:
         if self.registry is not None:
             self.registry.refresh_if_due()
         clock.lap("load_state")
-        recorded = self._recorded_update_ids(messages)
+        recorded = self._recorded_update_ids(decoded_messages)
         clock.lap("lookup_duplicates")
         now = datetime.now(UTC)
         accepted: list[UpdateRow] = []
@@ -168,8 +178,7 @@ class UpdateBatchProcessor:
         seen_in_batch: set[str] = set()
         already_recorded = 0
         aggregate = MODEL_VERSIONS.name not in already_written
-        for message in messages:
-            decoded = decode_update(_bytes(message.value), _bytes(message.key), self.settings.kafka.max_message_bytes)
+        for message, decoded in zip(messages, decoded_messages, strict=True):
             if isinstance(decoded, Rejection):
                 rejected.append(_rejected_row(message, [decoded], None, now, batch_id))
                 continue
@@ -206,7 +215,10 @@ class UpdateBatchProcessor:
         clock.lap("validate_aggregate")
         if versions:
             crash_point("during_aggregation")
-        self._append(UPDATES.name, accepted, already_written, batch_id)
+        if UPDATES.name not in already_written:
+            self.locations.append_frame(
+                UPDATES, self._updates_frame(batch, accepted), app_id=self.settings.writer_id, batch_id=batch_id
+            )
         self._append(REJECTED_UPDATES.name, rejected, already_written, batch_id)
         if accepted:
             crash_point("after_updates_write")
@@ -270,12 +282,33 @@ class UpdateBatchProcessor:
                 written.add(table.name)
         return written
 
-    def _recorded_update_ids(self, messages: Sequence[Row]) -> dict[str, _Recorded]:
-        candidate_ids = []
-        for message in messages:
-            decoded = decode_update(_bytes(message.value), None, self.settings.kafka.max_message_bytes)
-            if isinstance(decoded, DecodedUpdate):
-                candidate_ids.append(decoded.header.update_id)
+    def _updates_frame(self, batch: DataFrame, rows: Sequence[UpdateRow]) -> DataFrame | None:
+        """The accepted rows with their payloads cut from the message bytes Spark already holds.
+
+        Only metadata crosses from Python to the JVM; the payloads (most of the bytes) never make the trip.
+        """
+        if not rows:
+            return None
+        metadata_fields = [field for field in UPDATES.schema.fields if field.name != "payload"]
+        metadata = self.spark.createDataFrame(
+            [
+                (*(row.model_dump(exclude={"payload"})[field.name] for field in metadata_fields), len(row.payload))
+                for row in rows
+            ],
+            schema=StructType([*metadata_fields, StructField("payload_length", LongType(), False)]),
+        )
+        values = batch.select(
+            F.col("topic").alias("kafka_topic"),
+            F.col("partition").alias("kafka_partition"),
+            F.col("offset").alias("kafka_offset"),
+            "value",
+        )
+        joined = metadata.join(values, on=["kafka_topic", "kafka_partition", "kafka_offset"])
+        payload = F.expr("substring(value, length(value) - payload_length + 1, payload_length)").alias("payload")
+        return joined.select(*[payload if field.name == "payload" else F.col(field.name) for field in UPDATES.schema])
+
+    def _recorded_update_ids(self, decoded_messages: Sequence[DecodedUpdate | Rejection]) -> dict[str, _Recorded]:
+        candidate_ids = [decoded.header.update_id for decoded in decoded_messages if isinstance(decoded, DecodedUpdate)]
         if not candidate_ids:
             return {}
         found = (

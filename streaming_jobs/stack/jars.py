@@ -6,6 +6,7 @@ in the cache, and every later start reads the manifest and never touches the net
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -31,8 +32,12 @@ class ResolvedJar:
 
 
 def resolve(pom_name: str, *, quiet: bool = False) -> list[ResolvedJar]:
-    """Return the runtime jars of the bundled pom ``pom_name``, resolving them on first use."""
-    manifest = cache_dir() / "jars" / f"{pom_name}.manifest"
+    """Return the runtime jars of the bundled pom ``pom_name``, resolving them on first use.
+
+    The manifest is named after the pom's content hash, so editing the pom resolves afresh.
+    """
+    pom_text = (resources.files("streaming_jobs.stack") / f"{pom_name}.pom.xml").read_bytes()
+    manifest = cache_dir() / "jars" / f"{pom_name}-{hashlib.sha256(pom_text).hexdigest()[:12]}.manifest"
     if manifest.exists():
         jars = _read_manifest(manifest)
         if all(jar.path.exists() for jar in jars):

@@ -168,7 +168,9 @@ class LocalKafkaBroker:
         self.config_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
 
     def _format_storage(self, java: str, classpath: str) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # the storage tool would read a leading '-' as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         completed = subprocess.run(
             [
                 java,

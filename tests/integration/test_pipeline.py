@@ -220,3 +220,41 @@ def test_a_partial_buffer_becomes_a_version_at_its_deadline_while_kafka_is_quiet
     assert len(made) == 1 and sorted(made[0].update_ids) == sorted(published)
     assert made[0].batch_id == -1, "made by the deadline, not by a micro-batch"
     assert verify_version(spark, locations, model, 1).ok
+
+
+@pytest.mark.parametrize(
+    "defence",
+    [
+        {"dp_noise_multiplier": 0.8, "dp_clip_norm": 0.05, "dp_adaptive_clipping": True, "dp_population": 12,
+         "weight_by_sample_count": False, "server_optimizer": "sgd", "server_learning_rate": 1.0},
+        {"robust_aggregation": "trimmed_mean", "trim_fraction": 0.25, "max_update_norm": 0.1},
+    ],
+    ids=["differential-privacy", "trimmed-mean"],
+)  # fmt: skip
+def test_private_and_robust_versions_recompute_exactly_from_the_tables(
+    spark, local_stack: RunningStack, tmp_path: Path, defence: dict[str, object]
+) -> None:  # type: ignore[no-untyped-def]
+    ensure_topics(local_stack.kafka)
+    model = f"test-{uuid.uuid4().hex[:8]}"
+    initial = tmp_path / "initial.safetensors"
+    initial.write_bytes(encode_tensors(_initial_parameters()))
+    job = JobProcess(tmp_path, model, initial, {**AGGREGATION, **defence}, _enrolled_keys(tmp_path))
+    publisher = UpdatePublisher(local_stack.kafka)
+    try:
+        job.start()
+        job.wait_for_version(local_stack.kafka, 0)
+        _publish_valid(publisher, model, 0, 2 * BUFFER_SIZE, np.random.default_rng(9))
+        job.wait_for_version(local_stack.kafka, 2)
+    finally:
+        job.stop()
+        publisher.close()
+    locations = TableLocations(str(job.tables))
+    versions = locations.read(spark, _table("model_versions")).where(F.col("model_name") == model).collect()
+    assert sorted(row.version for row in versions) == [0, 1, 2]
+    for version in (1, 2):
+        assert verify_version(spark, locations, model, version).ok, f"version {version} does not recompute"
+    epsilons = {row.version: row.epsilon for row in versions}
+    if "dp_noise_multiplier" in defence:
+        assert epsilons[0] is None and 0 < epsilons[1] < epsilons[2], "privacy spent grows with each version"
+    else:
+        assert set(epsilons.values()) == {None}

@@ -182,6 +182,7 @@ def model_version_row() -> ModelVersionRow:
         federated_validation_loss=None,
         federated_validation_accuracy=None,
         batch_id=2,
+        epsilon=None,
     )
 
 

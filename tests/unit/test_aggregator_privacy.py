@@ -1,0 +1,177 @@
+import math
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from aggregator import (
+    AggregationConfig,
+    InvalidConfigError,
+    PendingUpdate,
+    PrivacyPolicy,
+    PrivateServerOptimizer,
+    StalenessPolicy,
+    epsilon_after,
+    fedbuff_step,
+    gaussian_noise,
+    l2_norm,
+)
+from schemas.tensors import decode_tensors, encode_tensors, parameter_hash
+from streaming_jobs.aggregation import aggregate, recompute_parameters
+
+NOW = datetime(2025, 3, 1, tzinfo=UTC)
+DP = {"dp_noise_multiplier": 1.0, "dp_clip_norm": 0.5, "dp_population": 100, "weight_by_sample_count": False}
+
+
+def test_noise_std_matches_sigma_times_clip_over_many_draws() -> None:
+    like = {"w": np.zeros(200_000, dtype=np.float32)}
+    noise = gaussian_noise(like, 0.75, seed=3, version=9)["w"].astype(np.float64)
+    # the sample sd of 200k normals is within 1% of the truth with overwhelming probability (sd of sd ~ 0.16%)
+    assert noise.std() == pytest.approx(0.75, rel=0.01)
+    assert abs(noise.mean()) < 0.01
+
+
+def test_private_step_adds_noise_of_sigma_clip_over_n() -> None:
+    policy = PrivacyPolicy(noise_multiplier=2.0, clip_norm=0.5, population=1000, buffer_size=4)
+    optimizer = PrivateServerOptimizer(AggregationConfig().make_optimizer(), policy)
+    zeros = {"w": np.zeros(100_000, dtype=np.float32)}
+    new = optimizer.private_step(zeros, zeros, update_count=4, version=1, unclipped_count=4)
+    assert float(np.std(new["w"])) == pytest.approx(2.0 * 0.5 / 4, rel=0.02)
+
+
+def test_same_seed_and_version_reproduce_the_noise_and_others_do_not() -> None:
+    like = {"b": np.zeros(3, dtype=np.float32), "a": np.zeros((2, 2), dtype=np.float32)}
+    first = gaussian_noise(like, 1.0, seed=5, version=12)
+    reordered = gaussian_noise({"a": like["a"], "b": like["b"]}, 1.0, seed=5, version=12)
+    assert parameter_hash(first) == parameter_hash(reordered)
+    assert parameter_hash(first) != parameter_hash(gaussian_noise(like, 1.0, seed=5, version=13))
+    assert parameter_hash(first) != parameter_hash(gaussian_noise(like, 1.0, seed=6, version=12))
+
+
+def test_dp_step_clips_every_update_and_records_what_it_applied() -> None:
+    rng = np.random.default_rng(0)
+    updates = [
+        PendingUpdate(f"u{i}", {"w": rng.normal(0, s, 50).astype(np.float32)}, 2, 10, NOW)
+        for i, s in enumerate((0.001, 1.0, 10.0))
+    ]
+    config = AggregationConfig(buffer_size=3, **DP)  # type: ignore[arg-type]
+    result = fedbuff_step(
+        {"w": np.zeros(50, dtype=np.float32)},
+        2,
+        updates,
+        StalenessPolicy("constant", max_staleness=None),
+        False,
+        config.make_optimizer(),
+    )
+    for update, weight in zip(updates, result.weights, strict=True):
+        assert weight * l2_norm(update.delta) <= 0.5 / 3 * (1 + 1e-9)
+    assert result.weights[0] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_audit_recomputes_a_private_version_and_the_adaptive_clip_is_state(adaptive: bool) -> None:
+    rng = np.random.default_rng(2)
+    params = {"a": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=6).astype(np.float32)}
+    config = AggregationConfig(buffer_size=5, dp_adaptive_clipping=adaptive, dp_seed=11, **DP)  # type: ignore[arg-type]
+    optimizer = config.make_optimizer()
+    assert isinstance(optimizer, PrivateServerOptimizer)
+    hashes = []
+    for version in range(3):
+        updates = [
+            PendingUpdate(
+                f"v{version}-{i}",
+                {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()},
+                version,
+                1,
+                NOW,
+            )
+            for i in range(5)
+        ]
+        parent_state = encode_tensors(optimizer.state_dict())
+        result = aggregate(params, version, updates, config, optimizer)
+        audit = AggregationConfig.from_dict(config.to_dict()).make_optimizer()
+        audit.load_state_dict(decode_tensors(parent_state))
+        recomputed = recompute_parameters(
+            decode_tensors(encode_tensors(params)), [u.delta for u in updates], list(result.weights), config, audit
+        )
+        assert parameter_hash(recomputed) == parameter_hash(result.new_params)
+        params = result.new_params
+        hashes.append(parameter_hash(params))
+    assert isinstance(optimizer, PrivateServerOptimizer)
+    assert optimizer.version == 3
+    if adaptive:  # every norm (~sqrt(18) = 4.2) is above C = 0.5, so C grows towards the median
+        assert optimizer.clip_norm > 0.5
+    else:
+        assert optimizer.clip_norm == 0.5
+    restored = config.make_optimizer()
+    restored.load_state_dict(decode_tensors(encode_tensors(optimizer.state_dict())))
+    assert isinstance(restored, PrivateServerOptimizer)
+    assert restored.clip_norm == optimizer.clip_norm and restored.version == 3
+
+
+def test_private_optimizer_refuses_a_noiseless_step() -> None:
+    optimizer = AggregationConfig(buffer_size=5, **DP).make_optimizer()  # type: ignore[arg-type]
+    zeros = {"w": np.zeros(2, dtype=np.float32)}
+    with pytest.raises(InvalidConfigError, match="private_step"):
+        optimizer.step(zeros, zeros)
+
+
+def test_epsilon_grows_with_versions_and_shrinks_with_sigma() -> None:
+    eps = [epsilon_after(1.0, 0.05, versions, 1e-5) for versions in (1, 10, 100, 1000)]
+    assert eps == sorted(eps) and eps[0] < eps[-1]
+    by_sigma = [epsilon_after(sigma, 0.05, 100, 1e-5) for sigma in (0.7, 1.0, 2.0, 4.0)]
+    assert by_sigma == sorted(by_sigma, reverse=True)
+    assert epsilon_after(1.0, 0.05, 0, 1e-5) == 0.0
+
+
+def test_epsilon_matches_dp_accounting_reference() -> None:
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    accountant = rdp_privacy_accountant.RdpAccountant()
+    accountant.compose(dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(1.1)), 1000)
+    reference = accountant.get_epsilon(1e-5)
+    assert epsilon_after(1.1, 0.01, 1000, 1e-5) == pytest.approx(reference, rel=1e-12)
+    assert reference == pytest.approx(1.7118, abs=1e-3)  # dp-accounting 0.6.0, RDP orders by default
+
+
+def test_policy_epsilon_uses_buffer_over_population() -> None:
+    config = AggregationConfig(buffer_size=5, **DP)  # type: ignore[arg-type]
+    policy = config.privacy_policy()
+    assert policy is not None and policy.sampling_rate == 0.05
+    assert policy.epsilon(40) == epsilon_after(1.0, 0.05, 40, 1e-5)
+
+
+def test_config_round_trips_dp_fields_and_defaults_are_off() -> None:
+    default = AggregationConfig()
+    assert default.privacy_policy() is None
+    assert not isinstance(default.make_optimizer(), PrivateServerOptimizer)
+    assert not any(key.startswith("dp_") for key in default.to_dict())
+    config = AggregationConfig(
+        buffer_size=5, dp_adaptive_clipping=True, dp_target_quantile=0.7, dp_delta=1e-6, dp_seed=4, **DP
+    )  # type: ignore[arg-type]
+    data = config.to_dict()
+    assert data["dp_noise_multiplier"] == 1.0 and data["dp_population"] == 100
+    assert AggregationConfig.from_dict(data) == config
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({**DP, "weight_by_sample_count": True}, "weight_by_sample_count"),
+        ({**DP, "dp_population": None}, "dp_population"),
+        ({**DP, "dp_population": 3}, "dp_population"),
+        ({**DP, "robust_aggregation": "median"}, "robust_aggregation"),
+        ({**DP, "dp_noise_multiplier": 0.0}, "dp_noise_multiplier"),
+        ({**DP, "dp_delta": 1.0}, "dp_delta"),
+        ({**DP, "dp_adaptive_clipping": True, "dp_clip_count_noise_multiplier": 0.4}, "count_noise"),
+    ],
+)
+def test_invalid_dp_configs_name_the_field(options: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidConfigError, match=message):
+        AggregationConfig(buffer_size=5, **options)  # type: ignore[arg-type]
+
+
+def test_adaptive_noise_multiplier_accounts_for_the_count() -> None:
+    policy = PrivacyPolicy(1.0, 1.0, 100, 5, adaptive_clipping=True)
+    assert policy.delta_noise_multiplier == pytest.approx(1 / math.sqrt(1 - 0.25))
