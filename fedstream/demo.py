@@ -23,7 +23,7 @@ from typing import Any
 DEFAULT_HELD_OUT = (5, 10, 15, 20, 25, 30)
 DEFAULT_AGGREGATION: dict[str, Any] = {
     "mode": "fedbuff",
-    "buffer_size": 5,
+    "buffer_size": 10,
     "max_wait_seconds": 10.0,
     "staleness_function": "polynomial",
     "staleness_exponent": 0.5,
