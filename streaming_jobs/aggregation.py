@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -144,13 +145,7 @@ def recompute_parameters(
 
 
 def _without_limit(policy: StalenessPolicy) -> StalenessPolicy:
-    return StalenessPolicy(
-        function=policy.function,
-        exponent=policy.exponent,
-        hinge_a=policy.hinge_a,
-        hinge_b=policy.hinge_b,
-        max_staleness=None,
-    )
+    return dataclasses.replace(policy, max_staleness=None)
 
 
 def _weighted_metric(taken: Sequence[BufferedUpdate], name: str) -> float | None:

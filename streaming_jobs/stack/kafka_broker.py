@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,9 +169,12 @@ class LocalKafkaBroker:
         self.config_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
 
     def _format_storage(self, java: str, classpath: str) -> None:
-        cluster_id = "-"
-        while cluster_id.startswith("-"):  # the storage tool would read a leading '-' as an option
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self._run_storage_format(java, classpath)
+
+    def _run_storage_format(
+        self, java: str, classpath: str, extra_arguments: Sequence[str] = (), secrets: Sequence[str] = ()
+    ) -> None:
+        """Format the log directory for a new cluster; ``secrets`` are masked in the error message."""
         completed = subprocess.run(
             [
                 java,
@@ -180,16 +184,20 @@ class LocalKafkaBroker:
                 "kafka.tools.StorageTool",
                 "format",
                 "-t",
-                cluster_id,
+                _new_cluster_id(),
                 "-c",
                 str(self.config_file),
+                *extra_arguments,
             ],
             capture_output=True,
             text=True,
             check=False,
         )
         if completed.returncode != 0:
-            raise BrokerError(f"formatting Kafka storage failed: {completed.stdout}{completed.stderr}")
+            output = f"{completed.stdout}{completed.stderr}"
+            for secret in secrets:
+                output = output.replace(secret, "***")
+            raise BrokerError(f"formatting Kafka storage in {self.data_dir} failed: {output}")
 
     def _log_config(self) -> Path:
         path = self.home / "log4j2.properties"
@@ -205,6 +213,14 @@ class LocalKafkaBroker:
                 "logger.kafka.level = INFO\n"
             )
         return path
+
+
+def _new_cluster_id() -> str:
+    """A random KRaft cluster id; never one starting with '-', which the storage tool reads as an option."""
+    cluster_id = "-"
+    while cluster_id.startswith("-"):
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    return cluster_id
 
 
 def _alive(pid: int) -> bool:

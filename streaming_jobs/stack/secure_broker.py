@@ -9,11 +9,8 @@ It keeps its state in ``<state>/kafka-secure`` so it never touches the PLAINTEXT
 
 from __future__ import annotations
 
-import base64
 import re
 import secrets
-import subprocess
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,7 +18,7 @@ from pydantic import SecretStr
 
 from schemas.kafka_settings import KafkaSettings, SaslMechanism, jaas_config
 from streaming_jobs.stack.certificates import BrokerCertificates, create_broker_certificates
-from streaming_jobs.stack.kafka_broker import BrokerError, BrokerStatus, LocalKafkaBroker
+from streaming_jobs.stack.kafka_broker import BrokerStatus, LocalKafkaBroker
 from streaming_jobs.stack.paths import state_dir
 
 SCRAM_MECHANISM: SaslMechanism = "SCRAM-SHA-512"
@@ -107,29 +104,7 @@ class SecureKafkaBroker(LocalKafkaBroker):
         scram_arguments = []
         for name, password in credentials.items():
             scram_arguments += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
-        completed = subprocess.run(
-            [
-                java,
-                f"-Dlog4j2.configurationFile={self._log_config()}",
-                "-cp",
-                classpath,
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
-                "-c",
-                str(self.config_file),
-                *scram_arguments,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if completed.returncode != 0:
-            output = f"{completed.stdout}{completed.stderr}"
-            for password in credentials.values():
-                output = output.replace(password, "***")
-            raise BrokerError(f"formatting the secure broker's storage failed: {output}")
+        self._run_storage_format(java, classpath, scram_arguments, secrets=list(credentials.values()))
 
 
 def _check_user(name: str, password: str) -> None:
