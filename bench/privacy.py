@@ -2,13 +2,13 @@
 
     .venv/bin/python -m bench.privacy [--quick] [--seeds 2] [--updates 120] [--sigmas 0.01 0.1 1] [--clip 0.5]
 
-The demo's FedBuff configuration (K = 5, polynomial staleness 0.5, max staleness 20, SGD lr 1) in the
-event-driven simulator, 24 training clients (the population; q = 5 / 24), six subjects held out, the same
-local training as ``bench.quality``. Rows: the non-private baseline (sample-count weights, as the demo),
-the same with uniform weights (what DP needs), clipping alone (no noise: no guarantee), then DP with a
-fixed clip norm C and several noise multipliers sigma. epsilon is for delta = 1e-5 after the versions the
-run made (RDP accountant of the Poisson-subsampled Gaussian, ``aggregator.privacy``). A table goes to
-stdout, a CSV to ``bench/results/privacy_hapt.csv``.
+The demo's FedBuff configuration (``fedstream.demo.DEFAULT_AGGREGATION``: K = 10, polynomial staleness
+0.5, max staleness 20, SGD lr 1) in the event-driven simulator, 24 training clients (the population;
+q = 10 / 24), six subjects held out, the same local training as ``bench.quality``. Rows: the non-private
+baseline (sample-count weights, as the demo), the same with uniform weights (what DP needs), clipping alone
+(no noise: no guarantee), then DP with a fixed clip norm C and several noise multipliers sigma. epsilon is
+for delta = 1e-5 after the versions the run made (RDP accountant of the Poisson-subsampled Gaussian,
+``aggregator.privacy``). A table goes to stdout, a CSV to ``bench/results/privacy_hapt.csv``.
 """
 
 from __future__ import annotations
@@ -25,20 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import quality
+from fedstream.demo import DEFAULT_AGGREGATION
 
 RESULTS = Path(__file__).resolve().parent / "results"
 POPULATION = 24
 DELTA = 1e-5
-DEMO_FEDBUFF: dict[str, Any] = {
-    "mode": "fedbuff",
-    "buffer_size": 5,
-    "max_wait_seconds": None,
-    "staleness_function": "polynomial",
-    "staleness_exponent": 0.5,
-    "max_staleness": 20,
-    "server_optimizer": "sgd",
-    "server_learning_rate": 1.0,
-}
+# the demo's aggregation; the simulator has no wall clock, so no buffer deadline
+DEMO_FEDBUFF: dict[str, Any] = {**DEFAULT_AGGREGATION, "max_wait_seconds": None}
+K = int(DEMO_FEDBUFF["buffer_size"])
 
 
 @dataclass
@@ -150,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     updates = args.updates or (60 if args.quick else 120)
     configs = configurations(args.sigmas, args.clip)
     jobs = [(name, options, seed, updates) for seed in range(seeds) for name, options in configs.items()]
-    print(f"bench.privacy: HAPT, FedBuff K=5, population {POPULATION} (q={5 / POPULATION:.3f}), {len(jobs)} runs "
+    print(f"bench.privacy: HAPT, FedBuff K={K}, population {POPULATION} (q={K / POPULATION:.3f}), {len(jobs)} runs "
           f"({seeds} seeds, {updates} updates each), {args.workers} workers", flush=True)  # fmt: skip
     started = time.perf_counter()
     runs: list[PrivacyRun] = []

@@ -1,13 +1,13 @@
 """Accuracy under poisoning on UCI HAPT: malicious clients against FedBuff with and without defences.
 
-    .venv/bin/python -m bench.robustness [--quick] [--seeds 1] [--updates 60] [--defences none median ...]
+    .venv/bin/python -m bench.robustness [--quick] [--seeds 1] [--updates 120] [--defences none median ...]
 
-The demo's FedBuff configuration (K = 5, polynomial staleness 0.5, SGD lr 1) in the event-driven simulator,
+The demo's FedBuff configuration (K = 10, polynomial staleness 0.5, SGD lr 1) in the event-driven simulator,
 24 training clients, six subjects held out. 10 % (2) or 20 % (5) of the clients, picked at random per seed,
 are malicious and send instead of their honest delta: ``sign_flip`` (-delta), ``scaled`` (10 x delta) or
 ``noise`` (Gaussian noise with 10 x the honest delta's norm). Defences (``aggregator.robust``): none,
 a norm bound of 1.0 (about the 90th percentile of honest delta norms; larger deltas are scaled down),
-trimmed mean (20 %: one of five cut at each end), coordinate median, Krum (f = 1). A table goes to stdout,
+trimmed mean (20 %: two of ten cut at each end), coordinate median, Krum (f = 1). A table goes to stdout,
 a CSV to ``bench/results/robustness_hapt.csv``.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from bench import quality
-from bench.privacy import DEMO_FEDBUFF
+from bench.privacy import DEMO_FEDBUFF, K
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ATTACKS = ("sign_flip", "scaled", "noise")
@@ -135,14 +135,14 @@ def summarize(runs: list[AttackRun], defences: Sequence[str], out: Path) -> None
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="30 updates per run (about 4 minutes)")
+    parser.add_argument("--quick", action="store_true", help="60 updates per run")
     parser.add_argument("--seeds", type=int, default=1, help="seeds (default 1)")
-    parser.add_argument("--updates", type=int, default=None, help="client updates per run (default 60, quick 30)")
+    parser.add_argument("--updates", type=int, default=None, help="client updates per run (default 120, quick 60)")
     parser.add_argument("--defences", nargs="*", default=list(DEFAULT_DEFENCES), choices=list(DEFENCES))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    updates = args.updates or (30 if args.quick else 60)
+    updates = args.updates or (60 if args.quick else 120)
     scenarios = [("no attack", 0.0)] + [(attack, fraction) for fraction in FRACTIONS for attack in ATTACKS]
     jobs = [
         (attack, fraction, defence, seed, updates)
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for attack, fraction in scenarios
         for defence in args.defences
     ]
-    print(f"bench.robustness: HAPT, FedBuff K=5, 24 clients, {len(jobs)} runs ({args.seeds} seeds, "
+    print(f"bench.robustness: HAPT, FedBuff K={K}, 24 clients, {len(jobs)} runs ({args.seeds} seeds, "
           f"{updates} updates each), {args.workers} workers", flush=True)  # fmt: skip
     started = time.perf_counter()
     runs: list[AttackRun] = []

@@ -8,11 +8,6 @@ and aggregates asynchronously; held-out subjects, never seen in training, measur
 from __future__ import annotations
 
 import csv
-import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,6 +57,7 @@ def run_demo(settings: DemoSettings) -> int:
     """Run the demo; return a process exit code."""
     import torch
 
+    from fedstream.job_process import JobOptions, JobProcess
     from producers.client import FederatedClient, LocalData
     from producers.data.hapt import load_hapt_clients
     from producers.evaluation import HeldOutEvaluator
@@ -102,13 +98,17 @@ def run_demo(settings: DemoSettings) -> int:
         (enrolled / f"{identity.client_id}.pub").write_text(identity.public_key.hex() + "\n")
     _say(f"{len(identities) + 1} device key pairs made; the job enrols their public keys from {enrolled}")
 
-    job = _start_job(settings, run_dir, initial, enrolled)
+    job = JobProcess(
+        run_dir,
+        JobOptions(settings.model_name, initial, settings.aggregation, enrolled, experiment="fedstream-demo"),
+    )
+    job.start()
     stop = threading.Event()
     points: list[_Point] = []
     try:
         evaluator_subscriber = GlobalModelSubscriber(kafka, settings.model_name)
         _say("waiting for the streaming job to publish version 0 (Spark start-up takes ~30-60 s) ...")
-        first = _wait_for_version_zero(evaluator_subscriber, job, run_dir)
+        first = _wait_for_version_zero(evaluator_subscriber, job)
         evaluator = HeldOutEvaluator(build_model(settings.model_name, settings.seed), held_out)
         training = LocalTrainingConfig(
             epochs=settings.local_epochs,
@@ -145,46 +145,28 @@ def run_demo(settings: DemoSettings) -> int:
             elapsed = time.monotonic() - started
             if not injected and elapsed > settings.duration_seconds / 4:
                 injected = _inject_bad_updates(kafka, settings.model_name, evaluator_subscriber, faulty_device)
-            _progress(points, evaluator, evaluator_subscriber, run_dir, elapsed)
+            _progress(points, evaluator, evaluator_subscriber, job, elapsed)
         _say("devices stopped; letting the job aggregate what is still buffered ...")
-        _drain(run_dir, settings)
-        _progress(points, evaluator, evaluator_subscriber, run_dir, time.monotonic() - started)
+        _drain(job, settings)
+        _progress(points, evaluator, evaluator_subscriber, job, time.monotonic() - started)
     except KeyboardInterrupt:
         _say("interrupted: stopping devices and the job")
         stop.set()
     finally:
         stop.set()
-        _stop_job(job)
-    _summary(settings, run_dir, points, tracking_uri())
+        job.stop(60)
+    _summary(settings, job, points, tracking_uri())
     return 0
 
 
-def _start_job(settings: DemoSettings, run_dir: Path, initial: Path, enrolled: Path) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable, "-m", "fedstream.cli", "job",
-        "--model-name", settings.model_name,
-        "--initial-model", str(initial),
-        "--tables-root", str(run_dir / "tables"),
-        "--checkpoint", str(run_dir / "checkpoint"),
-        "--status-file", str(run_dir / "job-status.json"),
-        "--aggregation", json.dumps(settings.aggregation),
-        "--experiment", "fedstream-demo",
-        "--enrol-public-keys", str(enrolled),
-    ]  # fmt: skip
-    log = (run_dir / "job.log").open("wb")
-    return subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy()
-    )
-
-
-def _wait_for_version_zero(subscriber: Any, job: subprocess.Popen[bytes], run_dir: Path) -> Any:
+def _wait_for_version_zero(subscriber: Any, job: Any) -> Any:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        if job.poll() is not None:
-            raise SystemExit(f"the streaming job exited with {job.returncode}; see {run_dir / 'job.log'}")
+        if not job.running():
+            raise SystemExit(f"the streaming job exited; see {job.log_path}")
         if subscriber.poll(1.0) is not None:
             return subscriber.newest()
-    raise SystemExit(f"no version 0 after 300 s; see {run_dir / 'job.log'}")
+    raise SystemExit(f"no version 0 after 300 s; see {job.log_path}")
 
 
 def _inject_bad_updates(kafka: Any, model_name: str, subscriber: Any, device: Any) -> bool:
@@ -203,17 +185,9 @@ def _inject_bad_updates(kafka: Any, model_name: str, subscriber: Any, device: An
     return True
 
 
-def _job_status(run_dir: Path) -> dict[str, Any]:
-    try:
-        loaded: dict[str, Any] = json.loads((run_dir / "job-status.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    return loaded
-
-
-def _progress(points: list[_Point], evaluator: Any, subscriber: Any, run_dir: Path, elapsed: float) -> None:
+def _progress(points: list[_Point], evaluator: Any, subscriber: Any, job: Any, elapsed: float) -> None:
     version = subscriber.poll(0.1)
-    status = _job_status(run_dir)
+    status = job.status()
     if version is not None and version != points[-1].version:
         result = evaluator.evaluate(subscriber.newest().parameters)
         points.append(_Point(elapsed, version, int(status.get("accepted", 0)), result.accuracy, result.macro_f1))
@@ -225,27 +199,18 @@ def _progress(points: list[_Point], evaluator: Any, subscriber: Any, run_dir: Pa
     )
 
 
-def _drain(run_dir: Path, settings: DemoSettings) -> None:
+def _drain(job: Any, settings: DemoSettings) -> None:
     deadline = time.monotonic() + float(settings.aggregation.get("max_wait_seconds") or 10.0) + 30
     while time.monotonic() < deadline:
-        status = _job_status(run_dir)
+        status = job.status()
         if status and status.get("pending", 1) == 0:
             return
         time.sleep(1.0)
 
 
-def _stop_job(job: subprocess.Popen[bytes]) -> None:
-    if job.poll() is None:
-        os.killpg(job.pid, signal.SIGTERM)
-        try:
-            job.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
-
-
-def _summary(settings: DemoSettings, run_dir: Path, points: list[_Point], mlflow_uri: str) -> None:
-    status = _job_status(run_dir)
+def _summary(settings: DemoSettings, job: Any, points: list[_Point], mlflow_uri: str) -> None:
+    run_dir = job.folder
+    status = job.status()
     with (run_dir / "accuracy.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["elapsed_seconds", "version", "accepted_updates", "held_out_accuracy", "held_out_macro_f1"])
@@ -275,7 +240,7 @@ def _summary(settings: DemoSettings, run_dir: Path, points: list[_Point], mlflow
     print(f"Delta tables : {run_dir / 'tables'} (updates, rejected_updates, model_versions)")
     print(f"MLflow       : {mlflow_uri} (experiment fedstream-demo)")
     print(f"plot, csv    : {plot or 'matplotlib not installed'}, {run_dir / 'accuracy.csv'}")
-    print(f"job log      : {run_dir / 'job.log'}")
+    print(f"job log      : {job.log_path}")
     print("=" * 78)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -81,17 +82,27 @@ class GlobalModelSubscriber:
         self._consumer.close()
 
 
+@dataclass(frozen=True)
+class PublishedAt:
+    """Where the broker stored an update: the ``kafka_partition`` and ``kafka_offset`` its audit row will carry."""
+
+    partition: int
+    offset: int
+
+
 class UpdatePublisher:
     """Idempotent, acknowledged producer of update messages keyed by client id."""
 
     def __init__(self, settings: KafkaSettings) -> None:
         self._producer = KafkaProducer(**settings.producer_options())
 
-    def publish(self, client_id: str, value: bytes, *, wait: bool = True) -> None:
-        """Send one update; with ``wait`` block until the broker has acknowledged it."""
+    def publish(self, client_id: str, value: bytes, *, wait: bool = True) -> PublishedAt | None:
+        """Send one update; with ``wait`` block until the broker has acknowledged it and return where it is."""
         future = self._producer.send(UPDATES_TOPIC, key=client_id.encode(), value=value)
-        if wait:
-            future.get(timeout=60)
+        if not wait:
+            return None
+        metadata = future.get(timeout=60)
+        return PublishedAt(int(metadata.partition), int(metadata.offset))
 
     def flush(self) -> None:
         """Wait for every sent update to be acknowledged."""

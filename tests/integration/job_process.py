@@ -1,124 +1,40 @@
-"""Run ``fedstream job`` as its own process, as operators do, so tests can SIGKILL and restart it."""
+"""The streaming job as the integration tests run it: its own process, quick triggers and key refreshes."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from producers.transport import GlobalModelSubscriber
-from schemas.kafka_settings import KafkaSettings
+from fedstream.job_process import JobOptions, JobProcess
 
 
-class JobProcess:
-    """One streaming job over a folder of Delta tables, restartable from the same checkpoint."""
+def test_job(
+    folder: Path, model_name: str, initial_model: Path, aggregation: dict[str, Any], public_keys: Path | None = None
+) -> JobProcess:
+    """A :class:`JobProcess` over ``folder`` that triggers every 0.5 s and re-reads enrolled keys every 2 s."""
+    options = JobOptions(
+        model_name,
+        initial_model,
+        aggregation,
+        public_keys,
+        experiment=f"test-{model_name}",
+        register_every=2,
+        trigger_seconds=0.5,
+        registry_refresh_seconds=2.0,
+    )
+    return JobProcess(folder, options)
 
-    def __init__(
-        self,
-        folder: Path,
-        model_name: str,
-        initial_model: Path,
-        aggregation: dict[str, Any],
-        public_keys: Path | None = None,
-    ) -> None:
-        self.folder = folder
-        self.model_name = model_name
-        self.initial_model = initial_model
-        self.aggregation = aggregation
-        self.public_keys = public_keys
-        self.tables = folder / "tables"
-        self.status_file = folder / "job-status.json"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
 
-    def start(self, extra_environment: dict[str, str] | None = None) -> None:
-        self.starts += 1
-        log = (self.folder / f"job-{self.starts}.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fedstream.cli",
-                "job",
-                "--model-name",
-                self.model_name,
-                "--initial-model",
-                str(self.initial_model),
-                "--tables-root",
-                str(self.tables),
-                "--checkpoint",
-                str(self.folder / "checkpoint"),
-                "--status-file",
-                str(self.status_file),
-                "--aggregation",
-                json.dumps(self.aggregation),
-                "--register-every",
-                "2",
-                "--trigger-seconds",
-                "0.5",
-                "--experiment",
-                f"test-{self.model_name}",
-                "--registry-refresh-seconds",
-                "2",
-                *(["--enrol-public-keys", str(self.public_keys)] if self.public_keys else []),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, **(extra_environment or {})},
-        )
+test_job.__test__ = False  # type: ignore[attr-defined]  # a factory, not a test
 
-    def kill(self) -> None:
-        """SIGKILL the job and its Spark JVM: a crash, not a shutdown."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
 
-    def wait_for_exit(self, timeout_seconds: float) -> int | None:
-        """The exit code once the job has exited (a crash point fired), or None if it still runs."""
-        assert self.process is not None
-        try:
-            return self.process.wait(timeout_seconds)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self) -> None:
-        """SIGTERM: the job finishes its batch and exits."""
-        if self.process is None or self.process.poll() is not None:
+def wait_until(condition: Callable[[], bool], timeout_seconds: float, what: str) -> None:
+    """Poll ``condition`` every second; fail the test if it is not true within ``timeout_seconds``."""
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if condition():
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def log(self) -> str:
-        return "\n".join(path.read_text(errors="replace")[-4000:] for path in sorted(self.folder.glob("job-*.log")))
-
-    def wait_for_version(self, kafka: KafkaSettings, version: int, timeout_seconds: float = 240) -> None:
-        subscriber = GlobalModelSubscriber(kafka, self.model_name)
-        try:
-            deadline = time.monotonic() + timeout_seconds
-            while time.monotonic() < deadline:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise AssertionError(f"the job exited with {self.process.returncode}:\n{self.log()}")
-                newest = subscriber.poll(1.0)
-                if newest is not None and newest >= version:
-                    return
-            raise AssertionError(f"no version {version} within {timeout_seconds}s:\n{self.log()}")
-        finally:
-            subscriber.close()
-
-    def status(self) -> dict[str, Any]:
-        try:
-            loaded: dict[str, Any] = json.loads(self.status_file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-        return loaded
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting for {what}")

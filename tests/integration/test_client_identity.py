@@ -23,7 +23,7 @@ from schemas.wire import encode_update, tensors_payload
 from streaming_jobs.stack.topics import ensure_topics
 from streaming_jobs.tables import REJECTED_UPDATES, UPDATES, TableLocations
 from tests.conftest import RunningStack
-from tests.integration.job_process import JobProcess
+from tests.integration.job_process import test_job, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -33,15 +33,6 @@ AGGREGATION = {"buffer_size": 100, "max_wait_seconds": None}
 
 def _delta() -> dict[str, np.ndarray]:
     return {"w": np.full((8, 4), 0.01, dtype=np.float32)}
-
-
-def _wait_until(condition, timeout_seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_unsigned_unknown_forged_revoked_and_replayed_updates_are_refused(
@@ -57,7 +48,7 @@ def test_unsigned_unknown_forged_revoked_and_replayed_updates_are_refused(
     for identity in (alice, bob):
         (keys / f"{identity.client_id}.pub").write_text(identity.public_key.hex())
     mallory = ClientIdentity.generate("mallory")  # never enrolled
-    job = JobProcess(tmp_path, model, initial, AGGREGATION, keys)
+    job = test_job(tmp_path, model, initial, AGGREGATION, keys)
     publisher = UpdatePublisher(local_stack.kafka)
     expected: dict[str, str] = {}
     common = {"model_name": model, "base_version": 0, "sample_count": 3, "delta": _delta()}
@@ -84,7 +75,7 @@ def test_unsigned_unknown_forged_revoked_and_replayed_updates_are_refused(
         expected[stale.update_id] = "outside_replay_window"
 
         locations = TableLocations(str(job.tables))
-        _wait_until(lambda: job.status().get("messages", 0) >= 5, 120, "the first five messages")
+        wait_until(lambda: job.status().get("messages", 0) >= 5, 120, "the first five messages")
 
         revoked = subprocess.run(
             [sys.executable, "-m", "fedstream.cli", "clients", "revoke", "bob", "--tables-root", str(job.tables)],
@@ -95,7 +86,7 @@ def test_unsigned_unknown_forged_revoked_and_replayed_updates_are_refused(
         header, value = build_update(client_id="bob", signer=bob.sign, **common)
         publisher.publish("bob", value)
         expected[header.update_id] = "revoked_client"
-        _wait_until(lambda: job.status().get("messages", 0) >= 6, 120, "the revoked client's update")
+        wait_until(lambda: job.status().get("messages", 0) >= 6, 120, "the revoked client's update")
     finally:
         job.stop()
         publisher.close()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F  # noqa: N812
 
+from fedstream.job_process import JobProcess
 from producers.identity import ClientIdentity
 from producers.transport import GlobalModelSubscriber, UpdatePublisher
 from producers.updates import build_update
@@ -22,7 +23,7 @@ from streaming_jobs.audit import verify_version
 from streaming_jobs.stack.topics import ensure_topics
 from streaming_jobs.tables import TableLocations
 from tests.conftest import RunningStack
-from tests.integration.job_process import JobProcess
+from tests.integration.job_process import test_job
 
 pytestmark = pytest.mark.stack
 
@@ -87,7 +88,7 @@ def test_updates_become_consecutive_reproducible_versions_across_a_crash(
     model = f"test-{uuid.uuid4().hex[:8]}"
     initial = tmp_path / "initial.safetensors"
     initial.write_bytes(encode_tensors(_initial_parameters()))
-    job = JobProcess(tmp_path, model, initial, AGGREGATION, _enrolled_keys(tmp_path))
+    job = test_job(tmp_path, model, initial, AGGREGATION, _enrolled_keys(tmp_path))
     publisher = UpdatePublisher(local_stack.kafka)
     rng = np.random.default_rng(1)
     expected_rejections: dict[str, str] = {}  # update id (or raw marker) -> reason
@@ -202,7 +203,7 @@ def test_a_partial_buffer_becomes_a_version_at_its_deadline_while_kafka_is_quiet
     model = f"test-{uuid.uuid4().hex[:8]}"
     initial = tmp_path / "initial.safetensors"
     initial.write_bytes(encode_tensors(_initial_parameters()))
-    job = JobProcess(
+    job = test_job(
         tmp_path, model, initial, {**AGGREGATION, "buffer_size": 10, "max_wait_seconds": 3.0}, _enrolled_keys(tmp_path)
     )
     publisher = UpdatePublisher(local_stack.kafka)
@@ -238,7 +239,7 @@ def test_private_and_robust_versions_recompute_exactly_from_the_tables(
     model = f"test-{uuid.uuid4().hex[:8]}"
     initial = tmp_path / "initial.safetensors"
     initial.write_bytes(encode_tensors(_initial_parameters()))
-    job = JobProcess(tmp_path, model, initial, {**AGGREGATION, **defence}, _enrolled_keys(tmp_path))
+    job = test_job(tmp_path, model, initial, {**AGGREGATION, **defence}, _enrolled_keys(tmp_path))
     publisher = UpdatePublisher(local_stack.kafka)
     try:
         job.start()
