@@ -50,11 +50,15 @@ bench-quality: $(STAMP)
 bench-quality-quick: $(STAMP)
 	$(BIN)/python -m bench.quality --quick
 
-.PHONY: bench-privacy bench-robustness
+.PHONY: bench-privacy bench-robustness bench-faults bench-pipeline
 bench-privacy: $(STAMP)
 	$(BIN)/python -m bench.privacy $(BENCH_ARGS)
 
 bench-robustness: $(STAMP)
 	$(BIN)/python -m bench.robustness $(BENCH_ARGS)
+
+bench-faults: $(STAMP)
+	$(BIN)/python -m bench.faults $(BENCH_ARGS)
+
 bench-pipeline: $(STAMP)
 	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)

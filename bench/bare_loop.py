@@ -29,7 +29,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from aggregator import AggregationConfig, PendingUpdate, fedbuff_step
-from bench.crc import install as install_fast_crc
 from bench.workload import model_value
 from schemas.kafka_settings import KafkaSettings
 from schemas.rejections import Rejection, RejectionReason
@@ -229,7 +228,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-records", type=int, default=500, help="most messages handled per poll")
     parser.add_argument("--public-keys", help="folder of <client_id>.pub files: verify signatures as the job does")
     args = parser.parse_args(argv)
-    install_fast_crc()  # kafka-python's pure-Python CRC-32C would dominate (see bench.crc)
     stop = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -73,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="a local end-to-end federated run on the UCI HAPT activity data")
     demo.add_argument("--minutes", type=float, default=3.0, help="how long the devices train")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--dp-noise-multiplier", type=float, help="client-level DP: Gaussian noise sigma (off unless given)"
+    )
+    demo.add_argument("--dp-clip-norm", type=float, default=0.5, help="client-level DP: L2 clip norm C")
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -171,9 +176,13 @@ def _cell(value: object) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from fedstream.demo import DemoSettings, run_demo
+    from fedstream.demo import DemoSettings, private_aggregation, run_demo
 
-    return run_demo(DemoSettings(duration_seconds=60 * args.minutes, seed=args.seed))
+    settings = DemoSettings(duration_seconds=60 * args.minutes, seed=args.seed)
+    if args.dp_noise_multiplier is not None:
+        aggregation = private_aggregation(settings, args.dp_noise_multiplier, args.dp_clip_norm)
+        settings = dataclasses.replace(settings, aggregation=aggregation)
+    return run_demo(settings)
 
 
 def _add_job_arguments(parser: argparse.ArgumentParser) -> None:

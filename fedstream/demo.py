@@ -44,6 +44,24 @@ class DemoSettings:
     progress_every_seconds: float = 5.0
 
 
+HAPT_SUBJECTS = 30
+
+
+def private_aggregation(settings: DemoSettings, noise_multiplier: float, clip_norm: float) -> dict[str, Any]:
+    """The demo's aggregation with client-level DP: uniform weights, clipping at ``clip_norm``, Gaussian noise.
+
+    The population is the demo's training devices, so ``q = buffer_size / population`` in the accountant.
+    """
+    return {
+        **settings.aggregation,
+        "weight_by_sample_count": False,
+        "dp_noise_multiplier": noise_multiplier,
+        "dp_clip_norm": clip_norm,
+        "dp_population": HAPT_SUBJECTS - len(settings.held_out_subjects),
+        "dp_seed": settings.seed,
+    }
+
+
 @dataclass
 class _Point:
     elapsed: float
@@ -196,6 +214,7 @@ def _progress(points: list[_Point], evaluator: Any, subscriber: Any, job: Any, e
         f"[{elapsed:5.0f}s] version {last.version:4d} | updates accepted {status.get('accepted', 0):5d}, "
         f"rejected {status.get('rejected', 0):2d}, buffered {status.get('pending', 0):2d} | "
         f"held-out accuracy {last.accuracy:6.1%} (v{last.version})"
+        + (f" | ε {status['epsilon']:.2f}" if status.get("epsilon") is not None else "")
     )
 
 
@@ -237,6 +256,15 @@ def _summary(settings: DemoSettings, job: Any, points: list[_Point], mlflow_uri:
         f"updates accepted {status.get('accepted', 0)}, rejected {status.get('rejected', 0)}: "
         + ", ".join(f"{reason} {count}" for reason, count in sorted(status.get("rejected_by_reason", {}).items()))
     )
+    if aggregation.get("dp_noise_multiplier") is not None:
+        epsilon = status.get("epsilon")
+        print(
+            f"privacy      : client-level DP, sigma {aggregation['dp_noise_multiplier']:g}, clip "
+            f"{aggregation['dp_clip_norm']:g}: ε = {'-' if epsilon is None else f'{epsilon:.2f}'} "
+            f"(δ = {aggregation.get('dp_delta', 1e-5):g}) after version {points[-1].version if points else 0}"
+        )
+    else:
+        print("privacy      : no differential privacy (rerun with --dp-noise-multiplier 1.0 for ε)")
     print(f"Delta tables : {run_dir / 'tables'} (updates, rejected_updates, model_versions)")
     print(f"MLflow       : {mlflow_uri} (experiment fedstream-demo)")
     print(f"plot, csv    : {plot or 'matplotlib not installed'}, {run_dir / 'accuracy.csv'}")

@@ -56,10 +56,13 @@ class JobProgress:
         self.totals = {"batches": 0, "messages": 0, "accepted": 0, "rejected": 0, "versions": 0}
         self.rejected_by_reason: dict[str, int] = {}
         self.last: BatchOutcome | None = None
+        self.epsilon: float | None = None
 
-    def record(self, outcome: BatchOutcome) -> None:
-        """Add one batch's outcome and rewrite the status file."""
+    def record(self, outcome: BatchOutcome, versions: Sequence[ModelVersionRow] = ()) -> None:
+        """Add one batch's outcome (and the versions it made) and rewrite the status file."""
         self.last = outcome
+        if versions and versions[-1].epsilon is not None:
+            self.epsilon = versions[-1].epsilon
         self.totals["batches"] += outcome.batch_id >= 0
         self.totals["messages"] += outcome.messages
         self.totals["accepted"] += outcome.accepted
@@ -73,6 +76,7 @@ class JobProgress:
                 "rejected_by_reason": self.rejected_by_reason,
                 "current_version": outcome.current_version,
                 "pending": outcome.pending,
+                "epsilon": self.epsilon,
                 "last_batch": asdict(outcome),
                 "updated_at": datetime.now(UTC).isoformat(),
                 "pid": os.getpid(),
@@ -109,7 +113,7 @@ def run_job(
         if versions:
             publisher.publish(versions)
         outcome.seconds["publish"] = round(time.perf_counter() - started, 4)
-        progress.record(outcome)
+        progress.record(outcome, versions)
 
     processor = UpdateBatchProcessor(spark, settings, on_versions=announce)
     _republish_newest(spark, settings, publisher)
