@@ -15,7 +15,13 @@ def topic_configs(settings: KafkaSettings) -> dict[str, dict[str, str]]:
     """Topic name → topic-level configuration."""
     limit = str(settings.max_message_bytes)
     return {
-        UPDATES_TOPIC: {"max.message.bytes": limit, "retention.ms": str(7 * 24 * 3600 * 1000)},
+        # The broker stamps each update's arrival (LogAppendTime), so the job's replay window compares the
+        # signed created_at with a time no client can set.
+        UPDATES_TOPIC: {
+            "max.message.bytes": limit,
+            "retention.ms": str(7 * 24 * 3600 * 1000),
+            "message.timestamp.type": "LogAppendTime",
+        },
         # Compacted, keyed by model name: the newest global version of each model is always readable.
         MODELS_TOPIC: {
             "max.message.bytes": limit,

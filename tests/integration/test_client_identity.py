@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kafka import KafkaProducer
 from pyspark.sql import functions as F  # noqa: N812
 
 from producers.identity import ClientIdentity
@@ -19,6 +20,7 @@ from producers.transport import UpdatePublisher
 from producers.updates import build_update
 from schemas.messages import UpdateHeader
 from schemas.tensors import encode_tensors
+from schemas.topics import UPDATES_TOPIC
 from schemas.wire import encode_update, tensors_payload
 from streaming_jobs.stack.topics import ensure_topics
 from streaming_jobs.tables import REJECTED_UPDATES, UPDATES, TableLocations
@@ -73,9 +75,19 @@ def test_unsigned_unknown_forged_revoked_and_replayed_updates_are_refused(
         )  # fmt: skip
         publisher.publish("alice", encode_update(stale, payload, alice.sign))
         expected[stale.update_id] = "outside_replay_window"
+        # A replayer who controls the producer sets the record timestamp to the old created_at; the topic's
+        # LogAppendTime replaces it with the broker's clock, so the update is still outside the window.
+        backdated = stale.model_copy(update={"update_id": uuid.uuid4().hex})
+        raw = KafkaProducer(**local_stack.kafka.producer_options())
+        raw.send(
+            UPDATES_TOPIC, key=b"alice", value=encode_update(backdated, payload, alice.sign),
+            timestamp_ms=int(backdated.created_at.timestamp() * 1000),
+        ).get(timeout=60)  # fmt: skip
+        raw.close()
+        expected[backdated.update_id] = "outside_replay_window"
 
         locations = TableLocations(str(job.tables))
-        wait_until(lambda: job.status().get("messages", 0) >= 5, 120, "the first five messages")
+        wait_until(lambda: job.status().get("messages", 0) >= 6, 120, "the first six messages")
 
         revoked = subprocess.run(
             [sys.executable, "-m", "fedstream.cli", "clients", "revoke", "bob", "--tables-root", str(job.tables)],
@@ -86,7 +98,7 @@ def test_unsigned_unknown_forged_revoked_and_replayed_updates_are_refused(
         header, value = build_update(client_id="bob", signer=bob.sign, **common)
         publisher.publish("bob", value)
         expected[header.update_id] = "revoked_client"
-        wait_until(lambda: job.status().get("messages", 0) >= 6, 120, "the revoked client's update")
+        wait_until(lambda: job.status().get("messages", 0) >= 7, 120, "the revoked client's update")
     finally:
         job.stop()
         publisher.close()
