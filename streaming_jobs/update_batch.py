@@ -71,6 +71,7 @@ class UpdateBatchProcessor:
         self.locations = TableLocations(settings.tables_root, settings.catalog_schema)
         self.on_versions = on_versions
         self._state: GlobalState | None = None
+        self._known_update_ids: set[str] = set()
         self._fresh_state = True
         self._lock = threading.Lock()
         self.registry = (
@@ -81,12 +82,13 @@ class UpdateBatchProcessor:
 
     @property
     def state(self) -> GlobalState:
-        """The current state, loaded from Delta on first use."""
+        """The current state, loaded from Delta on first use (with every update id ``updates`` holds)."""
         if self._state is None:
             self._fresh_state = True
             self._state = load_global_state(
                 self.spark, self.locations, self.settings.model_name, self.settings.aggregation
             )
+            self._known_update_ids = self._all_update_ids()
         return self._state
 
     def process_batch(self, batch: DataFrame, batch_id: int) -> None:
@@ -169,7 +171,8 @@ class UpdateBatchProcessor:
         if self.registry is not None:
             self.registry.refresh_if_due()
         clock.lap("load_state")
-        recorded = self._recorded_update_ids(decoded_messages)
+        # Only a replayed batch can hold messages already accepted (by its earlier attempt): look up where.
+        recorded = self._recorded_update_ids(decoded_messages) if UPDATES.name in already_written else {}
         clock.lap("lookup_duplicates")
         now = datetime.now(UTC)
         accepted: list[UpdateRow] = []
@@ -194,7 +197,7 @@ class UpdateBatchProcessor:
                 current_version=state.version,
                 max_staleness=_intake_max_staleness(self.settings),
             )
-            if previous is not None or update_id in seen_in_batch:
+            if update_id in self._known_update_ids or update_id in seen_in_batch:
                 problems.insert(0, Rejection(RejectionReason.DUPLICATE_UPDATE, f"update_id {update_id} seen before"))
             problems[:0] = self._authenticity_problems(decoded, _aware(message.timestamp))
             if problems:
@@ -219,6 +222,7 @@ class UpdateBatchProcessor:
             self.locations.append_frame(
                 UPDATES, self._updates_frame(batch, accepted), app_id=self.settings.writer_id, batch_id=batch_id
             )
+        self._known_update_ids.update(row.update_id for row in accepted)
         self._append(REJECTED_UPDATES.name, rejected, already_written, batch_id)
         if accepted:
             crash_point("after_updates_write")
@@ -306,6 +310,11 @@ class UpdateBatchProcessor:
         joined = metadata.join(values, on=["kafka_topic", "kafka_partition", "kafka_offset"])
         payload = F.expr("substring(value, length(value) - payload_length + 1, payload_length)").alias("payload")
         return joined.select(*[payload if field.name == "payload" else F.col(field.name) for field in UPDATES.schema])
+
+    def _all_update_ids(self) -> set[str]:
+        """Every ``update_id`` in ``updates`` (all models): read once per state load, then kept up to date."""
+        table = self.locations.read(self.spark, UPDATES).select("update_id").toArrow()
+        return set(table.column("update_id").to_pylist())
 
     def _recorded_update_ids(self, decoded_messages: Sequence[DecodedUpdate | Rejection]) -> dict[str, _Recorded]:
         candidate_ids = [decoded.header.update_id for decoded in decoded_messages if isinstance(decoded, DecodedUpdate)]
