@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import multiprocessing
 import statistics
 import time
 from collections.abc import Sequence
@@ -147,12 +146,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"bench.privacy: HAPT, FedBuff K={K}, population {POPULATION} (q={K / POPULATION:.3f}), {len(jobs)} runs "
           f"({seeds} seeds, {updates} updates each), {args.workers} workers", flush=True)  # fmt: skip
     started = time.perf_counter()
-    runs: list[PrivacyRun] = []
-    with multiprocessing.get_context("fork").Pool(args.workers, initializer=quality._init_worker) as pool:
-        for run in pool.imap_unordered(_run, jobs):
-            runs.append(run)
-            print(f"  {run.name:<24} seed {run.seed}: acc {run.accuracy:.3f} eps {run.epsilon:.3g} "
-                  f"({run.wall_seconds:.0f}s)", flush=True)  # fmt: skip
+    runs = quality.run_in_pool(
+        _run,
+        jobs,
+        args.workers,
+        lambda run: (
+            f"{run.name:<24} seed {run.seed}: acc {run.accuracy:.3f} eps {run.epsilon:.3g} ({run.wall_seconds:.0f}s)"
+        ),
+    )
     print()
     summarize(runs, list(configs), args.out)
     print(f"\nwall time {time.perf_counter() - started:.0f} s; results in {args.out / 'privacy_hapt.csv'}")

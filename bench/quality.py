@@ -18,13 +18,15 @@ import math
 import multiprocessing
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+Job = TypeVar("Job")
+Result = TypeVar("Result")
 RESULTS = Path(__file__).resolve().parent / "results"
 HELD_OUT = (5, 10, 15, 20, 25, 30)
 MODEL = "har-cnn"
@@ -114,6 +116,18 @@ def _init_worker() -> None:
         for subject, d in sorted(clients.items())
     }
     _STATE["evaluator"] = HeldOutEvaluator(build_model(MODEL, 0), held_out)
+
+
+def run_in_pool(
+    run: Callable[[Job], Result], jobs: Sequence[Job], workers: int, describe: Callable[[Result], str]
+) -> list[Result]:
+    """Run ``jobs`` on ``workers`` forked processes that share the HAPT clients; print each result as it lands."""
+    results: list[Result] = []
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
+        for result in pool.imap_unordered(run, jobs):
+            results.append(result)
+            print(f"  {describe(result)}", flush=True)
+    return results
 
 
 def _run_job(job: tuple[str, int, int, bool]) -> RunRow:
@@ -361,13 +375,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"bench.quality: HAPT, {len(jobs)} runs ({seeds} seeds, {updates} updates per federated run), "
           f"{args.workers} workers", flush=True)  # fmt: skip
-    rows: list[RunRow] = []
-    context = multiprocessing.get_context("fork")
-    with context.Pool(args.workers, initializer=_init_worker) as pool:
-        for row in pool.imap_unordered(_run_job, jobs):
-            rows.append(row)
-            print(f"  {row.strategy:<22} seed {row.seed}: unseen acc {row.unseen_accuracy:.3f} "
-                  f"({row.wall_seconds:.0f}s)", flush=True)  # fmt: skip
+    rows = run_in_pool(
+        _run_job,
+        jobs,
+        args.workers,
+        lambda row: (
+            f"{row.strategy:<22} seed {row.seed}: unseen acc {row.unseen_accuracy:.3f} ({row.wall_seconds:.0f}s)"
+        ),
+    )
     rank = {name: i for i, name in enumerate(("centralized", "local-only", *names))}
     rows.sort(key=lambda row: (rank[row.strategy], row.seed))
     print()

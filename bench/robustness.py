@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import multiprocessing
 import statistics
 import time
 from collections.abc import Sequence
@@ -153,12 +152,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"bench.robustness: HAPT, FedBuff K={K}, 24 clients, {len(jobs)} runs ({args.seeds} seeds, "
           f"{updates} updates each), {args.workers} workers", flush=True)  # fmt: skip
     started = time.perf_counter()
-    runs: list[AttackRun] = []
-    with multiprocessing.get_context("fork").Pool(args.workers, initializer=quality._init_worker) as pool:
-        for run in pool.imap_unordered(_run, jobs):
-            runs.append(run)
-            print(f"  {run.attack:<10} {run.fraction:.0%} {run.defence:<18} seed {run.seed}: "
-                  f"acc {run.accuracy:.3f} ({run.wall_seconds:.0f}s)", flush=True)  # fmt: skip
+    runs = quality.run_in_pool(
+        _run,
+        jobs,
+        args.workers,
+        lambda run: (
+            f"{run.attack:<10} {run.fraction:.0%} {run.defence:<18} seed {run.seed}: "
+            f"acc {run.accuracy:.3f} ({run.wall_seconds:.0f}s)"
+        ),
+    )
     print()
     summarize(runs, args.defences, args.out)
     print(f"\nwall time {time.perf_counter() - started:.0f} s; results in {args.out / 'robustness_hapt.csv'}")

@@ -60,6 +60,15 @@ def _enrolled_keys(folder: Path) -> Path:
     return folder
 
 
+def _new_job(local_stack: RunningStack, folder: Path, aggregation: dict[str, object]) -> tuple[str, JobProcess]:
+    """A fresh model name and a job over ``folder`` for it, with the test clients enrolled."""
+    ensure_topics(local_stack.kafka)
+    model = f"test-{uuid.uuid4().hex[:8]}"
+    initial = folder / "initial.safetensors"
+    initial.write_bytes(encode_tensors(_initial_parameters()))
+    return model, test_job(folder, model, initial, aggregation, _enrolled_keys(folder))
+
+
 def _signed(client_id: str, **fields):  # type: ignore[no-untyped-def]
     return build_update(client_id=client_id, signer=IDENTITIES[client_id].sign, **fields)
 
@@ -84,11 +93,7 @@ def _publish_valid(
 def test_updates_become_consecutive_reproducible_versions_across_a_crash(
     spark, local_stack: RunningStack, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    ensure_topics(local_stack.kafka)
-    model = f"test-{uuid.uuid4().hex[:8]}"
-    initial = tmp_path / "initial.safetensors"
-    initial.write_bytes(encode_tensors(_initial_parameters()))
-    job = test_job(tmp_path, model, initial, AGGREGATION, _enrolled_keys(tmp_path))
+    model, job = _new_job(local_stack, tmp_path, AGGREGATION)
     publisher = UpdatePublisher(local_stack.kafka)
     rng = np.random.default_rng(1)
     expected_rejections: dict[str, str] = {}  # update id (or raw marker) -> reason
@@ -199,13 +204,7 @@ def _table(name: str):  # type: ignore[no-untyped-def]
 def test_a_partial_buffer_becomes_a_version_at_its_deadline_while_kafka_is_quiet(
     spark, local_stack: RunningStack, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    ensure_topics(local_stack.kafka)
-    model = f"test-{uuid.uuid4().hex[:8]}"
-    initial = tmp_path / "initial.safetensors"
-    initial.write_bytes(encode_tensors(_initial_parameters()))
-    job = test_job(
-        tmp_path, model, initial, {**AGGREGATION, "buffer_size": 10, "max_wait_seconds": 3.0}, _enrolled_keys(tmp_path)
-    )
+    model, job = _new_job(local_stack, tmp_path, {**AGGREGATION, "buffer_size": 10, "max_wait_seconds": 3.0})
     publisher = UpdatePublisher(local_stack.kafka)
     try:
         job.start()
@@ -235,11 +234,7 @@ def test_a_partial_buffer_becomes_a_version_at_its_deadline_while_kafka_is_quiet
 def test_private_and_robust_versions_recompute_exactly_from_the_tables(
     spark, local_stack: RunningStack, tmp_path: Path, defence: dict[str, object]
 ) -> None:  # type: ignore[no-untyped-def]
-    ensure_topics(local_stack.kafka)
-    model = f"test-{uuid.uuid4().hex[:8]}"
-    initial = tmp_path / "initial.safetensors"
-    initial.write_bytes(encode_tensors(_initial_parameters()))
-    job = test_job(tmp_path, model, initial, {**AGGREGATION, **defence}, _enrolled_keys(tmp_path))
+    model, job = _new_job(local_stack, tmp_path, {**AGGREGATION, **defence})
     publisher = UpdatePublisher(local_stack.kafka)
     try:
         job.start()
