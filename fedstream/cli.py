@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     clients = commands.add_parser("clients", help="client identities: key pairs, enrolment, revocation")
     client_commands = clients.add_subparsers(title="actions", required=True)
     keygen = client_commands.add_parser("keygen", help="create a key pair on the device (the private key stays there)")
-    keygen.add_argument("client_id")
+    keygen.add_argument(
+        "client_id", nargs="?", help="the client's id (default: a pseudonym derived from the new public key)"
+    )
     keygen.add_argument("--out", default=".", help="folder for <client_id>.key and <client_id>.pub")
     keygen.set_defaults(handler=_clients_keygen)
     enrol = client_commands.add_parser("enrol", help="trust public keys (.pub files or folders of them)")
@@ -87,7 +89,9 @@ def _clients_keygen(args: argparse.Namespace) -> int:
 
     from producers.identity import ClientIdentity
 
-    private_path, public_path = ClientIdentity.generate(args.client_id).save(Path(args.out))
+    identity = ClientIdentity.generate(args.client_id) if args.client_id else ClientIdentity.pseudonymous()
+    private_path, public_path = identity.save(Path(args.out))
+    print(f"client id  : {identity.client_id}")
     print(f"private key: {private_path} (keep it on the device)\npublic key : {public_path} (give it to the operator)")
     return 0
 

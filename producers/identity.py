@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from schemas.messages import IDENTIFIER_PATTERN
+
+CLIENT_ID_PATTERN = re.compile(IDENTIFIER_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -18,8 +24,17 @@ class ClientIdentity:
 
     @classmethod
     def generate(cls, client_id: str) -> ClientIdentity:
-        """A fresh key pair for ``client_id``."""
+        """A fresh key pair for ``client_id`` (lower-case letters, digits, '.', '_', '-'; at most 64)."""
+        if not CLIENT_ID_PATTERN.fullmatch(client_id):
+            raise ValueError(f"client id {client_id!r} must match {CLIENT_ID_PATTERN.pattern}")
         return cls(client_id, Ed25519PrivateKey.generate())
+
+    @classmethod
+    def pseudonymous(cls) -> ClientIdentity:
+        """A fresh key pair whose id is derived from its public key, so the id says nothing about the person."""
+        key = Ed25519PrivateKey.generate()
+        public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return cls(pseudonym_for(public), key)
 
     @property
     def public_key(self) -> bytes:
@@ -50,6 +65,11 @@ class ClientIdentity:
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{private_key_path} does not hold an Ed25519 private key")
         return cls(private_key_path.stem, key)
+
+
+def pseudonym_for(public_key: bytes) -> str:
+    """``c-`` and the first 16 hex digits of the key's SHA-256: stable per key, unlinkable to a person."""
+    return "c-" + hashlib.sha256(public_key).hexdigest()[:16]
 
 
 def read_public_key(path: Path) -> bytes:

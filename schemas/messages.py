@@ -7,13 +7,14 @@ and unknown fields are refused (``extra="forbid"``), so no personal data can rid
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION: Literal[1] = 1
 
-Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+IDENTIFIER_PATTERN: Final = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
 """A pseudonymous client id or a model name: lower-case letters, digits, '.', '_' and '-'; at most 64."""
 UpdateId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 """A 128-bit random id as 32 lower-case hex digits, chosen by the client once per update."""
