@@ -287,7 +287,7 @@ class FaultCampaign:
             if self.job.wait_for_exit(2) is not None:
                 self.report.unplanned_exits += 1
                 self.job.start()
-        time.sleep(2)
+        time.sleep(2)  # room for a wrong extra version to appear, were a restart to duplicate work
 
     def _aggregated(self, spark: Any) -> int:
         from pyspark.sql import functions as F  # noqa: N812
