@@ -1,5 +1,6 @@
 """The aggregation configuration the streaming job runs with and records on every model version."""
 
+import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Final, Literal, get_args
@@ -71,7 +72,8 @@ class AggregationConfig:
     ``trim_fraction``, ``krum_byzantine`` and ``multi_krum_selected`` its parameters, ``max_update_norm``
     clips every delta to that L2 norm. Differential privacy (``fedbuff`` only; see
     :mod:`aggregator.privacy`) is on when ``dp_noise_multiplier`` is set; it needs ``dp_population``,
-    ``robust_aggregation="none"`` and ``weight_by_sample_count=False``. Every new option defaults to off.
+    ``robust_aggregation="none"`` and ``weight_by_sample_count=False``; leave ``dp_seed`` unset outside
+    tests and simulations (see :meth:`__post_init__`). Every new option defaults to off.
     """
 
     mode: AggregationMode = "fedbuff"
@@ -103,10 +105,18 @@ class AggregationConfig:
     dp_clip_count_noise_multiplier: float | None = None
     dp_population: int | None = None
     dp_delta: float = 1e-5
-    dp_seed: int = 0
+    dp_seed: int | None = None
 
     def __post_init__(self) -> None:
-        """Validate on construction, so a config that exists can always be run."""
+        """Validate on construction, so a config that exists can always be run.
+
+        With DP on and no ``dp_seed``, a secret seed is drawn from the operating system here: anyone who knows
+        the seed can regenerate the noise and subtract it from a published version, so a fixed or default
+        seed would void the guarantee. The drawn seed is part of :meth:`to_dict`, hence of each version's
+        recorded ``config_json``, which is how an audit regenerates the noise.
+        """
+        if self.dp_noise_multiplier is not None and self.dp_seed is None:
+            object.__setattr__(self, "dp_seed", secrets.randbits(63))
         self.validate()
 
     def validate(self) -> None:
@@ -190,6 +200,8 @@ class AggregationConfig:
             return None
         if self.dp_population is None:
             raise InvalidConfigError("differential privacy needs dp_population (clients that may take part), got None")
+        if self.dp_seed is None:  # drawn in __post_init__ whenever DP is on; only a bypassed constructor gets here
+            raise InvalidConfigError("differential privacy needs a dp_seed")
         return PrivacyPolicy(
             noise_multiplier=self.dp_noise_multiplier,
             clip_norm=self.dp_clip_norm,

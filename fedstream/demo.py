@@ -58,7 +58,6 @@ def private_aggregation(settings: DemoSettings, noise_multiplier: float, clip_no
         "dp_noise_multiplier": noise_multiplier,
         "dp_clip_norm": clip_norm,
         "dp_population": HAPT_SUBJECTS - len(settings.held_out_subjects),
-        "dp_seed": settings.seed,
     }
 
 

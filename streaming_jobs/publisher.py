@@ -68,8 +68,12 @@ class _MlflowRecorder:
         experiment_id = ensure_experiment(settings.mlflow_experiment)
         self.client = MlflowClient()
         self.run_id = self.client.create_run(experiment_id, run_name=f"{settings.model_name}-job").info.run_id
-        self.client.log_dict(self.run_id, settings.aggregation.to_dict(), "aggregation_config.json")
-        for key, value in settings.aggregation.to_dict().items():
+        # The DP noise seed stays in model_versions.config_json (for audits); MLflow readers do not get it.
+        config = {**settings.aggregation.to_dict()}
+        if "dp_seed" in config:
+            config["dp_seed"] = "secret: see model_versions.config_json"
+        self.client.log_dict(self.run_id, config, "aggregation_config.json")
+        for key, value in config.items():
             self.client.log_param(self.run_id, key, value)
         self._mlflow = mlflow
 

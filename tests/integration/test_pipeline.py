@@ -69,6 +69,19 @@ def _new_job(local_stack: RunningStack, folder: Path, aggregation: dict[str, obj
     return model, test_job(folder, model, initial, aggregation, _enrolled_keys(folder))
 
 
+def _mlflow_params(experiment: str) -> dict[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    from streaming_jobs.tracking import configure_mlflow
+
+    configure_mlflow()
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment}"
+    (run,) = client.search_runs([found.experiment_id])
+    return dict(run.data.params)
+
+
 def _signed(client_id: str, **fields):  # type: ignore[no-untyped-def]
     return build_update(client_id=client_id, signer=IDENTITIES[client_id].sign, **fields)
 
@@ -253,5 +266,10 @@ def test_private_and_robust_versions_recompute_exactly_from_the_tables(
     epsilons = {row.version: row.epsilon for row in versions}
     if "dp_noise_multiplier" in defence:
         assert epsilons[0] is None and 0 < epsilons[1] < epsilons[2], "privacy spent grows with each version"
+        seeds = {json.loads(row.config_json)["dp_seed"] for row in versions}
+        assert len(seeds) == 1 and isinstance(seed := seeds.pop(), int) and seed > 0, "a drawn secret, recorded"
+        params = _mlflow_params(f"test-{model}")
+        assert params["dp_seed"].startswith("secret"), "MLflow readers do not get the noise seed"
+        assert params["dp_noise_multiplier"] == "0.8"
     else:
         assert set(epsilons.values()) == {None}

@@ -1,3 +1,4 @@
+import json
 import math
 from datetime import UTC, datetime
 
@@ -175,3 +176,24 @@ def test_invalid_dp_configs_name_the_field(options: dict[str, object], message: 
 def test_adaptive_noise_multiplier_accounts_for_the_count() -> None:
     policy = PrivacyPolicy(1.0, 1.0, 100, 5, adaptive_clipping=True)
     assert policy.delta_noise_multiplier == pytest.approx(1 / math.sqrt(1 - 0.25))
+
+
+def test_without_a_seed_every_private_config_draws_its_own_secret_one() -> None:
+    first, second = AggregationConfig(**DP), AggregationConfig(**DP)  # type: ignore[arg-type]
+    assert isinstance(first.dp_seed, int) and isinstance(second.dp_seed, int)
+    assert first.dp_seed != second.dp_seed, "a default seed would let anyone regenerate and remove the noise"
+    assert first.dp_seed != 0
+
+
+def test_the_drawn_seed_is_recorded_so_an_audit_regenerates_the_same_noise() -> None:
+    config = AggregationConfig(**DP)  # type: ignore[arg-type]
+    recorded = AggregationConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert recorded.dp_seed == config.dp_seed
+    assert recorded == config
+
+
+def test_an_explicit_seed_is_kept_and_no_seed_is_drawn_without_dp() -> None:
+    assert AggregationConfig(**DP, dp_seed=7).dp_seed == 7  # type: ignore[arg-type]
+    plain = AggregationConfig()
+    assert plain.dp_seed is None
+    assert "dp_seed" not in plain.to_dict()
