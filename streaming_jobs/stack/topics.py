@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from schemas.kafka_settings import KafkaSettings
 from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
+
+logger = logging.getLogger(__name__)
 
 
 def topic_configs(settings: KafkaSettings) -> dict[str, dict[str, str]]:
@@ -33,7 +36,11 @@ def topic_configs(settings: KafkaSettings) -> dict[str, dict[str, str]]:
 
 
 def ensure_topics(settings: KafkaSettings, partitions: int = 1, timeout_seconds: float = 60.0) -> list[str]:
-    """Create the topics that are missing; return the names created now."""
+    """Create the topics that are missing; return the names created now.
+
+    Topics that exist already get the settings of :func:`topic_configs` where theirs differ (a topic made by
+    an older fedstream, say, without broker-stamped timestamps on ``fl.updates``).
+    """
     admin = _admin(settings, timeout_seconds)
     try:
         existing = set(admin.list_topics())
@@ -49,9 +56,29 @@ def ensure_topics(settings: KafkaSettings, partitions: int = 1, timeout_seconds:
                 created.append(topic.name)
             except TopicAlreadyExistsError:
                 pass
+        reconciled = _reconcile(admin, settings, sorted(existing & set(topic_configs(settings))))
+        if reconciled:
+            logger.info("topic settings brought in line: %s", reconciled)
         return created
     finally:
         admin.close()
+
+
+def _reconcile(admin: KafkaAdminClient, settings: KafkaSettings, names: list[str]) -> dict[str, dict[str, str]]:
+    """Set the wanted settings that differ on existing topics; return what changed, by topic."""
+    if not names:
+        return {}
+    wanted = topic_configs(settings)
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(wanted[name])) for name in names]
+    described = admin.describe_configs(resources, config_filter="all")["topic"]
+    changes = {
+        name: {key: value for key, value in wanted[name].items() if described[name][key]["value"] != value}
+        for name in names
+    }
+    changes = {name: differing for name, differing in changes.items() if differing}
+    if changes:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, dict(c)) for name, c in changes.items()])
+    return changes
 
 
 def _admin(settings: KafkaSettings, timeout_seconds: float) -> KafkaAdminClient:

@@ -38,3 +38,33 @@ def test_a_message_above_the_limit_is_refused_by_the_producer(local_stack: Runni
     with pytest.raises(MessageSizeTooLargeError):
         producer.send(UPDATES_TOPIC, value=b"x" * (MAX_MESSAGE_BYTES + 1)).get(timeout=30)
     producer.close()
+
+
+def test_the_broker_stamps_fl_updates_and_an_older_topic_is_brought_in_line(local_stack: RunningStack) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    from streaming_jobs.stack.topics import ensure_topics
+
+    def timestamp_type(admin: KafkaAdminClient) -> str:
+        resource = ConfigResource(ConfigResourceType.TOPIC, UPDATES_TOPIC, {"message.timestamp.type": None})
+        described = admin.describe_configs([resource], config_filter="all")
+        return str(described["topic"][UPDATES_TOPIC]["message.timestamp.type"]["value"])
+
+    ensure_topics(local_stack.kafka)
+    admin = KafkaAdminClient(**local_stack.kafka.admin_options())
+    try:
+        assert timestamp_type(admin) == "LogAppendTime"
+        producer = KafkaProducer(**local_stack.kafka.producer_options())
+        metadata = producer.send(UPDATES_TOPIC, key=b"client-clock", value=b"x", timestamp_ms=1_000).get(timeout=60)
+        producer.close()
+        assert metadata.timestamp > 1_000_000_000_000, "the broker's clock, not the client's"
+
+        # a topic as an older fedstream made it: the client's timestamps
+        old = ConfigResource(ConfigResourceType.TOPIC, UPDATES_TOPIC, {"message.timestamp.type": "CreateTime"})
+        admin.alter_configs([old])
+        assert timestamp_type(admin) == "CreateTime"
+        ensure_topics(local_stack.kafka)
+        assert timestamp_type(admin) == "LogAppendTime"
+    finally:
+        ensure_topics(local_stack.kafka)
+        admin.close()
