@@ -67,37 +67,16 @@ def configurations(sigmas: Sequence[float], clip: float) -> dict[str, dict[str, 
 
 
 def _run(job: tuple[str, dict[str, Any], int, int]) -> PrivacyRun:
-    import torch
-
     from aggregator import AggregationConfig
-    from fedstream.simulator import Simulator, StrategyConfig
-    from producers.fleet import DeviceSpeeds
-    from producers.training import LocalTrainingConfig
 
-    torch.set_num_threads(1)
     name, options, seed, updates = job
-    if not quality._STATE:
-        quality._init_worker()
-    started = time.perf_counter()
-    config = AggregationConfig(**{**DEMO_FEDBUFF, **options, "dp_seed": seed})
-    training = LocalTrainingConfig(epochs=1, learning_rate=0.02, num_threads=1)
-    evaluator = quality._STATE["evaluator"]
-    simulator = Simulator(
-        quality.MODEL,
-        quality._STATE["clients"],
-        StrategyConfig(name, config, training),
-        speeds=DeviceSpeeds(seed=seed),
-        evaluator=lambda weights: evaluator.evaluate(dict(weights)),
-        seed=seed,
-    )
-    result = simulator.run(updates, eval_every_updates=updates)
+    config = AggregationConfig(**{**DEMO_FEDBUFF, **options, "dp_seed": seed})  # seeded: a simulation
+    result, seconds = quality.simulate_final(name, config, seed, updates)
     final = result.curve[-1]
     policy = config.privacy_policy()
     epsilon = math.inf if policy is None else policy.epsilon(result.versions)
     sigma = config.dp_noise_multiplier
-    return PrivacyRun(
-        name, sigma, seed, final.accuracy, final.macro_f1, result.versions, epsilon, time.perf_counter() - started
-    )
+    return PrivacyRun(name, sigma, seed, final.accuracy, final.macro_f1, result.versions, epsilon, seconds)
 
 
 def summarize(runs: list[PrivacyRun], order: Sequence[str], out: Path) -> None:

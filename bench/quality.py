@@ -130,6 +130,35 @@ def run_in_pool(
     return results
 
 
+def simulate_final(name: str, config: Any, seed: int, updates: int, update_transform: Any = None) -> tuple[Any, float]:
+    """One simulator run over the worker's HAPT clients with the demo's local training (1 epoch, lr 0.02).
+
+    Returns the simulation result and its wall seconds; the held-out evaluation runs once, at the end.
+    """
+    import torch
+
+    from fedstream.simulator import Simulator, StrategyConfig
+    from producers.fleet import DeviceSpeeds
+    from producers.training import LocalTrainingConfig
+
+    torch.set_num_threads(1)
+    if not _STATE:
+        _init_worker()
+    started = time.perf_counter()
+    evaluator = _STATE["evaluator"]
+    simulator = Simulator(
+        MODEL,
+        _STATE["clients"],
+        StrategyConfig(name, config, LocalTrainingConfig(epochs=1, learning_rate=0.02, num_threads=1)),
+        speeds=DeviceSpeeds(seed=seed),
+        evaluator=lambda weights: evaluator.evaluate(dict(weights)),
+        seed=seed,
+        update_transform=update_transform,
+    )
+    result = simulator.run(updates, eval_every_updates=updates)
+    return result, time.perf_counter() - started
+
+
 def _run_job(job: tuple[str, int, int, bool]) -> RunRow:
     name, seed, updates, quick = job
     if not _STATE:

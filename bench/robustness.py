@@ -76,35 +76,18 @@ class Attack:
 
 
 def _run(job: tuple[str, float, str, int, int]) -> AttackRun:
-    import torch
-
     from aggregator import AggregationConfig
-    from fedstream.simulator import Simulator, StrategyConfig
-    from producers.fleet import DeviceSpeeds
-    from producers.training import LocalTrainingConfig
 
-    torch.set_num_threads(1)
     attack, fraction, defence, seed, updates = job
     if not quality._STATE:
         quality._init_worker()
-    started = time.perf_counter()
     clients = quality._STATE["clients"]
     count = round(fraction * len(clients))
     chosen = np.random.default_rng([seed, 7]).choice(sorted(clients), size=count, replace=False)
     transform = Attack(attack, frozenset(str(c) for c in chosen), seed) if count else None
     config = AggregationConfig(**{**DEMO_FEDBUFF, **DEFENCES[defence]})
-    evaluator = quality._STATE["evaluator"]
-    simulator = Simulator(
-        quality.MODEL,
-        clients,
-        StrategyConfig(defence, config, LocalTrainingConfig(epochs=1, learning_rate=0.02, num_threads=1)),
-        speeds=DeviceSpeeds(seed=seed),
-        evaluator=lambda weights: evaluator.evaluate(dict(weights)),
-        seed=seed,
-        update_transform=transform,
-    )
-    result = simulator.run(updates, eval_every_updates=updates)
-    return AttackRun(attack, fraction, defence, seed, count, result.curve[-1].accuracy, time.perf_counter() - started)
+    result, seconds = quality.simulate_final(defence, config, seed, updates, update_transform=transform)
+    return AttackRun(attack, fraction, defence, seed, count, result.curve[-1].accuracy, seconds)
 
 
 def summarize(runs: list[AttackRun], defences: Sequence[str], out: Path) -> None:
