@@ -5,7 +5,7 @@ numpy only (plus ``dp-accounting`` for the privacy accountant); no Spark, Kafka 
 Delta tables.
 """
 
-from aggregator.buffer import BufferPolicy
+from aggregator.buffer import BufferPolicy, one_per_client
 from aggregator.config import AGGREGATION_MODES, AggregationConfig, AggregationMode
 from aggregator.errors import (
     AggregatorError,
@@ -20,7 +20,18 @@ from aggregator.errors import (
     StaleUpdateError,
     ZeroWeightError,
 )
-from aggregator.privacy import PrivacyPolicy, PrivateServerOptimizer, epsilon_after, gaussian_noise
+from aggregator.privacy import (
+    DP_PARTICIPATIONS,
+    NO_AMPLIFICATION,
+    BudgetCheck,
+    DpParticipation,
+    PrivacyLedger,
+    PrivacyPolicy,
+    PrivateServerOptimizer,
+    describe_sampling,
+    epsilon_after,
+    gaussian_noise,
+)
 from aggregator.robust import (
     ROBUST_RULES,
     RobustPolicy,
@@ -75,6 +86,8 @@ from aggregator.weights import (
 
 __all__ = [
     "AGGREGATION_MODES",
+    "DP_PARTICIPATIONS",
+    "NO_AMPLIFICATION",
     "ROBUST_RULES",
     "SERVER_OPTIMIZERS",
     "STALENESS_FUNCTIONS",
@@ -82,7 +95,9 @@ __all__ = [
     "AggregationMode",
     "AggregationResult",
     "AggregatorError",
+    "BudgetCheck",
     "BufferPolicy",
+    "DpParticipation",
     "EmptyBufferError",
     "InvalidBufferStateError",
     "InvalidConfigError",
@@ -92,6 +107,7 @@ __all__ = [
     "ModelWeights",
     "NaiveDatetimeError",
     "PendingUpdate",
+    "PrivacyLedger",
     "PrivacyPolicy",
     "PrivateServerOptimizer",
     "RobustPolicy",
@@ -114,6 +130,7 @@ __all__ = [
     "combine_deltas",
     "constant",
     "coordinate_median",
+    "describe_sampling",
     "epsilon_after",
     "fedasync_step",
     "fedavg_step",
@@ -125,6 +142,7 @@ __all__ = [
     "krum_select",
     "l2_norm",
     "make_server_optimizer",
+    "one_per_client",
     "parameter_count",
     "partition_by_staleness",
     "polynomial",

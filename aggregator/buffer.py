@@ -1,10 +1,40 @@
-"""When to aggregate: a buffer of ``buffer_size`` updates (FedBuff's K), or a wait limit on the oldest one."""
+"""When to aggregate and what: a buffer of ``buffer_size`` updates (FedBuff's K), or a wait limit on the oldest one.
 
+Every driver (the streaming job, the simulator) asks :meth:`BufferPolicy.next_version` which pending updates
+the next version takes, so contribution bounds hold wherever versions are made.
+"""
+
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from aggregator._checks import check_aware, check_int, check_positive
-from aggregator.errors import InvalidBufferStateError, InvalidConfigError
+from aggregator.errors import InvalidBufferStateError, InvalidConfigError, InvalidUpdateError
+
+
+def one_per_client(client_ids: Sequence[str | None], limit: int) -> tuple[int, ...]:
+    """Positions of the first ``limit`` pending updates in arrival order, taking at most one per client.
+
+    Client-level differential privacy bounds what one client adds to a version: a client's second update
+    is skipped here and stays pending, in its place, for a later version. Every update must name its
+    client (``None`` raises ``InvalidUpdateError``): a bound over unknown clients would be no bound.
+    """
+    check_int("limit", limit, minimum=0)
+    chosen: list[int] = []
+    seen: set[str] = set()
+    for position, client_id in enumerate(client_ids):
+        if len(chosen) == limit:
+            break
+        if not isinstance(client_id, str) or not client_id:
+            raise InvalidUpdateError(
+                f"pending update at position {position} has client_id {client_id!r}; bounding each client to one "
+                "update per version needs every update's client"
+            )
+        if client_id in seen:
+            continue
+        seen.add(client_id)
+        chosen.append(position)
+    return tuple(chosen)
 
 
 @dataclass(frozen=True)
@@ -49,3 +79,29 @@ class BufferPolicy:
             )
         waited_seconds = (now - oldest_received_at).total_seconds()
         return waited_seconds >= self.max_wait_seconds
+
+    def next_version(
+        self,
+        client_ids: Sequence[str | None],
+        oldest_received_at: datetime | None,
+        now: datetime,
+        *,
+        bound_clients: bool,
+        deadline: bool = True,
+    ) -> tuple[int, ...]:
+        """Positions (in arrival order) of the pending updates the next version takes now; ``()``: wait.
+
+        ``client_ids``: the pending updates' clients, oldest first. ``bound_clients``: at most one update
+        per client (:func:`one_per_client`); the buffer is then full once ``buffer_size`` distinct clients
+        wait, and the wait limit makes a version of the distinct clients there are. ``deadline=False``
+        lets only a full buffer aggregate (the job checks the wait limit at the end of a micro-batch).
+        """
+        if bound_clients:
+            chosen = one_per_client(client_ids, self.buffer_size)
+        else:
+            chosen = tuple(range(min(len(client_ids), self.buffer_size)))
+        if not chosen or len(chosen) >= self.buffer_size:
+            return chosen
+        if not deadline:
+            return ()
+        return chosen if self.should_aggregate(len(chosen), oldest_received_at, now) else ()

@@ -1,14 +1,15 @@
 """The aggregation configuration the streaming job runs with and records on every model version."""
 
+import dataclasses
 import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Final, Literal, get_args
 
-from aggregator._checks import check_fraction
+from aggregator._checks import check_fraction, check_int
 from aggregator.buffer import BufferPolicy
 from aggregator.errors import InvalidConfigError
-from aggregator.privacy import PrivacyPolicy, PrivateServerOptimizer
+from aggregator.privacy import DpParticipation, PrivacyPolicy, PrivateServerOptimizer
 from aggregator.robust import RobustPolicy, RobustRule
 from aggregator.server_optimizers import SERVER_OPTIMIZERS, ServerOptimizer, make_server_optimizer
 from aggregator.staleness import StalenessFunctionName, StalenessPolicy
@@ -33,6 +34,8 @@ _OPTIONAL_FIELDS: Final = (
     "dp_population",
     "dp_delta",
     "dp_seed",
+    "dp_participation",
+    "dp_epsilon_budget",
 )
 """Robustness and DP fields: ``to_dict`` writes them only when they differ from their defaults."""
 
@@ -55,6 +58,7 @@ _FLOAT_FIELDS: Final = frozenset(
         "dp_target_quantile",
         "dp_clip_learning_rate",
         "dp_clip_count_noise_multiplier",
+        "dp_epsilon_budget",
     }
 )
 
@@ -71,9 +75,14 @@ class AggregationConfig:
     Robustness (``fedbuff`` only; see :mod:`aggregator.robust`): ``robust_aggregation`` picks the rule,
     ``trim_fraction``, ``krum_byzantine`` and ``multi_krum_selected`` its parameters, ``max_update_norm``
     clips every delta to that L2 norm. Differential privacy (``fedbuff`` only; see
-    :mod:`aggregator.privacy`) is on when ``dp_noise_multiplier`` is set; it needs ``dp_population``,
-    ``robust_aggregation="none"`` and ``weight_by_sample_count=False``; leave ``dp_seed`` unset outside
-    tests and simulations (see :meth:`__post_init__`). Every new option defaults to off.
+    :mod:`aggregator.privacy`) is on when ``dp_noise_multiplier`` is set; it needs
+    ``robust_aggregation="none"`` and ``weight_by_sample_count=False``, and takes at most one update per
+    client into a version (:attr:`bounds_contributions`). ``dp_participation`` says what epsilon may assume:
+    ``"arbitrary"`` (no sampling amplification) or ``"random_check_in"`` (Poisson subsampling at
+    ``q = buffer_size / dp_population``; the population can be left for the driver to derive, see
+    :meth:`with_enrolled_population`). ``dp_epsilon_budget`` stops versions before epsilon passes it. Leave
+    ``dp_seed`` unset outside tests and simulations (see :meth:`__post_init__`). Every new option defaults
+    to off.
     """
 
     mode: AggregationMode = "fedbuff"
@@ -106,6 +115,8 @@ class AggregationConfig:
     dp_population: int | None = None
     dp_delta: float = 1e-5
     dp_seed: int | None = None
+    dp_participation: DpParticipation = "arbitrary"
+    dp_epsilon_budget: float | None = None
 
     def __post_init__(self) -> None:
         """Validate on construction, so a config that exists can always be run.
@@ -153,6 +164,11 @@ class AggregationConfig:
 
     def _validate_privacy(self) -> None:
         if self.dp_noise_multiplier is None:
+            if self.dp_epsilon_budget is not None or self.dp_participation != "arbitrary":
+                raise InvalidConfigError(
+                    f"dp_epsilon_budget ({self.dp_epsilon_budget!r}) and dp_participation "
+                    f"({self.dp_participation!r}) need differential privacy on (dp_noise_multiplier), got None"
+                )
             return
         if self.mode != "fedbuff":
             raise InvalidConfigError(f"differential privacy runs in mode 'fedbuff' only, got mode {self.mode!r}")
@@ -166,9 +182,42 @@ class AggregationConfig:
                 "differential privacy needs weight_by_sample_count=False: client-reported sample counts "
                 "would give one client an unbounded share of the average"
             )
-        if self.dp_population is None:
-            raise InvalidConfigError("differential privacy needs dp_population (clients that may take part), got None")
         self.privacy_policy()
+
+    @property
+    def bounds_contributions(self) -> bool:
+        """Whether a version takes at most one update per client: whenever DP is on (its sensitivity needs it).
+
+        Without DP a fast client may have several updates in one buffer, as in FedBuff.
+        """
+        return self.dp_noise_multiplier is not None
+
+    def with_enrolled_population(self, enrolled: int | None) -> "AggregationConfig":
+        """The config with the population a sampling claim rests on, given the clients able to contribute.
+
+        Only ``dp_participation="random_check_in"`` uses a population (``q = buffer_size / population``):
+        without ``dp_population`` it becomes ``enrolled``, the clients who can sign an update (``None``:
+        unknown, which is refused); a ``dp_population`` above ``enrolled`` is refused, since only enrolled
+        clients contribute and the claimed ``q`` would understate the real one. Other configs are returned
+        as they are.
+        """
+        if self.dp_noise_multiplier is None or self.dp_participation != "random_check_in":
+            return self
+        if enrolled is not None:
+            check_int("enrolled clients", enrolled, minimum=0)
+        if self.dp_population is None:
+            if not enrolled:
+                raise InvalidConfigError(
+                    "dp_participation 'random_check_in' needs dp_population and none can be derived "
+                    f"(enrolled clients: {enrolled!r}); set dp_population or enrol the clients"
+                )
+            return dataclasses.replace(self, dp_population=enrolled)
+        if enrolled is not None and self.dp_population > enrolled:
+            raise InvalidConfigError(
+                f"dp_population ({self.dp_population}) exceeds the {enrolled} enrolled, unrevoked clients: only they "
+                f"can contribute, so q = {self.buffer_size}/{self.dp_population} would understate the sampling rate"
+            )
+        return self
 
     def staleness_policy(self) -> StalenessPolicy:
         """Return the staleness policy these fields describe."""
@@ -198,8 +247,6 @@ class AggregationConfig:
         """Return the DP policy, or ``None`` when ``dp_noise_multiplier`` is unset (DP off)."""
         if self.dp_noise_multiplier is None:
             return None
-        if self.dp_population is None:
-            raise InvalidConfigError("differential privacy needs dp_population (clients that may take part), got None")
         if self.dp_seed is None:  # drawn in __post_init__ whenever DP is on; only a bypassed constructor gets here
             raise InvalidConfigError("differential privacy needs a dp_seed")
         return PrivacyPolicy(
@@ -213,6 +260,8 @@ class AggregationConfig:
             clip_learning_rate=self.dp_clip_learning_rate,
             clip_count_noise_multiplier=self.dp_clip_count_noise_multiplier,
             seed=self.dp_seed,
+            participation=self.dp_participation,
+            epsilon_budget=self.dp_epsilon_budget,
         )
 
     def make_optimizer(self) -> ServerOptimizer:

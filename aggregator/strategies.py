@@ -42,18 +42,27 @@ __all__ = [
 
 @dataclass(frozen=True, eq=False)
 class PendingUpdate:
-    """One accepted client update waiting in the buffer: ``delta = theta_local - theta_{base_version}``."""
+    """One accepted client update waiting in the buffer: ``delta = theta_local - theta_{base_version}``.
+
+    ``client_id``: who sent it (``None``: unknown, allowed only without differential privacy, which bounds
+    each client to one update per version).
+    """
 
     update_id: str
     delta: ModelWeights
     base_version: int
     sample_count: int
     received_at: datetime
+    client_id: str | None = None
 
     def __post_init__(self) -> None:
-        """Reject impossible fields: empty id, negative version or count, naive receive time."""
+        """Reject impossible fields: empty id or client, negative version or count, naive receive time."""
         if not isinstance(self.update_id, str) or not self.update_id:
             raise InvalidUpdateError(f"update_id must be a non-empty string, got {self.update_id!r}")
+        if self.client_id is not None and (not isinstance(self.client_id, str) or not self.client_id):
+            raise InvalidUpdateError(
+                f"client_id of update {self.update_id!r} must be a non-empty string or None, got {self.client_id!r}"
+            )
         _check_update_int(self.update_id, "base_version", self.base_version)
         _check_update_int(self.update_id, "sample_count", self.sample_count)
         check_aware(f"received_at of update {self.update_id!r}", self.received_at)
@@ -141,9 +150,13 @@ def fedbuff_step(
     ``robust`` (default: plain weighted average) applies a norm bound, trimmed mean, median or (multi-)Krum
     to the deltas (see :mod:`aggregator.robust`). A :class:`PrivateServerOptimizer` makes the step
     differentially private: deltas clipped to its clip norm (folded into the recorded weights), Gaussian
-    noise seeded by ``current_version + 1``. The recorded weights are those :func:`aggregator.robust.combine_deltas`
-    and :func:`private_server_step` need to reproduce the step exactly.
+    noise seeded by ``current_version + 1``; it refuses a buffer with an update of unknown client or two of
+    one client (``InvalidUpdateError``; pick the buffer with :meth:`aggregator.BufferPolicy.next_version`).
+    The recorded weights are those :func:`aggregator.robust.combine_deltas` and :func:`private_server_step`
+    need to reproduce the step exactly.
     """
+    if isinstance(optimizer, PrivateServerOptimizer):
+        _check_one_per_client(updates)
     weights = aggregation_weights(updates, current_version, staleness, weight_by_sample_count)
     _check_deltas(global_params, updates)
     policy = robust or RobustPolicy()
@@ -239,6 +252,21 @@ def _check_unique_ids(updates: Sequence[PendingUpdate]) -> None:
     duplicates = sorted(update_id for update_id, count in counts.items() if count > 1)
     if duplicates:
         raise InvalidUpdateError(f"update ids appear more than once in the buffer: {duplicates}")
+
+
+def _check_one_per_client(updates: Sequence[PendingUpdate]) -> None:
+    unknown = [update.update_id for update in updates if update.client_id is None]
+    if unknown:
+        raise InvalidUpdateError(
+            f"differential privacy bounds each client to one update per version, but updates {unknown} name no client"
+        )
+    counts = Counter(update.client_id for update in updates)
+    repeated = sorted(str(client_id) for client_id, count in counts.items() if count > 1)
+    if repeated:
+        raise InvalidUpdateError(
+            f"differential privacy allows one update per client per version; clients {repeated} have more "
+            "(keep the later ones pending: aggregator.BufferPolicy.next_version)"
+        )
 
 
 def _check_deltas(global_params: ModelWeights, updates: Sequence[PendingUpdate]) -> None:

@@ -50,7 +50,9 @@ HAPT_SUBJECTS = 30
 def private_aggregation(settings: DemoSettings, noise_multiplier: float, clip_norm: float) -> dict[str, Any]:
     """The demo's aggregation with client-level DP: uniform weights, clipping at ``clip_norm``, Gaussian noise.
 
-    The population is the demo's training devices, so ``q = buffer_size / population`` in the accountant.
+    The population is the demo's training devices. The demo's devices publish whenever they finish, not by a
+    random check-in, so epsilon claims no sampling amplification (``dp_participation="arbitrary"``); the
+    population only bounds the buffer (a version takes at most one update per device).
     """
     return {
         **settings.aggregation,

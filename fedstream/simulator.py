@@ -15,8 +15,13 @@ Strategies:
   client; FedProx is the same with ``training.proximal_mu > 0``.
 - asynchronous (``fedbuff``/``fedasync``): ``concurrency`` clients train at once; when one finishes, its
   update goes to the buffer (rejected if too stale) and a client is sampled from the idle ones to start
-  on the newest version. The buffer is aggregated when ``BufferPolicy`` says so (``K`` updates or the
-  wait limit, checked on every arrival and at the wait deadline).
+  on the newest version. The buffer is aggregated when ``BufferPolicy.next_version`` says so (``K``
+  updates or the wait limit, checked on every arrival and at the wait deadline), as in the streaming job:
+  with DP at most one update per client per version, a client's later update waiting for the next one.
+
+With DP, ``dp_participation="random_check_in"`` without ``dp_population`` takes the simulated clients as the
+population, and ``dp_epsilon_budget`` stops making versions (and starting clients) once the next version
+would pass it (``SimulationResult.privacy_budget_exhausted``).
 
 Events that fall on the same virtual instant are handled together before any client starts again, so
 with equal delays FedBuff(K = concurrency = all clients) makes exactly the FedAvg rounds.
@@ -36,9 +41,11 @@ import numpy.typing as npt
 from aggregator import (
     AggregationConfig,
     PendingUpdate,
+    PrivateServerOptimizer,
     fedasync_step,
     fedavg_step,
     fedbuff_step,
+    one_per_client,
 )
 from producers.client import LocalData
 from producers.fleet import DeviceSpeeds
@@ -142,6 +149,12 @@ class SimulationResult:
     virtual_seconds: float = 0.0
     round_seconds: list[float] = field(default_factory=list)
     client_updates: dict[str, int] = field(default_factory=dict)
+    epsilon: float | None = None
+    """With DP: epsilon spent by the versions made (the server's ledger); None without DP."""
+    epsilon_assumption: str | None = None
+    """What ``epsilon`` rests on (see ``schemas.rows.ModelVersionRow.epsilon_assumption``)."""
+    privacy_budget_exhausted: bool = False
+    """True when ``dp_epsilon_budget`` refused a version: the run stopped making versions there."""
 
     def time_to_accuracy(self, target: float) -> tuple[float, int] | None:
         """First ``(virtual seconds, updates)`` at which held-out accuracy reached ``target``, else None."""
@@ -219,10 +232,11 @@ class Simulator:
         self._jitter = np.random.default_rng([seed, 2])
         self._sampler = np.random.default_rng([seed, 3])
         self._client_update_counts = [0] * len(self.clients)
-        self.optimizer = strategy.aggregation.make_optimizer()
-        self.staleness = strategy.aggregation.staleness_policy()
-        self.buffer_policy = strategy.aggregation.buffer_policy()
-        self.robust = strategy.aggregation.robust_policy()
+        self.aggregation = strategy.aggregation.with_enrolled_population(len(self.clients))
+        self.optimizer = self.aggregation.make_optimizer()
+        self.staleness = self.aggregation.staleness_policy()
+        self.buffer_policy = self.aggregation.buffer_policy()
+        self.robust = self.aggregation.robust_policy()
         self.update_transform = update_transform
 
     # ------------------------------------------------------------------ client side
@@ -281,7 +295,20 @@ class Simulator:
         result.client_updates = {
             client_id: count for client_id, count in zip(self.client_ids, self._client_update_counts, strict=True)
         }
+        if isinstance(self.optimizer, PrivateServerOptimizer):
+            result.epsilon = self.optimizer.epsilon_spent()
+            result.epsilon_assumption = self.optimizer.ledger.assumption()
         return result
+
+    def _budget_refuses(self, result: SimulationResult) -> bool:
+        """Whether ``dp_epsilon_budget`` refuses the next version (and if so, say so in ``result``)."""
+        if not isinstance(self.optimizer, PrivateServerOptimizer):
+            return False
+        check = self.optimizer.budget_check()
+        if check is None or check.allows_next:
+            return False
+        result.privacy_budget_exhausted = True
+        return True
 
     def _record(self, result: SimulationResult, now: float, updates: int, version: int) -> None:
         """Append a curve point; a version already evaluated is not evaluated again."""
@@ -315,7 +342,7 @@ class Simulator:
     def _run_synchronous(self, result: SimulationResult, total_updates: int, eval_every: int) -> None:
         aggregation = self.strategy.aggregation
         next_eval = eval_every
-        while result.updates < total_updates:
+        while result.updates < total_updates and not self._budget_refuses(result):
             cohort = self._sample(range(len(self.clients)), self.strategy.concurrency)
             updates: list[PendingUpdate] = []
             durations = []
@@ -329,6 +356,7 @@ class Simulator:
                         base_version=result.versions,
                         sample_count=sample_count,
                         received_at=_EPOCH + timedelta(seconds=result.virtual_seconds + durations[-1]),
+                        client_id=self.client_ids[client],
                     )
                 )
             round_seconds = max(durations)
@@ -368,7 +396,7 @@ class Simulator:
         def start(clients: Sequence[int]) -> None:
             nonlocal sequence, started
             for client in clients:
-                if started >= total_updates:
+                if started >= total_updates or result.privacy_budget_exhausted:
                     return
                 delta, sample_count = self._train(client)
                 busy.add(client)
@@ -379,25 +407,41 @@ class Simulator:
                 )
                 sequence += 1
 
-        def aggregate() -> None:
+        def aggregate(chosen: Sequence[int]) -> None:
+            taken = [buffer[position] for position in chosen]
             if aggregation.mode == "fedasync":
-                steps = [fedasync_step(self.shared, result.versions, buffer[0], aggregation.mixing, self.staleness)]
+                step = fedasync_step(self.shared, result.versions, taken[0], aggregation.mixing, self.staleness)
             else:
-                steps = [
-                    fedbuff_step(
-                        self.shared,
-                        result.versions,
-                        buffer,
-                        self.staleness,
-                        aggregation.weight_by_sample_count,
-                        self.optimizer,
-                        robust=self.robust,
-                    )
-                ]
-            self.shared = steps[-1].new_params
+                step = fedbuff_step(
+                    self.shared,
+                    result.versions,
+                    taken,
+                    self.staleness,
+                    aggregation.weight_by_sample_count,
+                    self.optimizer,
+                    robust=self.robust,
+                )
+            self.shared = step.new_params
             result.versions += 1
-            buffer.clear()
+            kept = set(range(len(buffer))) - set(chosen)
+            buffer[:] = [update for position, update in enumerate(buffer) if position in kept]
             deadlines.clear()
+            if buffer and self.buffer_policy.max_wait_seconds is not None:  # a held update's wait goes on
+                waited = (buffer[0].received_at - _EPOCH).total_seconds()
+                deadlines.append(waited + self.buffer_policy.max_wait_seconds)
+
+        def aggregate_ready() -> None:
+            """Make every version the buffer policy allows now (several, when held updates are overdue)."""
+            while buffer:
+                chosen = self.buffer_policy.next_version(
+                    [update.client_id for update in buffer],
+                    buffer[0].received_at,
+                    _EPOCH + timedelta(seconds=now),
+                    bound_clients=self.aggregation.bounds_contributions,
+                )
+                if not chosen or self._budget_refuses(result):
+                    return
+                aggregate(chosen)
 
         start(self._sample(range(len(self.clients)), self.strategy.concurrency))
         while arrivals or (buffer and deadlines):
@@ -424,17 +468,14 @@ class Simulator:
                             base_version=arrival.base_version,
                             sample_count=arrival.sample_count,
                             received_at=_EPOCH + timedelta(seconds=now),
+                            client_id=self.client_ids[arrival.client],
                         )
                     )
-                oldest = buffer[0].received_at if buffer else None
-                if self.buffer_policy.should_aggregate(len(buffer), oldest, _EPOCH + timedelta(seconds=now)):
-                    aggregate()
+                aggregate_ready()
             if deadlines and deadlines[0] <= now:
-                oldest = buffer[0].received_at if buffer else None
-                if self.buffer_policy.should_aggregate(len(buffer), oldest, _EPOCH + timedelta(seconds=now)):
-                    aggregate()
-                else:
-                    deadlines.clear()
+                aggregate_ready()
+                if deadlines and deadlines[0] <= now:
+                    deadlines.clear()  # nothing was made at the deadline (say, the budget refused): it is spent
             result.virtual_seconds = now
             if result.updates >= next_eval:
                 self._record(result, now, result.updates, result.versions)
@@ -442,8 +483,11 @@ class Simulator:
             if finished:
                 idle = [client for client in range(len(self.clients)) if client not in busy]
                 start(self._sample(idle, min(len(finished), len(idle))))
-        if buffer:
-            aggregate()  # flush what is left so the final model uses every accepted update
+        while buffer and not self._budget_refuses(result):  # the final model uses every accepted update
+            if self.aggregation.bounds_contributions:
+                aggregate(one_per_client([update.client_id for update in buffer], self.buffer_policy.buffer_size))
+            else:
+                aggregate(range(min(len(buffer), self.buffer_policy.buffer_size)))
 
     # ------------------------------------------------------------------ per-client evaluation
 

@@ -8,7 +8,9 @@ import pytest
 from aggregator import (
     AggregationConfig,
     InvalidConfigError,
+    InvalidStateError,
     PendingUpdate,
+    PrivacyLedger,
     PrivacyPolicy,
     PrivateServerOptimizer,
     StalenessPolicy,
@@ -52,7 +54,7 @@ def test_same_seed_and_version_reproduce_the_noise_and_others_do_not() -> None:
 def test_dp_step_clips_every_update_and_records_what_it_applied() -> None:
     rng = np.random.default_rng(0)
     updates = [
-        PendingUpdate(f"u{i}", {"w": rng.normal(0, s, 50).astype(np.float32)}, 2, 10, NOW)
+        PendingUpdate(f"u{i}", {"w": rng.normal(0, s, 50).astype(np.float32)}, 2, 10, NOW, client_id=f"c{i}")
         for i, s in enumerate((0.001, 1.0, 10.0))
     ]
     config = AggregationConfig(buffer_size=3, **DP)  # type: ignore[arg-type]
@@ -85,6 +87,7 @@ def test_audit_recomputes_a_private_version_and_the_adaptive_clip_is_state(adapt
                 version,
                 1,
                 NOW,
+                client_id=f"c{i}",
             )
             for i in range(5)
         ]
@@ -136,11 +139,16 @@ def test_epsilon_matches_dp_accounting_reference() -> None:
     assert reference == pytest.approx(1.7118, abs=1e-3)  # dp-accounting 0.6.0, RDP orders by default
 
 
-def test_policy_epsilon_uses_buffer_over_population() -> None:
-    config = AggregationConfig(buffer_size=5, **DP)  # type: ignore[arg-type]
-    policy = config.privacy_policy()
-    assert policy is not None and policy.sampling_rate == 0.05
-    assert policy.epsilon(40) == epsilon_after(1.0, 0.05, 40, 1e-5)
+def test_policy_epsilon_claims_no_amplification_unless_clients_check_in_at_random() -> None:
+    arbitrary = AggregationConfig(buffer_size=5, **DP).privacy_policy()  # type: ignore[arg-type]
+    assert arbitrary is not None and arbitrary.sampling_rate == 1.0
+    assert arbitrary.assumption == "no_amplification"
+    assert arbitrary.epsilon(40) == epsilon_after(1.0, 1.0, 40, 1e-5)
+    checked_in = AggregationConfig(buffer_size=5, dp_participation="random_check_in", **DP).privacy_policy()  # type: ignore[arg-type]
+    assert checked_in is not None and checked_in.sampling_rate == 0.05
+    assert checked_in.assumption == "poisson_subsampling q=0.05"
+    assert checked_in.epsilon(40) == epsilon_after(1.0, 0.05, 40, 1e-5)
+    assert checked_in.epsilon(40) < arbitrary.epsilon(40) / 5, "the amplification is large, hence only when claimed"
 
 
 def test_config_round_trips_dp_fields_and_defaults_are_off() -> None:
@@ -160,8 +168,12 @@ def test_config_round_trips_dp_fields_and_defaults_are_off() -> None:
     ("options", "message"),
     [
         ({**DP, "weight_by_sample_count": True}, "weight_by_sample_count"),
-        ({**DP, "dp_population": None}, "dp_population"),
-        ({**DP, "dp_population": 3}, "dp_population"),
+        ({**DP, "dp_population": 3}, r"buffer_size \(5\) exceeds dp_population \(3\)"),
+        ({**DP, "dp_population": 0}, "dp_population must be >= 1, got 0"),
+        ({**DP, "dp_participation": "poisson"}, "dp_participation must be one of"),
+        ({**DP, "dp_epsilon_budget": 0.0}, "dp_epsilon_budget must be > 0"),
+        ({"dp_epsilon_budget": 8.0}, "need differential privacy on"),
+        ({"dp_participation": "random_check_in"}, "need differential privacy on"),
         ({**DP, "robust_aggregation": "median"}, "robust_aggregation"),
         ({**DP, "dp_noise_multiplier": 0.0}, "dp_noise_multiplier"),
         ({**DP, "dp_delta": 1.0}, "dp_delta"),
@@ -197,3 +209,103 @@ def test_an_explicit_seed_is_kept_and_no_seed_is_drawn_without_dp() -> None:
     plain = AggregationConfig()
     assert plain.dp_seed is None
     assert "dp_seed" not in plain.to_dict()
+
+
+def _private_steps(optimizer: PrivateServerOptimizer, versions: range) -> None:
+    zeros = {"w": np.zeros(3, dtype=np.float32)}
+    for version in versions:
+        optimizer.private_step(zeros, zeros, update_count=2, version=version, unclipped_count=2)
+
+
+def test_the_ledger_composes_mixed_mechanisms_as_dp_accounting_does() -> None:
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    accountant = rdp_privacy_accountant.RdpAccountant()
+    accountant.compose(dp_accounting.GaussianDpEvent(1.0), 4)
+    accountant.compose(dp_accounting.PoissonSampledDpEvent(0.25, dp_accounting.GaussianDpEvent(2.0)), 6)
+    ledger = PrivacyLedger().add(1.0, 1.0, 3).add(2.0, 0.25, 6).add(1.0, 1.0)
+    assert ledger.entries == ((1.0, 1.0, 4), (2.0, 0.25, 6)) and ledger.versions == 10
+    assert ledger.epsilon(1e-5) == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-12)
+    assert ledger.assumption() == "no_amplification (4 versions); poisson_subsampling q=0.25 (6 versions)"
+    assert PrivacyLedger().epsilon(1e-5) == 0.0 and PrivacyLedger().assumption() is None
+
+
+def test_the_ledger_is_optimizer_state_so_a_restart_with_other_settings_keeps_the_history() -> None:
+    first = AggregationConfig(buffer_size=2, **DP).make_optimizer()  # type: ignore[arg-type]
+    assert isinstance(first, PrivateServerOptimizer)
+    _private_steps(first, range(1, 4))
+    assert first.ledger.entries == ((1.0, 1.0, 3),)
+    assert first.epsilon_spent() == epsilon_after(1.0, 1.0, 3, 1e-5)
+    state = decode_tensors(encode_tensors(first.state_dict()))
+    checked_in = {**DP, "dp_noise_multiplier": 2.0, "dp_participation": "random_check_in"}
+    restarted = AggregationConfig(buffer_size=2, **checked_in).make_optimizer()  # type: ignore[arg-type]
+    assert isinstance(restarted, PrivateServerOptimizer)
+    restarted.load_state_dict(state)
+    assert restarted.epsilon_spent() == first.epsilon_spent() and restarted.version == 3
+    _private_steps(restarted, range(4, 6))
+    assert restarted.ledger.entries == ((1.0, 1.0, 3), (2.0, 0.02, 2))
+    assert restarted.epsilon_spent() > first.epsilon_spent()
+    assert restarted.epsilon_spent() < epsilon_after(1.0, 1.0, 5, 1e-5), "the new versions cost less: more noise"
+
+
+def test_a_state_from_before_the_ledger_is_read_as_versions_without_amplification() -> None:
+    optimizer = AggregationConfig(buffer_size=2, **DP).make_optimizer()  # type: ignore[arg-type]
+    assert isinstance(optimizer, PrivateServerOptimizer)
+    _private_steps(optimizer, range(1, 6))
+    old_state = {key: value for key, value in optimizer.state_dict().items() if not key.startswith("dp/ledger")}
+    restored = AggregationConfig(buffer_size=2, **DP).make_optimizer()  # type: ignore[arg-type]
+    assert isinstance(restored, PrivateServerOptimizer)
+    restored.load_state_dict(old_state)
+    assert restored.ledger.entries == ((1.0, 1.0, 5),)
+    with pytest.raises(InvalidStateError, match="needs all of"):
+        restored.load_state_dict({**old_state, "dp/ledger_versions": np.array([5], dtype=np.int64)})
+
+
+def test_the_budget_check_says_whether_one_more_version_fits() -> None:
+    assert AggregationConfig(buffer_size=2, **DP).make_optimizer().budget_check() is None  # type: ignore[arg-type, attr-defined]
+    budget = (epsilon_after(1.0, 1.0, 2, 1e-5) + epsilon_after(1.0, 1.0, 3, 1e-5)) / 2
+    optimizer = AggregationConfig(buffer_size=2, dp_epsilon_budget=budget, **DP).make_optimizer()  # type: ignore[arg-type]
+    assert isinstance(optimizer, PrivateServerOptimizer)
+    checks = []
+    for version in range(1, 3):
+        checks.append(optimizer.budget_check())
+        _private_steps(optimizer, range(version, version + 1))
+    final = optimizer.budget_check()
+    assert all(check is not None and check.allows_next for check in checks)
+    assert final is not None and not final.allows_next and final.version == 2
+    assert final.spent == epsilon_after(1.0, 1.0, 2, 1e-5) and final.next_epsilon == epsilon_after(1.0, 1.0, 3, 1e-5)
+    assert "privacy budget exhausted" in final.describe() and f"{budget:g}" in final.describe()
+
+
+def test_random_check_in_derives_its_population_from_the_enrolled_clients_and_refuses_impossible_rates() -> None:
+    checked_in = {**DP, "dp_population": None, "dp_participation": "random_check_in"}
+    config = AggregationConfig(buffer_size=5, **checked_in)  # type: ignore[arg-type]
+    policy = config.privacy_policy()
+    assert policy is not None
+    with pytest.raises(InvalidConfigError, match="dp_population is unknown"):
+        _ = policy.sampling_rate
+    derived = config.with_enrolled_population(40)
+    assert derived.dp_population == 40 and derived.dp_seed == config.dp_seed
+    derived_policy = derived.privacy_policy()
+    assert derived_policy is not None and derived_policy.sampling_rate == 5 / 40
+    with pytest.raises(InvalidConfigError, match=r"buffer_size \(5\) exceeds dp_population \(3\)"):
+        config.with_enrolled_population(3)
+    with pytest.raises(InvalidConfigError, match="none can be derived"):
+        config.with_enrolled_population(None)
+    claimed = AggregationConfig(buffer_size=5, **{**checked_in, "dp_population": 1000})  # type: ignore[arg-type]
+    with pytest.raises(InvalidConfigError, match=r"dp_population \(1000\) exceeds the 24 enrolled"):
+        claimed.with_enrolled_population(24)
+    assert claimed.with_enrolled_population(2000) is claimed
+    assert claimed.with_enrolled_population(None) is claimed, "no registry: the operator's figure stands"
+    arbitrary = AggregationConfig(buffer_size=5, **DP)  # type: ignore[arg-type]
+    assert arbitrary.with_enrolled_population(3) is arbitrary, "no sampling claim, no population needed"
+
+
+def test_new_dp_fields_round_trip_and_stay_out_of_old_configs() -> None:
+    config = AggregationConfig(buffer_size=5, dp_participation="random_check_in", dp_epsilon_budget=8, **DP)  # type: ignore[arg-type]
+    data = config.to_dict()
+    assert data["dp_participation"] == "random_check_in" and data["dp_epsilon_budget"] == 8.0
+    assert AggregationConfig.from_dict(json.loads(json.dumps(data))) == config
+    plain = AggregationConfig(buffer_size=5, **DP).to_dict()  # type: ignore[arg-type]
+    assert "dp_participation" not in plain and "dp_epsilon_budget" not in plain

@@ -14,13 +14,14 @@ def test_the_default_aggregation_is_a_valid_fedbuff_config_without_dp() -> None:
     assert config.privacy_policy() is None
 
 
-def test_the_private_variant_samples_the_24_training_devices() -> None:
+def test_the_private_variant_has_24_training_devices_and_claims_no_sampling_amplification() -> None:
     settings = DemoSettings()
     config = AggregationConfig(**private_aggregation(settings, noise_multiplier=1.0, clip_norm=0.5))
     policy = config.privacy_policy()
     assert policy is not None
     assert policy.population == 24
-    assert policy.sampling_rate == pytest.approx(DEFAULT_AGGREGATION["buffer_size"] / 24)
+    assert policy.sampling_rate == 1.0, "devices publish when they finish: no random sample to amplify with"
+    assert config.bounds_contributions
     assert policy.noise_multiplier == 1.0 and policy.clip_norm == 0.5
     assert not config.weight_by_sample_count
     assert 0 < policy.epsilon(48) < policy.epsilon(96)
