@@ -86,6 +86,12 @@ class ModelVersionRow(_Row):
     """The micro-batch that made this version; -1 for version 0 and for a version made by the buffer deadline."""
     epsilon: float | None
     """Differential privacy spent up to and including this version, for the configured delta; None without DP."""
+    epsilon_assumption: str | None
+    """What ``epsilon`` rests on: ``no_amplification`` (each version a Gaussian mechanism over its clients), or
+    ``poisson_subsampling q=...`` (claimed random check-ins); None without DP and in tables from before it."""
+    privacy_budget_exhausted: bool | None
+    """With ``dp_epsilon_budget``: True when the next version would take epsilon past it, so none follows
+    this one; None without a budget."""
 
 
 class ClientKeyRow(_Row):

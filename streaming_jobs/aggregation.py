@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from aggregator import (
     AggregationConfig,
     AggregationResult,
+    BudgetCheck,
     ModelWeights,
     PendingUpdate,
     PrivateServerOptimizer,
@@ -27,6 +29,8 @@ from schemas.rows import ModelVersionRow
 from schemas.tensors import encode_tensors, parameter_hash
 from streaming_jobs.global_state import BufferedUpdate, GlobalState
 
+logger = logging.getLogger(__name__)
+
 
 def aggregate_ready_versions(
     state: GlobalState, config: AggregationConfig, *, now: datetime, batch_id: int, time_trigger: bool
@@ -34,20 +38,47 @@ def aggregate_ready_versions(
     """Aggregate while the buffer policy says so; advance ``state`` and return the new version rows.
 
     ``time_trigger`` lets the oldest-update deadline fire (checked at the end of a micro-batch); without it
-    only a full buffer does.
+    only a full buffer does. With DP a version takes at most one update per client; a client's later
+    updates stay pending, in Kafka order, for the next versions (:meth:`aggregator.BufferPolicy.next_version`).
+    With ``dp_epsilon_budget`` a version that would take epsilon past it is not made: the buffer is held,
+    ``state.privacy_refusal`` says why and the first refusal is logged.
     """
     policy = config.buffer_policy()
     rows: list[ModelVersionRow] = []
     while state.pending:
-        full = len(state.pending) >= config.buffer_size
-        if not full and not (
-            time_trigger and policy.should_aggregate(len(state.pending), state.oldest_pending_at(), now)
-        ):
+        chosen = policy.next_version(
+            [item.pending.client_id for item in state.pending],
+            state.oldest_pending_at(),
+            now,
+            bound_clients=config.bounds_contributions,
+            deadline=time_trigger,
+        )
+        if not chosen:
             break
-        taken = state.pending[: config.buffer_size]
-        rows.append(_advance(state, taken, config, now=now, batch_id=batch_id))
-        del state.pending[: len(taken)]
+        if _budget_refuses(state):
+            break
+        rows.append(
+            _advance(state, [state.pending[position] for position in chosen], config, now=now, batch_id=batch_id)
+        )
+        taken = set(chosen)
+        state.pending[:] = [item for position, item in enumerate(state.pending) if position not in taken]
     return rows
+
+
+def _budget_refuses(state: GlobalState) -> bool:
+    check = _budget_check(state.optimizer)
+    if check is None or check.allows_next:
+        state.privacy_refusal = None
+        return False
+    if state.privacy_refusal is None:
+        logger.warning("%s (model %s, %d updates held)", check.describe(), state.model_name, len(state.pending))
+    state.privacy_refusal = check
+    return True
+
+
+def _budget_check(optimizer: ServerOptimizer) -> BudgetCheck | None:
+    """Whether the next version fits ``dp_epsilon_budget``; ``None`` without DP or without a budget."""
+    return optimizer.budget_check() if isinstance(optimizer, PrivateServerOptimizer) else None
 
 
 def _advance(
@@ -55,7 +86,7 @@ def _advance(
 ) -> ModelVersionRow:
     result = aggregate(state.parameters, state.version, [item.pending for item in taken], config, state.optimizer)
     new_hash = parameter_hash(result.new_params)
-    privacy = config.privacy_policy()
+    epsilon, assumption, exhausted = _privacy_fields(state.optimizer, state.version + 1)
     row = ModelVersionRow(
         model_name=state.model_name,
         version=state.version + 1,
@@ -76,12 +107,27 @@ def _advance(
         federated_validation_loss=_weighted_metric(taken, "validation_loss"),
         federated_validation_accuracy=_weighted_metric(taken, "validation_accuracy"),
         batch_id=batch_id,
-        epsilon=None if privacy is None else privacy.epsilon(state.version + 1),
+        epsilon=epsilon,
+        epsilon_assumption=assumption,
+        privacy_budget_exhausted=exhausted,
     )
     state.version += 1
     state.parameters = result.new_params
     state.parameter_hash = new_hash
     return row
+
+
+def _privacy_fields(optimizer: ServerOptimizer, version: int) -> tuple[float | None, str | None, bool | None]:
+    """``epsilon``, ``epsilon_assumption`` and ``privacy_budget_exhausted`` of ``version``, just made."""
+    if not isinstance(optimizer, PrivateServerOptimizer):
+        return None, None, None
+    ledger = optimizer.ledger
+    assumption = ledger.assumption()
+    if ledger.versions < version:
+        uncovered = version - ledger.versions
+        assumption = f"{assumption}; versions 1-{uncovered} were made without DP and are not covered"
+    check = optimizer.budget_check()
+    return optimizer.epsilon_spent(), assumption, None if check is None else not check.allows_next
 
 
 def aggregate(

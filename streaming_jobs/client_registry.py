@@ -120,3 +120,8 @@ def enrol_new_keys(spark: SparkSession, locations: TableLocations, keys: Iterabl
         if client_id not in current or current[client_id].public_key != key or current[client_id].revoked
     ]
     return enrol(spark, locations, fresh) if fresh else 0
+
+
+def enrolled_client_count(spark: SparkSession, locations: TableLocations) -> int:
+    """Clients whose newest record is an unrevoked enrolment: those who can sign an update the job accepts."""
+    return sum(1 for state in load_keys(spark, locations).values() if not state.revoked)

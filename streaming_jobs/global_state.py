@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F  # noqa: N812
 
-from aggregator import AggregationConfig, PendingUpdate, ServerOptimizer
+from aggregator import AggregationConfig, BudgetCheck, PendingUpdate, ServerOptimizer
 from schemas.rows import ModelVersionRow
 from schemas.tensors import Tensors, decode_tensors
 from streaming_jobs.tables import MODEL_VERSIONS, UPDATES, TableLocations
@@ -34,7 +34,10 @@ class BufferedUpdate:
 
 @dataclass
 class GlobalState:
-    """The newest global version and the updates that will make the next ones."""
+    """The newest global version and the updates that will make the next ones.
+
+    ``privacy_refusal``: set while ``dp_epsilon_budget`` refuses the next version (the buffer is held).
+    """
 
     model_name: str
     version: int
@@ -42,6 +45,7 @@ class GlobalState:
     parameter_hash: str
     optimizer: ServerOptimizer
     pending: list[BufferedUpdate] = field(default_factory=list)
+    privacy_refusal: BudgetCheck | None = None
 
     def oldest_pending_at(self) -> datetime | None:
         """When the oldest buffered update arrived."""
@@ -80,6 +84,7 @@ def load_global_state(
                 base_version=pending_row.base_version,
                 sample_count=pending_row.sample_count,
                 received_at=pending_row.received_at.replace(tzinfo=UTC),
+                client_id=pending_row.client_id,
             ),
             validation_loss=pending_row.validation_loss,
             validation_accuracy=pending_row.validation_accuracy,
@@ -124,4 +129,6 @@ def initial_version_row(model_name: str, parameters: Tensors, config: Aggregatio
         federated_validation_accuracy=None,
         batch_id=-1,
         epsilon=None,
+        epsilon_assumption=None,
+        privacy_budget_exhausted=None,
     )

@@ -20,6 +20,7 @@ from types import FrameType
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F  # noqa: N812
 
+from aggregator import BudgetCheck
 from schemas.rows import ModelVersionRow
 from schemas.tensors import decode_tensors
 from schemas.topics import UPDATES_TOPIC
@@ -57,12 +58,19 @@ class JobProgress:
         self.rejected_by_reason: dict[str, int] = {}
         self.last: BatchOutcome | None = None
         self.epsilon: float | None = None
+        self.privacy: dict[str, object] | None = None
 
-    def record(self, outcome: BatchOutcome, versions: Sequence[ModelVersionRow] = ()) -> None:
-        """Add one batch's outcome (and the versions it made) and rewrite the status file."""
+    def record(
+        self,
+        outcome: BatchOutcome,
+        versions: Sequence[ModelVersionRow] = (),
+        privacy_refusal: BudgetCheck | None = None,
+    ) -> None:
+        """Add one batch's outcome (the versions it made, a budget refusal) and rewrite the status file."""
         self.last = outcome
         if versions and versions[-1].epsilon is not None:
             self.epsilon = versions[-1].epsilon
+        self._note_privacy(versions, privacy_refusal)
         self.totals["batches"] += outcome.batch_id >= 0
         self.totals["messages"] += outcome.messages
         self.totals["accepted"] += outcome.accepted
@@ -77,6 +85,7 @@ class JobProgress:
                 "current_version": outcome.current_version,
                 "pending": outcome.pending,
                 "epsilon": self.epsilon,
+                "privacy": self.privacy,
                 "last_batch": asdict(outcome),
                 "updated_at": datetime.now(UTC).isoformat(),
                 "pid": os.getpid(),
@@ -84,6 +93,25 @@ class JobProgress:
             temporary = self.status_file.with_suffix(".tmp")
             temporary.write_text(json.dumps(document))
             temporary.replace(self.status_file)
+
+    def _note_privacy(self, versions: Sequence[ModelVersionRow], refusal: BudgetCheck | None) -> None:
+        """The status file's ``privacy``: epsilon, what it assumes, and whether the budget stopped training."""
+        newest = versions[-1] if versions else None
+        if newest is not None and newest.epsilon is not None:
+            self.privacy = {
+                "epsilon": newest.epsilon,
+                "epsilon_assumption": newest.epsilon_assumption,
+                "budget_exhausted": newest.privacy_budget_exhausted,
+                "version": newest.version,
+                "refusal": None,
+            }
+        if refusal is not None:
+            self.privacy = {
+                **(self.privacy or {}),
+                "epsilon": refusal.spent,
+                "budget_exhausted": True,
+                "refusal": refusal.describe(),
+            }
 
 
 def run_job(
@@ -105,6 +133,7 @@ def run_job(
 
         enrolled = enrol_new_keys(spark, locations, public_keys_in(settings.enrol_public_keys_dir))
         logger.info("enrolled %d client keys from %s", enrolled, settings.enrol_public_keys_dir)
+    settings = _with_population(spark, locations, settings)
     publisher = VersionPublisher(settings)
     progress = JobProgress(status_file)
 
@@ -112,8 +141,11 @@ def run_job(
         started = time.perf_counter()
         if versions:
             publisher.publish(versions)
+        refusal = processor.state.privacy_refusal  # the budget held the buffer: say so in MLflow and the status
+        if refusal is not None:
+            publisher.record_budget_refusal(refusal)
         outcome.seconds["publish"] = round(time.perf_counter() - started, 4)
-        progress.record(outcome, versions)
+        progress.record(outcome, versions, refusal)
 
     processor = UpdateBatchProcessor(spark, settings, on_versions=announce)
     _republish_newest(spark, settings, publisher)
@@ -157,6 +189,34 @@ def _republish_newest(spark: SparkSession, settings: JobSettings, publisher: Ver
         .collect()[0]
     )
     publisher.publish([ModelVersionRow.model_validate({**newest.asDict(), **_aware_times(newest.asDict())})])
+
+
+def _with_population(spark: SparkSession, locations: TableLocations, settings: JobSettings) -> JobSettings:
+    """Settings whose DP sampling claim rests on the enrolled, unrevoked clients (``with_enrolled_population``).
+
+    Only ``dp_participation="random_check_in"`` needs a population. The count is taken once, at start: restart
+    the job after enrolling or revoking clients for a new one. Each version's ``config_json`` records it.
+    """
+    config = settings.aggregation
+    if config.dp_noise_multiplier is None or config.dp_participation != "random_check_in":
+        return settings
+    from streaming_jobs.client_registry import enrolled_client_count
+
+    enrolled = enrolled_client_count(spark, locations) if settings.require_signatures else None
+    derived = config.with_enrolled_population(enrolled)
+    if enrolled is None:
+        logger.warning(
+            "dp_population %s is the operator's figure: without signatures no registry can check it",
+            derived.dp_population,
+        )
+    logger.info(
+        "dp_participation random_check_in: population %s (%s enrolled, unrevoked clients), q = %d/%s",
+        derived.dp_population,
+        enrolled,
+        derived.buffer_size,
+        derived.dp_population,
+    )
+    return settings.model_copy(update={"aggregation": derived})
 
 
 def _aware_times(values: dict[str, object]) -> dict[str, object]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
+from aggregator import BudgetCheck
 from schemas.messages import ModelHeader
 from schemas.rows import ModelVersionRow
 from schemas.tensors import sha256_hex
@@ -42,6 +43,7 @@ class VersionPublisher:
         self.settings = settings
         self._producer = KafkaProducer(**settings.kafka.producer_options())
         self._mlflow = _MlflowRecorder(settings)
+        self._last_refusal: BudgetCheck | None = None
 
     def publish(self, rows: Sequence[ModelVersionRow]) -> None:
         """Send every row in version order and wait for the broker's acknowledgement."""
@@ -49,6 +51,13 @@ class VersionPublisher:
             self._producer.send(MODELS_TOPIC, key=row.model_name.encode(), value=model_message(row))
         self._producer.flush(timeout=60)
         self._mlflow.record(rows)
+
+    def record_budget_refusal(self, check: BudgetCheck) -> None:
+        """Tag the MLflow run (once per refusal) with why no further version is made: the privacy budget."""
+        if check == self._last_refusal:
+            return
+        self._last_refusal = check
+        self._mlflow.tag_budget_refusal(check)
 
     def close(self) -> None:
         """Flush and close the producer, end the MLflow run."""
@@ -91,14 +100,33 @@ class _MlflowRecorder:
                 "federated_validation_accuracy": row.federated_validation_accuracy,
                 "federated_validation_loss": row.federated_validation_loss,
                 "epsilon": row.epsilon,
+                "privacy_budget_exhausted": _as_float(row.privacy_budget_exhausted),
             }
             metrics += [Metric(k, v, stamp, row.version) for k, v in values.items() if v is not None]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
+        self._tag_privacy(rows)
         every = self.settings.register_every
         for row in rows:
             if every and row.version % every == 0:
                 self._register(row)
+
+    def _tag_privacy(self, rows: Sequence[ModelVersionRow]) -> None:
+        newest = max(rows, key=lambda row: row.version, default=None)
+        if newest is None or newest.epsilon is None:
+            return
+        self.client.set_tag(self.run_id, "epsilon_assumption", newest.epsilon_assumption or "")
+        if newest.privacy_budget_exhausted:
+            budget = self.settings.aggregation.dp_epsilon_budget
+            self.client.set_tag(
+                self.run_id,
+                "privacy_budget_exhausted",
+                f"privacy budget exhausted after version {newest.version} (epsilon {newest.epsilon:.4g}): the next "
+                f"version would pass dp_epsilon_budget {budget}, so no further version is made",
+            )
+
+    def tag_budget_refusal(self, check: BudgetCheck) -> None:
+        self.client.set_tag(self.run_id, "privacy_budget_exhausted", check.describe())
 
     def _register(self, row: ModelVersionRow) -> None:
         name = self.settings.registered_model_name
@@ -120,3 +148,7 @@ class _MlflowRecorder:
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
+
+
+def _as_float(flag: bool | None) -> float | None:
+    return None if flag is None else float(flag)

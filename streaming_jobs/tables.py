@@ -1,7 +1,8 @@
 """fedstream's Delta tables: their Spark schemas, locations, creation and idempotent appends.
 
 Every append inside ``foreachBatch`` carries ``txnAppId``/``txnVersion`` = (table writer, batch id), so a
-micro-batch replayed after a crash never writes its rows twice.
+micro-batch replayed after a crash never writes its rows twice. Columns added in later fedstream versions are
+nullable: ``ensure`` adds them to a table an older version created, and appends merge them in too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import (
     ArrayType,
     BinaryType,
+    BooleanType,
     DoubleType,
     IntegerType,
     LongType,
@@ -94,6 +96,8 @@ MODEL_VERSIONS_SCHEMA = StructType(
         StructField("federated_validation_accuracy", DoubleType(), True),
         StructField("batch_id", LongType(), False),
         StructField("epsilon", DoubleType(), True),
+        StructField("epsilon_assumption", StringType(), True),
+        StructField("privacy_budget_exhausted", BooleanType(), True),
     ]
 )
 
@@ -144,7 +148,7 @@ class TableLocations:
         return spark.read.format("delta").load(self.identifier(table))
 
     def ensure(self, spark: SparkSession) -> None:
-        """Create every missing table, empty, with its schema (idempotent)."""
+        """Create every missing table, empty, with its schema; add the columns an older table lacks (idempotent)."""
         from delta.tables import DeltaTable
 
         for table in ALL_TABLES:
@@ -154,6 +158,23 @@ class TableLocations:
             else:
                 builder = builder.location(self.identifier(table))
             builder.execute()
+            self._add_missing_columns(spark, table)
+
+    def _add_missing_columns(self, spark: SparkSession, table: TableSpec) -> None:
+        """``ALTER TABLE ... ADD COLUMNS`` for the nullable columns of ``table.schema`` the stored table lacks."""
+        present = set(self.read(spark, table).columns)
+        missing = [field for field in table.schema.fields if field.name not in present]
+        required = [field.name for field in missing if not field.nullable]
+        if required:
+            raise RuntimeError(
+                f"table {self.identifier(table)} lacks the non-nullable columns {required}: "
+                "it was not created by fedstream, or by an incompatible version"
+            )
+        if not missing:
+            return
+        reference = self.identifier(table) if self.catalog_schema else f"delta.`{self.identifier(table)}`"
+        columns = ", ".join(f"{field.name} {field.dataType.simpleString()}" for field in missing)
+        spark.sql(f"ALTER TABLE {reference} ADD COLUMNS ({columns})")
 
     def append(
         self,
@@ -179,7 +200,8 @@ class TableLocations:
         """Append a DataFrame with ``table``'s columns, idempotently as :meth:`append` does."""
         if frame is None:
             return
-        writer = frame.write.format("delta").mode("append")
+        # mergeSchema: a table created before a nullable column existed takes it on this append
+        writer = frame.write.format("delta").mode("append").option("mergeSchema", "true")
         if app_id is not None and batch_id is not None:
             writer = writer.option("txnAppId", f"{app_id}:{table.name}").option("txnVersion", batch_id)
         if self.catalog_schema:

@@ -359,6 +359,7 @@ def _buffered(decoded: DecodedUpdate, now: datetime) -> BufferedUpdate:
             base_version=header.base_version,
             sample_count=header.sample_count,
             received_at=now,
+            client_id=header.client_id,
         ),
         validation_loss=header.metrics.validation_loss,
         validation_accuracy=header.metrics.validation_accuracy,

@@ -23,7 +23,7 @@ from streaming_jobs.audit import verify_version
 from streaming_jobs.stack.topics import ensure_topics
 from streaming_jobs.tables import TableLocations
 from tests.conftest import RunningStack
-from tests.integration.job_process import test_job
+from tests.integration.job_process import test_job, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -51,7 +51,11 @@ def _delta(rng: np.random.Generator, parameters: dict[str, np.ndarray]) -> dict[
     return {name: (0.01 * rng.normal(size=array.shape)).astype(np.float32) for name, array in parameters.items()}
 
 
-IDENTITIES = {name: ClientIdentity.generate(name) for name in ("client-0", "client-1", "client-2", "client-bad")}
+IDENTITIES = {
+    name: ClientIdentity.generate(name) for name in ("client-0", "client-1", "client-2", "client-3", "client-bad")
+}
+FAST_CLIENT_FIRST = ["client-0", "client-0", "client-1", "client-2", "client-3", "client-1", "client-2", "client-3"]
+"""Two buffers' worth of updates where client-0 sends its second update before the others their first."""
 
 
 def _enrolled_keys(folder: Path) -> Path:
@@ -69,7 +73,7 @@ def _new_job(local_stack: RunningStack, folder: Path, aggregation: dict[str, obj
     return model, test_job(folder, model, initial, aggregation, _enrolled_keys(folder))
 
 
-def _mlflow_params(experiment: str) -> dict[str, str]:
+def _mlflow_run(experiment: str):  # type: ignore[no-untyped-def]
     from mlflow.tracking import MlflowClient
 
     from streaming_jobs.tracking import configure_mlflow
@@ -79,7 +83,11 @@ def _mlflow_params(experiment: str) -> dict[str, str]:
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no MLflow experiment {experiment}"
     (run,) = client.search_runs([found.experiment_id])
-    return dict(run.data.params)
+    return run
+
+
+def _mlflow_params(experiment: str) -> dict[str, str]:
+    return dict(_mlflow_run(experiment).data.params)
 
 
 def _signed(client_id: str, **fields):  # type: ignore[no-untyped-def]
@@ -87,12 +95,18 @@ def _signed(client_id: str, **fields):  # type: ignore[no-untyped-def]
 
 
 def _publish_valid(
-    publisher: UpdatePublisher, model: str, base: int, count: int, rng: np.random.Generator
+    publisher: UpdatePublisher,
+    model: str,
+    base: int,
+    count: int,
+    rng: np.random.Generator,
+    clients: list[str] | None = None,
 ) -> list[str]:
+    """``count`` valid updates from ``clients`` in turn (default: client-0, client-1, client-2, client-0, ...)."""
     ids = []
     for index in range(count):
         header, value = _signed(
-            f"client-{index % 3}",
+            clients[index % len(clients)] if clients else f"client-{index % 3}",
             model_name=model,
             base_version=base,
             sample_count=int(rng.integers(10, 100)),
@@ -253,7 +267,9 @@ def test_private_and_robust_versions_recompute_exactly_from_the_tables(
     try:
         job.start()
         job.wait_for_version(local_stack.kafka, 0)
-        _publish_valid(publisher, model, 0, 2 * BUFFER_SIZE, np.random.default_rng(9))
+        published = _publish_valid(
+            publisher, model, 0, 2 * BUFFER_SIZE, np.random.default_rng(9), clients=FAST_CLIENT_FIRST
+        )
         job.wait_for_version(local_stack.kafka, 2)
     finally:
         job.stop()
@@ -264,8 +280,15 @@ def test_private_and_robust_versions_recompute_exactly_from_the_tables(
     for version in (1, 2):
         assert verify_version(spark, locations, model, version).ok, f"version {version} does not recompute"
     epsilons = {row.version: row.epsilon for row in versions}
+    client_of = dict(zip(published, FAST_CLIENT_FIRST, strict=True))
+    made_by = {row.version: [client_of[update_id] for update_id in row.update_ids] for row in versions}
     if "dp_noise_multiplier" in defence:
         assert epsilons[0] is None and 0 < epsilons[1] < epsilons[2], "privacy spent grows with each version"
+        assert sorted(made_by[1]) == sorted(made_by[2]) == ["client-0", "client-1", "client-2", "client-3"]
+        assert published[1] in next(row.update_ids for row in versions if row.version == 2), "held for version 2"
+        assumptions = {row.version: row.epsilon_assumption for row in versions}
+        assert assumptions == {0: None, 1: "no_amplification", 2: "no_amplification"}
+        assert {row.privacy_budget_exhausted for row in versions} == {None}, "no budget configured"
         seeds = {json.loads(row.config_json)["dp_seed"] for row in versions}
         assert len(seeds) == 1 and isinstance(seed := seeds.pop(), int) and seed > 0, "a drawn secret, recorded"
         params = _mlflow_params(f"test-{model}")
@@ -273,3 +296,46 @@ def test_private_and_robust_versions_recompute_exactly_from_the_tables(
         assert params["dp_noise_multiplier"] == "0.8"
     else:
         assert set(epsilons.values()) == {None}
+        assert made_by[1] == FAST_CLIENT_FIRST[:BUFFER_SIZE], "without DP a buffer may hold one client twice"
+
+
+def test_the_privacy_budget_stops_training_and_says_why(spark, local_stack: RunningStack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from aggregator import epsilon_after
+
+    budget = (epsilon_after(0.8, 1.0, 1, 1e-5) + epsilon_after(0.8, 1.0, 2, 1e-5)) / 2  # room for one version
+    private = {
+        "dp_noise_multiplier": 0.8, "dp_clip_norm": 0.05, "dp_epsilon_budget": budget,
+        "weight_by_sample_count": False, "server_optimizer": "sgd", "server_learning_rate": 1.0,
+    }  # fmt: skip
+    model, job = _new_job(local_stack, tmp_path, {**AGGREGATION, **private})
+    publisher = UpdatePublisher(local_stack.kafka)
+    try:
+        job.start()
+        job.wait_for_version(local_stack.kafka, 0)
+        published = _publish_valid(
+            publisher, model, 0, 2 * BUFFER_SIZE, np.random.default_rng(5), clients=FAST_CLIENT_FIRST
+        )
+        job.wait_for_version(local_stack.kafka, 1)
+        wait_until(
+            lambda: (job.status().get("privacy") or {}).get("refusal") is not None,
+            120,
+            "the job to report that the budget refused version 2",
+        )
+        status = job.status()
+    finally:
+        job.stop()
+        publisher.close()
+    assert status["pending"] == BUFFER_SIZE and status["current_version"] == 1, "the buffer is held, not dropped"
+    assert status["privacy"]["budget_exhausted"] is True
+    assert "privacy budget exhausted" in status["privacy"]["refusal"]
+    locations = TableLocations(str(job.tables))
+    versions = locations.read(spark, _table("model_versions")).where(F.col("model_name") == model).collect()
+    assert sorted(row.version for row in versions) == [0, 1]
+    (last,) = [row for row in versions if row.version == 1]
+    assert last.privacy_budget_exhausted is True and last.epsilon <= budget < epsilon_after(0.8, 1.0, 2, 1e-5)
+    assert last.epsilon_assumption == "no_amplification"
+    stored = locations.read(spark, _table("updates")).where(F.col("model_name") == model).collect()
+    assert sorted(row.update_id for row in stored) == sorted(published), "held updates are stored all the same"
+    tags = _mlflow_run(f"test-{model}").data.tags
+    assert "privacy budget exhausted" in tags["privacy_budget_exhausted"]
+    assert tags["epsilon_assumption"] == "no_amplification"

@@ -11,6 +11,7 @@ from pydantic import AwareDatetime, BaseModel, ValidationError
 from pyspark.sql.types import (
     ArrayType,
     BinaryType,
+    BooleanType,
     DataType,
     DoubleType,
     IntegerType,
@@ -60,6 +61,7 @@ def spark_type_matches(annotation: Any, spark_type: DataType) -> bool:
             and spark_type_matches(element, spark_type.elementType)
         )
     expected: dict[Any, tuple[type[DataType], ...]] = {
+        bool: (BooleanType,),
         int: (LongType, IntegerType),
         float: (DoubleType,),
         str: (StringType,),
@@ -183,6 +185,8 @@ def model_version_row() -> ModelVersionRow:
         federated_validation_accuracy=None,
         batch_id=2,
         epsilon=None,
+        epsilon_assumption=None,
+        privacy_budget_exhausted=None,
     )
 
 
