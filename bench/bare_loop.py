@@ -32,7 +32,7 @@ from aggregator import AggregationConfig, PendingUpdate, fedbuff_step
 from bench.workload import model_value
 from schemas.kafka_settings import KafkaSettings
 from schemas.rejections import Rejection, RejectionReason
-from schemas.tensors import Tensors, decode_tensors
+from schemas.tensors import Tensors, decode_tensors, parameter_hash
 from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
 from schemas.validation import validate_update
 from schemas.wire import DecodedUpdate, decode_update
@@ -150,9 +150,12 @@ class BareLoop:
         result = fedbuff_step(
             self.parameters, self.version, taken, self.staleness, self.config.weight_by_sample_count, self.optimizer
         )
+        parent_hash = parameter_hash(self.parameters)
         self.parameters = result.new_params
         self.version += 1
-        return model_value(self.model_name, self.version, self.parameters, update_count=len(taken))
+        return model_value(
+            self.model_name, self.version, self.parameters, update_count=len(taken), parent_parameter_hash=parent_hash
+        )
 
     def _publish(self, values: Sequence[bytes]) -> None:
         if not values:

@@ -48,20 +48,31 @@ def initial_parameters(model_name: str, seed: int = 0) -> Tensors:
 
 
 def model_value(
-    model_name: str, version: int, parameters: Mapping[str, npt.NDArray[np.float32]], update_count: int = 0
+    model_name: str,
+    version: int,
+    parameters: Mapping[str, npt.NDArray[np.float32]],
+    update_count: int = 0,
+    parent_parameter_hash: str | None = None,
 ) -> bytes:
-    """An ``fl.models`` value for ``parameters`` as ``version``, framed as the job frames its versions."""
+    """An ``fl.models`` value for ``parameters`` as ``version``, framed and signed as the job does its versions.
+
+    It is signed with the local stack's job key, which the clients read by default; a version after 0 names
+    its parent's ``parameter_hash``.
+    """
+    from streaming_jobs.signing_key import local_job_key
+
     payload = encode_tensors(parameters)
     header = ModelHeader(
         model_name=model_name,
         version=version,
         parent_version=version - 1 if version > 0 else None,
+        parent_parameter_hash=parent_parameter_hash,
         parameter_hash=parameter_hash(parameters),
         payload_sha256=sha256_hex(payload),
         created_at=datetime.now(UTC),
         update_count=update_count,
     )
-    return encode_model(header, payload)
+    return encode_model(header, payload, local_job_key().sign)
 
 
 class UpdateFactory:

@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_job_arguments(job)
     job.set_defaults(handler=_job)
 
+    job_key = commands.add_parser(
+        "job-key", help="make the job's signing key pair (private: the secret store; public: every client)"
+    )
+    job_key.add_argument("--out", default=".", help="folder for fedstream-job.key and fedstream-job.pub")
+    job_key.set_defaults(handler=_job_key)
+
     clients = commands.add_parser("clients", help="client identities: key pairs, enrolment, revocation")
     client_commands = clients.add_subparsers(title="actions", required=True)
     keygen = client_commands.add_parser("keygen", help="create a key pair on the device (the private key stays there)")
@@ -93,6 +99,22 @@ def _clients_keygen(args: argparse.Namespace) -> int:
     private_path, public_path = identity.save(Path(args.out))
     print(f"client id  : {identity.client_id}")
     print(f"private key: {private_path} (keep it on the device)\npublic key : {public_path} (give it to the operator)")
+    return 0
+
+
+def _job_key(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from streaming_jobs.signing_key import JobSigningKey
+
+    key = JobSigningKey.generate()
+    try:
+        private_path, public_path = key.save(Path(args.out))
+    except FileExistsError:
+        print(f"{Path(args.out) / 'fedstream-job.key'} exists already; not replacing the job's key", file=sys.stderr)
+        return 1
+    print(f"private key: {private_path} (the job's secret: FEDSTREAM_JOB_SIGNING_KEY_FILE or the secret scope)")
+    print(f"public key : {public_path} (every client: FEDSTREAM_JOB_PUBLIC_KEY_FILE)")
     return 0
 
 
@@ -203,6 +225,11 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enrol-public-keys", help="folder of <client_id>.pub files to enrol at start")
     parser.add_argument("--registry-refresh-seconds", type=float, default=10.0, help="how often keys are re-read")
     parser.add_argument(
+        "--signing-key",
+        help="PEM file of the key that signs global versions (default: FEDSTREAM_JOB_SIGNING_KEY[_FILE], the "
+        "secret scope, else the local stack's key, made on first use)",
+    )
+    parser.add_argument(
         "--allow-unsigned",
         action="store_true",
         help="accept updates without an enrolled signature (not for production)",
@@ -236,6 +263,8 @@ def _job(args: argparse.Namespace) -> int:
         overrides["tables_root"] = args.tables_root
     if args.checkpoint:
         overrides["checkpoint_location"] = args.checkpoint
+    if args.signing_key:
+        overrides.update(signing_key=None, signing_key_file=args.signing_key)
     settings = JobSettings.model_validate(overrides)
     run_job(settings, status_file=Path(args.status_file) if args.status_file else None)
     return 0

@@ -87,8 +87,9 @@ def run_demo(settings: DemoSettings) -> int:
     from producers.transport import GlobalModelSubscriber, UpdatePublisher
     from schemas.kafka_settings import KafkaSettings
     from schemas.tensors import encode_tensors
+    from streaming_jobs.signing_key import SIGNING_KEY_FILE_VARIABLE, SIGNING_KEY_VARIABLE, local_job_key
     from streaming_jobs.stack.local_stack import stack_up
-    from streaming_jobs.stack.paths import state_dir
+    from streaming_jobs.stack.paths import local_job_key_files, state_dir
     from streaming_jobs.stack.topics import reset_topics
     from streaming_jobs.tracking import tracking_uri
 
@@ -116,16 +117,20 @@ def run_demo(settings: DemoSettings) -> int:
     for identity in [*identities.values(), faulty_device]:
         (enrolled / f"{identity.client_id}.pub").write_text(identity.public_key.hex() + "\n")
     _say(f"{len(identities) + 1} device key pairs made; the job enrols their public keys from {enrolled}")
+    job_key = local_job_key()  # made by the stack on first use; devices trust only what it signs
+    job_key_file, job_public_file = local_job_key_files()
+    _say(f"the job signs every global version with {job_key_file}; devices trust only {job_public_file}")
 
     job = JobProcess(
         run_dir,
         JobOptions(settings.model_name, initial, settings.aggregation, enrolled, experiment="fedstream-demo"),
     )
-    job.start()
+    # The key the devices trust, even where the shell configures another one for jobs.
+    job.start({SIGNING_KEY_FILE_VARIABLE: str(job_key_file), SIGNING_KEY_VARIABLE: ""})
     stop = threading.Event()
     points: list[_Point] = []
     try:
-        evaluator_subscriber = GlobalModelSubscriber(kafka, settings.model_name)
+        evaluator_subscriber = GlobalModelSubscriber(kafka, settings.model_name, job_key.public_key)
         _say("waiting for the streaming job to publish version 0 (Spark start-up takes ~30-60 s) ...")
         first = _wait_for_version_zero(evaluator_subscriber, job)
         evaluator = HeldOutEvaluator(build_model(settings.model_name, settings.seed), held_out)
@@ -148,7 +153,7 @@ def run_demo(settings: DemoSettings) -> int:
         ]
         fleet = SimulatedFleet(
             clients,
-            GlobalModelSubscriber(kafka, settings.model_name),
+            GlobalModelSubscriber(kafka, settings.model_name, job_key.public_key),
             UpdatePublisher(kafka),
             DeviceSpeeds(median_seconds=settings.device_delay_median_seconds, seed=settings.seed),
         )
@@ -201,7 +206,35 @@ def _inject_bad_updates(kafka: Any, model_name: str, subscriber: Any, device: An
         publisher.publish(client_id, value)
     publisher.close()
     _say("a faulty device sent: " + ", ".join(label for label, _, _ in messages) + " (watch 'rejected')")
+    _publish_forged_version(kafka, newest, impostor)
     return True
+
+
+def _publish_forged_version(kafka: Any, newest: Any, impostor: Any) -> None:
+    """Put a "version N+1000" on ``fl.models`` signed by a key that is not the job's: every device ignores it."""
+    from kafka import KafkaProducer
+
+    from schemas.messages import ModelHeader
+    from schemas.topics import MODELS_TOPIC
+    from schemas.wire import encode_model, tensors_payload
+
+    payload, payload_hash = tensors_payload(newest.parameters)
+    header = ModelHeader(
+        model_name=newest.header.model_name,
+        version=newest.header.version + 1000,
+        parent_version=newest.header.version,
+        parent_parameter_hash=newest.header.parameter_hash,
+        parameter_hash=newest.header.parameter_hash,
+        payload_sha256=payload_hash,
+        created_at=datetime.now(UTC),
+    )
+    producer = KafkaProducer(**kafka.producer_options())
+    try:
+        producer.send(MODELS_TOPIC, key=header.model_name.encode(), value=encode_model(header, payload, impostor.sign))
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    _say(f"an impostor published a 'version {header.version}' on {MODELS_TOPIC}, signed with its own key: ignored")
 
 
 def _progress(points: list[_Point], evaluator: Any, subscriber: Any, job: Any, elapsed: float) -> None:

@@ -2,29 +2,44 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from producers.trusted_versions import IgnoredVersion, IgnoreReason, VersionChain, job_public_key_from_env
 from schemas.kafka_settings import KafkaSettings
-from schemas.messages import ModelHeader
 from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
-from schemas.wire import MODEL_MAGIC, DecodedModel, decode_model, split_frame
+from schemas.wire import DecodedModel
+
+logger = logging.getLogger(__name__)
 
 
 class GlobalModelSubscriber:
-    """Follows ``fl.models`` and remembers the newest version of one model (the topic is compacted)."""
+    """Follows ``fl.models`` and remembers the newest trusted version of one model (the topic is compacted).
 
-    def __init__(self, settings: KafkaSettings, model_name: str) -> None:
+    A version counts only when the job's key signed it (see :mod:`producers.trusted_versions`); every other
+    message under this model's key is logged with its reason, kept in ``ignored`` (the most recent 100, with
+    ``ignored_count`` of all) and skipped. Nothing a message holds makes ``poll`` or ``newest`` raise.
+    """
+
+    def __init__(self, settings: KafkaSettings, model_name: str, job_public_key: bytes | None = None) -> None:
+        """``job_public_key`` is the job's raw 32-byte Ed25519 key; None reads it as ``job_public_key_from_env``."""
         self.model_name = model_name
+        self._chain = VersionChain(
+            job_public_key if job_public_key is not None else job_public_key_from_env(),
+            model_name,
+            max_message_bytes=settings.max_message_bytes,
+        )
+        self.ignored: deque[IgnoredVersion] = deque(maxlen=100)
+        self.ignored_count = 0
         self._consumer = KafkaConsumer(**settings.consumer_options(), enable_auto_commit=False)
         partitions = self._partitions()
         self._consumer.assign(partitions)
         self._consumer.seek_to_beginning(*partitions)
-        self._newest_header: ModelHeader | None = None
-        self._newest_value: bytes | None = None
-        self._decoded: DecodedModel | None = None
 
     def _partitions(self) -> list[TopicPartition]:
         deadline = time.monotonic() + 30
@@ -37,35 +52,44 @@ class GlobalModelSubscriber:
             time.sleep(0.5)
 
     def poll(self, timeout_seconds: float = 0.0) -> int | None:
-        """Read what arrived; return the newest version number known (None before version 0)."""
+        """Read what arrived; return the newest trusted version number (None before the first)."""
         batches = self._consumer.poll(timeout_ms=int(timeout_seconds * 1000), max_records=1000)
         for records in batches.values():
             for record in records:
-                if record.key != self.model_name.encode() or record.value is None:
-                    continue
-                framed = split_frame(record.value, MODEL_MAGIC)
-                if not isinstance(framed, tuple):
-                    continue
-                header = ModelHeader.model_validate_json(framed[0])
-                if self._newest_header is None or header.version > self._newest_header.version:
-                    self._newest_header, self._newest_value, self._decoded = header, record.value, None
-        return None if self._newest_header is None else self._newest_header.version
+                if record.key != self.model_name.encode():
+                    continue  # another model's versions share the topic
+                self._offer(record)
+        newest = self._chain.newest
+        return None if newest is None else newest.header.version
+
+    def _offer(self, record: Any) -> None:
+        try:
+            outcome = self._chain.offer(record.value)
+        except Exception as error:  # a checker bug must not let one message stop the client
+            logger.exception("checking the message at %s:%s raised", record.partition, record.offset)
+            outcome = IgnoredVersion(IgnoreReason.MALFORMED, f"checking it raised {type(error).__name__}: {error}")
+        if isinstance(outcome, IgnoredVersion):
+            ignored = replace(outcome, partition=record.partition, offset=record.offset)
+            self.ignored.append(ignored)
+            self.ignored_count += 1
+            logger.warning("ignored a message for %r on %s: %s", self.model_name, MODELS_TOPIC, ignored)
 
     def newest(self, timeout_seconds: float = 30.0) -> DecodedModel:
-        """The newest version, waiting up to ``timeout_seconds`` for version 0 to appear."""
+        """The newest trusted version, waiting up to ``timeout_seconds`` for a first one to appear."""
         deadline = time.monotonic() + timeout_seconds
         reread_at = time.monotonic() + 10
         self.poll(0.2)
-        while self._newest_value is None:
+        while self._chain.newest is None:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no version of {self.model_name!r} on {MODELS_TOPIC} after {timeout_seconds}s")
+                raise TimeoutError(
+                    f"no version of {self.model_name!r} signed by the job's key on {MODELS_TOPIC} after "
+                    f"{timeout_seconds}s ({self.ignored_count} messages ignored)"
+                )
             if time.monotonic() > reread_at:  # a topic recreated under us: read it again from the start
                 self._consumer.seek_to_beginning()
                 reread_at = time.monotonic() + 10
             self.poll(0.5)
-        if self._decoded is None:
-            self._decoded = decode_model(self._newest_value)
-        return self._decoded
+        return self._chain.newest
 
     def wait_for_version_after(self, version: int, timeout_seconds: float) -> int | None:
         """Block until a version newer than ``version`` is known; return it, or None on timeout."""

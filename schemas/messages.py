@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -62,15 +62,31 @@ class UpdateHeader(_Strict):
 
 
 class ModelHeader(_Strict):
-    """Header of one global model version on ``fl.models``; the payload is θ as safetensors."""
+    """Header of one global model version on ``fl.models``; the payload is θ as safetensors.
+
+    ``parent_parameter_hash`` is the parent's ``parameter_hash``: a client holding the parent checks that a new
+    version chains to it. The job signs the header (see ``schemas.wire``), so both hashes are the job's word.
+    """
 
     schema_version: Literal[1] = SCHEMA_VERSION
     model_name: Identifier
     version: Annotated[int, Field(strict=True, ge=0, le=MAX_LONG)]
     parent_version: Annotated[int, Field(strict=True, ge=0, le=MAX_LONG)] | None
+    parent_parameter_hash: Sha256Hex | None
     parameter_hash: Sha256Hex
     payload_sha256: Sha256Hex
     created_at: AwareDatetime
     update_count: Annotated[int, Field(strict=True, ge=0)] = 0
 
     _created_at_in_utc = field_validator("created_at")(_in_utc)
+
+    @model_validator(mode="after")
+    def _parent_is_older_and_named_by_hash(self) -> ModelHeader:
+        if (self.parent_version is None) != (self.parent_parameter_hash is None):
+            raise ValueError(
+                f"parent_version {self.parent_version!r} and parent_parameter_hash "
+                f"{self.parent_parameter_hash!r} must both be given or both be null"
+            )
+        if self.parent_version is not None and self.parent_version >= self.version:
+            raise ValueError(f"parent_version {self.parent_version} is not older than version {self.version}")
+        return self

@@ -1,11 +1,13 @@
 """Framing of fedstream's Kafka messages.
 
-An update is ``magic | header length | JSON header | signature | safetensors payload``; a global model is
-the same without the signature. ``magic`` is 4 bytes naming the message kind and framing version (``FSU1``
-update, ``FSM1`` model), the header length a big-endian uint32, the signature 64 bytes: the client's
-Ed25519 signature over ``magic + JSON header`` (the header names the payload's SHA-256, so the signature
-binds the payload too), or 64 zero bytes when unsigned. Decoding never raises on bad input: it returns
-the problem it finds as a :class:`~schemas.rejections.Rejection`, so the job can record it and move on.
+Both messages are ``magic | header length | JSON header | signature | safetensors payload``. ``magic`` is 4
+bytes naming the message kind and framing version (``FSU1`` update, ``FSM2`` model), the header length a
+big-endian uint32, the signature 64 bytes: an Ed25519 signature over ``magic + JSON header`` (the header
+names the payload's SHA-256, so the signature binds the payload too), or 64 zero bytes when unsigned. A
+client signs its updates with its own key; the job signs each global model version with the job's key, and
+clients trust only versions that key signed (``FSM1``, the unsigned model framing, is no longer read).
+Decoding never raises on bad input: it returns the problem it finds as a
+:class:`~schemas.rejections.Rejection`, so the job can record it and a client can ignore it and move on.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from schemas.tensors import Tensors, decode_tensors, encode_tensors, sha256_hex
 from schemas.topics import MAX_MESSAGE_BYTES
 
 UPDATE_MAGIC: Final = b"FSU1"
-MODEL_MAGIC: Final = b"FSM1"
+MODEL_MAGIC: Final = b"FSM2"
+"""Model framing 2: a signature slot after the header, and the parent's hash in it (``FSM1`` had neither)."""
 _LENGTH = struct.Struct(">I")
 _PREFIX_BYTES: Final = len(UPDATE_MAGIC) + _LENGTH.size
 MAX_HEADER_BYTES: Final = 64 * 1024
@@ -56,10 +59,20 @@ class DecodedUpdate:
 
 @dataclass(frozen=True)
 class DecodedModel:
-    """A well-formed global model message: its header and its parameters."""
+    """A well-formed global model message: its header, its parameters, and its signature with the bytes it signs.
+
+    Decoding does not say who signed: a reader checks ``signature`` over ``signed_bytes`` with the job's key.
+    """
 
     header: ModelHeader
     parameters: Tensors
+    signature: bytes = UNSIGNED
+    signed_bytes: bytes = b""
+
+    @property
+    def is_signed(self) -> bool:
+        """False when the signature slot holds zeros."""
+        return self.signature != UNSIGNED
 
 
 def frame(magic: bytes, header_json: bytes, payload: bytes) -> bytes:
@@ -83,11 +96,23 @@ def encode_update(header: UpdateHeader, payload: bytes, signer: Signer | None = 
     return frame(UPDATE_MAGIC, header_json, signature + payload)
 
 
-def encode_model(header: ModelHeader, payload: bytes) -> bytes:
-    """Encode a global model version whose ``payload_sha256`` already names ``payload``."""
+def model_signed_bytes(header_json: bytes) -> bytes:
+    """What the job signs: the model magic and the exact header bytes sent (which name the payload hash)."""
+    return MODEL_MAGIC + header_json
+
+
+def encode_model(header: ModelHeader, payload: bytes, signer: Signer | None = None) -> bytes:
+    """Encode a global model version whose ``payload_sha256`` already names ``payload``, signed by ``signer``.
+
+    Without ``signer`` the signature slot holds zeros, which no client configured with the job's key accepts.
+    """
     if header.payload_sha256 != sha256_hex(payload):
         raise ValueError(f"header.payload_sha256 {header.payload_sha256!r} does not match the payload")
-    return frame(MODEL_MAGIC, header.model_dump_json().encode(), payload)
+    header_json = header.model_dump_json().encode()
+    signature = signer(model_signed_bytes(header_json)) if signer is not None else UNSIGNED
+    if len(signature) != SIGNATURE_BYTES:
+        raise ValueError(f"a signature is {SIGNATURE_BYTES} bytes, the signer returned {len(signature)}")
+    return frame(MODEL_MAGIC, header_json, signature + payload)
 
 
 def tensors_payload(tensors: Mapping[str, npt.NDArray[np.float32]]) -> tuple[bytes, str]:
@@ -149,16 +174,52 @@ def decode_update(
     )
 
 
-def decode_model(value: bytes) -> DecodedModel:
-    """Decode one ``fl.models`` value; raises ``ValueError`` on anything malformed (the job wrote it)."""
+def decode_model_message(value: bytes | None, max_message_bytes: int = MAX_MESSAGE_BYTES) -> DecodedModel | Rejection:
+    """Decode one ``fl.models`` value, or say why it is not a well-formed model message; never raises.
+
+    The signature comes back unchecked (``DecodedModel.signature``): only the reader knows the job's key.
+    """
+    if value is None:
+        return Rejection(RejectionReason.MALFORMED_ENVELOPE, "message has no value (a tombstone)")
+    if len(value) > max_message_bytes:
+        return Rejection(RejectionReason.OVERSIZED, f"{len(value)} bytes exceeds {max_message_bytes}")
     framed = split_frame(value, MODEL_MAGIC)
     if isinstance(framed, Rejection):
-        raise ValueError(str(framed))
-    header_json, payload = framed
-    header = ModelHeader.model_validate_json(header_json)
-    if sha256_hex(payload) != header.payload_sha256:
-        raise ValueError(f"model version {header.version}: payload does not match its hash")
-    return DecodedModel(header=header, parameters=decode_tensors(payload))
+        return framed
+    header_json, signed_payload = framed
+    if len(signed_payload) < SIGNATURE_BYTES:
+        return Rejection(RejectionReason.MALFORMED_ENVELOPE, f"no room for the {SIGNATURE_BYTES}-byte signature")
+    signature, payload = signed_payload[:SIGNATURE_BYTES], signed_payload[SIGNATURE_BYTES:]
+    try:
+        header = ModelHeader.model_validate_json(header_json)
+    except ValidationError as error:  # bad UTF-8 and bad JSON too
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:5])
+        return Rejection(RejectionReason.INVALID_HEADER, problems[:500])
+    actual_hash = sha256_hex(payload)
+    if actual_hash != header.payload_sha256:
+        return Rejection(
+            RejectionReason.PAYLOAD_HASH_MISMATCH,
+            f"model version {header.version}: payload does not match its hash "
+            f"(hashes to {actual_hash}, header says {header.payload_sha256})",
+        )
+    try:
+        parameters = decode_tensors(payload)
+    except ValueError as error:
+        return Rejection(RejectionReason.MALFORMED_PAYLOAD, str(error)[:300])
+    return DecodedModel(
+        header=header, parameters=parameters, signature=signature, signed_bytes=model_signed_bytes(header_json)
+    )
+
+
+def decode_model(value: bytes) -> DecodedModel:
+    """Decode one ``fl.models`` value; raises ``ValueError`` naming the problem on anything malformed.
+
+    It checks the framing and the payload hash, not who signed: a client uses ``producers.trusted_versions``.
+    """
+    decoded = decode_model_message(value)
+    if isinstance(decoded, Rejection):
+        raise ValueError(str(decoded))
+    return decoded
 
 
 def _parse_header(header_json: bytes) -> UpdateHeader | Rejection:

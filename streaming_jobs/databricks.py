@@ -4,8 +4,9 @@
   runtime, so nothing is resolved from Maven.
 - Kafka: Databricks Runtime relocates the Kafka client to ``kafkashaded.org.apache.kafka``; a JAAS string there must
   name the relocated login module (``KafkaSettings.shaded_kafka_classes``).
-- Secrets: the SASL username and password come from a secret scope through ``dbutils.secrets`` when
-  ``FEDSTREAM_SECRET_SCOPE`` is set and the environment does not already hold them.
+- Secrets: the SASL username and password, and the job's signing key (``job-signing-key``, the PEM that signs
+  every global version), come from a secret scope through ``dbutils.secrets`` when ``FEDSTREAM_SECRET_SCOPE`` is
+  set and the environment does not already hold them; off Databricks a missing signing key is made locally.
 - Names: tables are ``catalog.schema.table`` and the registered model ``catalog.schema.fedstream_<model>``.
 - Compute: the job keeps its buffer in the driver between ``foreachBatch`` calls and runs a processing-time trigger.
   Spark Connect (serverless compute, standard access mode) runs ``foreachBatch`` in a separate process that cannot
@@ -21,6 +22,8 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pydantic import SecretStr
+
 from schemas.kafka_settings import KafkaSettings
 
 if TYPE_CHECKING:
@@ -35,6 +38,13 @@ SASL_USERNAME_KEY = "kafka-sasl-username"
 """Key of the SASL username in the secret scope."""
 SASL_PASSWORD_KEY = "kafka-sasl-password"
 """Key of the SASL password in the secret scope."""
+SIGNING_KEY_SECRET_KEY = "job-signing-key"
+"""Key of the job's Ed25519 signing key (PKCS#8 PEM, as ``fedstream job-key`` writes it) in the secret scope."""
+MISSING_SIGNING_KEY = (
+    "no signing key for the global versions: put the PEM that `fedstream job-key` writes into the secret scope "
+    f"as {SIGNING_KEY_SECRET_KEY!r} (with {SECRET_SCOPE_VARIABLE}), or set FEDSTREAM_JOB_SIGNING_KEY_FILE to a file "
+    "on a volume; clients trust only versions that key signs"
+)
 DURABLE_CHECKPOINT_PREFIXES = ("/Volumes/", "dbfs:/Volumes/", "s3://", "s3a://", "abfss://", "gs://")
 """Checkpoint locations that outlive a job cluster (a Unity Catalog volume or cloud storage)."""
 
@@ -193,6 +203,22 @@ def kafka_settings_for_runtime(
     return KafkaSettings.from_env(values, **overrides)
 
 
+def signing_key_from_scope(
+    environ: Mapping[str, str] | None = None, *, dbutils: DbutilsLike | None = None
+) -> SecretStr | None:
+    """The job's signing key (PEM) from ``FEDSTREAM_SECRET_SCOPE``; None when no scope is set."""
+    scope = _environment(environ).get(SECRET_SCOPE_VARIABLE)
+    if not scope:
+        return None
+    reader = dbutils if dbutils is not None else find_dbutils()
+    if reader is None:
+        raise MissingSecretError(
+            f"{SECRET_SCOPE_VARIABLE}={scope!r} is set but no dbutils is available to read the job's signing key "
+            "from it; run on a Databricks cluster, or set FEDSTREAM_JOB_SIGNING_KEY_FILE"
+        )
+    return SecretStr(read_secret(reader, scope, SIGNING_KEY_SECRET_KEY))
+
+
 # ── What the job cannot do on Databricks ─────────────────────────────────────────────────────────────────────────
 
 _CLASSIC_COMPUTE = (
@@ -233,6 +259,8 @@ def settings_problems(settings: JobSettings, environ: Mapping[str, str] | None =
             catalog_schema(catalog, schema)
         except ValueError as error:
             problems.append(f"catalog_schema {settings.catalog_schema!r} is not catalog.schema: {error}")
+    if settings.signing_key is None and settings.signing_key_file is None:
+        problems.append(MISSING_SIGNING_KEY)
     if not settings.checkpoint_location.startswith(DURABLE_CHECKPOINT_PREFIXES):
         problems.append(
             f"checkpoint {settings.checkpoint_location!r} would not outlive the cluster; use a Unity Catalog volume, "

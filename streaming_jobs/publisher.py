@@ -1,4 +1,8 @@
-"""Announce new global versions: a message on ``fl.models`` and a step in MLflow (plus the registry every N)."""
+"""Announce new global versions: a signed message on ``fl.models`` and a step in MLflow (plus the registry every N).
+
+Each message carries the job's Ed25519 signature over its header (which names the payload's and the parent's
+hashes); clients configured with the job's public key take no other (``producers.trusted_versions``).
+"""
 
 from __future__ import annotations
 
@@ -15,32 +19,40 @@ from schemas.messages import ModelHeader
 from schemas.rows import ModelVersionRow
 from schemas.tensors import sha256_hex
 from schemas.topics import MODELS_TOPIC
-from schemas.wire import encode_model
+from schemas.wire import Signer, encode_model
 from streaming_jobs.settings import JobSettings
+from streaming_jobs.signing_key import job_signing_key
 
 logger = logging.getLogger(__name__)
 
 
-def model_message(row: ModelVersionRow) -> bytes:
-    """The ``fl.models`` value announcing ``row``."""
+def model_message(row: ModelVersionRow, signer: Signer) -> bytes:
+    """The ``fl.models`` value announcing ``row``, signed by ``signer`` (the job's key)."""
     payload = bytes(row.parameters)
     header = ModelHeader(
         model_name=row.model_name,
         version=row.version,
         parent_version=row.parent_version,
+        parent_parameter_hash=row.parent_parameter_hash,
         parameter_hash=row.parameter_hash,
         payload_sha256=sha256_hex(payload),
         created_at=row.created_at,
         update_count=len(row.update_ids),
     )
-    return encode_model(header, payload)
+    return encode_model(header, payload, signer)
 
 
 class VersionPublisher:
-    """Publishes versions to Kafka (acknowledged) and records them in MLflow."""
+    """Publishes versions to Kafka (acknowledged, signed with the job's key) and records them in MLflow."""
 
     def __init__(self, settings: JobSettings) -> None:
         self.settings = settings
+        self._signing_key = job_signing_key(settings)
+        logger.info(
+            "signing global versions with the key from %s (public key %s)",
+            self._signing_key.source,
+            self._signing_key.public_key.hex(),
+        )
         self._producer = KafkaProducer(**settings.kafka.producer_options())
         self._mlflow = _MlflowRecorder(settings)
         self._last_refusal: BudgetCheck | None = None
@@ -48,7 +60,8 @@ class VersionPublisher:
     def publish(self, rows: Sequence[ModelVersionRow]) -> None:
         """Send every row in version order and wait for the broker's acknowledgement."""
         for row in sorted(rows, key=lambda row: row.version):
-            self._producer.send(MODELS_TOPIC, key=row.model_name.encode(), value=model_message(row))
+            value = model_message(row, self._signing_key.sign)
+            self._producer.send(MODELS_TOPIC, key=row.model_name.encode(), value=value)
         self._producer.flush(timeout=60)
         self._mlflow.record(rows)
 

@@ -7,13 +7,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from aggregator import AggregationConfig
 from schemas.kafka_settings import ENVIRONMENT_VARIABLES as KAFKA_ENVIRONMENT_VARIABLES
 from schemas.kafka_settings import KafkaSettings
 from schemas.messages import Identifier
 from streaming_jobs import databricks
+from streaming_jobs.signing_key import SIGNING_KEY_FILE_VARIABLE, SIGNING_KEY_VARIABLE
 from streaming_jobs.stack.paths import state_dir
 
 CHECKPOINT_VARIABLE = "FEDSTREAM_CHECKPOINT_LOCATION"
@@ -22,8 +23,12 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     databricks.CATALOG_VARIABLE: "catalog_schema (with FEDSTREAM_SCHEMA): Unity Catalog catalog of the tables",
     databricks.SCHEMA_VARIABLE: "catalog_schema (with FEDSTREAM_CATALOG): Unity Catalog schema of the tables",
     CHECKPOINT_VARIABLE: "checkpoint_location",
-    databricks.SECRET_SCOPE_VARIABLE: "kafka.sasl_username/sasl_password from this secret scope (Databricks)",
+    databricks.SECRET_SCOPE_VARIABLE: (
+        "kafka.sasl_username/sasl_password and signing_key from this secret scope (Databricks)"
+    ),
     **{variable: f"kafka.{field}" for variable, field in KAFKA_ENVIRONMENT_VARIABLES.items()},
+    SIGNING_KEY_VARIABLE: "signing_key: PEM of the job's Ed25519 key that signs every global version",
+    SIGNING_KEY_FILE_VARIABLE: "signing_key_file: a PEM file of that key",
 }
 """Every environment variable ``JobSettings`` reads (a field left unset takes its value from here)."""
 
@@ -43,6 +48,22 @@ def _default_catalog_schema() -> str | None:
 
 def _default_kafka() -> KafkaSettings:
     return databricks.kafka_settings_for_runtime()
+
+
+def _default_signing_key(
+    environ: Mapping[str, str] | None = None, dbutils: databricks.DbutilsLike | None = None
+) -> SecretStr | None:
+    values = os.environ if environ is None else environ
+    if values.get(SIGNING_KEY_VARIABLE):
+        return SecretStr(values[SIGNING_KEY_VARIABLE])
+    if values.get(SIGNING_KEY_FILE_VARIABLE):
+        return None  # the file is the configured key; the scope is not asked
+    return databricks.signing_key_from_scope(values, dbutils=dbutils)
+
+
+def _default_signing_key_file(environ: Mapping[str, str] | None = None) -> str | None:
+    values = os.environ if environ is None else environ
+    return values.get(SIGNING_KEY_FILE_VARIABLE) or None
 
 
 class JobSettings(BaseModel):
@@ -74,6 +95,12 @@ class JobSettings(BaseModel):
     """Reject an update whose ``created_at`` is further than this from its Kafka timestamp (None: no limit)."""
     enrol_public_keys_dir: str | None = None
     """Folder of ``<client_id>.pub`` files enrolled at start (convenience for local runs and the demo)."""
+    signing_key: SecretStr | None = Field(default_factory=_default_signing_key, repr=False)
+    """PEM of the job's Ed25519 key, which signs every version on ``fl.models`` (``streaming_jobs.signing_key``).
+
+    Parsed when the job starts, so that no validation error can echo it."""
+    signing_key_file: str | None = Field(default_factory=_default_signing_key_file)
+    """A PEM file of that key. With neither, a local job uses the local stack's key (made on first use)."""
 
     @field_validator("aggregation", mode="before")
     @classmethod
@@ -81,6 +108,14 @@ class JobSettings(BaseModel):
         if isinstance(value, dict):
             return AggregationConfig.from_dict(value)
         return value
+
+    @model_validator(mode="after")
+    def _one_signing_key(self) -> JobSettings:
+        if self.signing_key is not None and self.signing_key_file is not None:
+            raise ValueError(
+                f"signing_key and signing_key_file ({self.signing_key_file!r}) are both set; give the job one key"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsupported_on_databricks(self) -> JobSettings:
@@ -101,6 +136,8 @@ class JobSettings(BaseModel):
             "catalog_schema": databricks.catalog_schema_from_env(environ),
             "checkpoint_location": _default_checkpoint(environ),
             "kafka": databricks.kafka_settings_for_runtime(environ, dbutils=dbutils),
+            "signing_key": _default_signing_key(environ, dbutils),
+            "signing_key_file": _default_signing_key_file(environ),
         }
         return cls.model_validate({**values, **overrides})
 

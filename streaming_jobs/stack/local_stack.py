@@ -1,4 +1,8 @@
-"""The whole local stack as one thing: jars, broker, topics; MLflow is a SQLite file and needs no process."""
+"""The whole local stack as one thing: jars, broker, topics, the job's signing key; MLflow is a SQLite file.
+
+The job's key pair lives in ``<state>/keys``: a local job signs global versions with ``fedstream-job.key`` and
+local clients trust what ``fedstream-job.pub`` verifies, so both work without configuration.
+"""
 
 from __future__ import annotations
 
@@ -29,11 +33,13 @@ class StackStatus:
 
 
 def stack_up() -> StackStatus:
-    """Resolve jars, start the broker and create the topics; harmless when already up."""
+    """Resolve jars, make the job's key pair, start the broker and create the topics; harmless when already up."""
+    from streaming_jobs.signing_key import local_job_key
     from streaming_jobs.spark_session import connector_jars
     from streaming_jobs.stack.topics import ensure_topics
 
     connector_jars()  # resolved now so that the job and the tests start offline
+    local_job_key()  # before any client looks for the job's public key
     broker = LocalKafkaBroker()
     broker.up()
     created = ensure_topics(KafkaSettings(bootstrap_servers=broker.bootstrap_servers))

@@ -18,9 +18,22 @@ def cache_dir() -> Path:
     return root
 
 
-def state_dir() -> Path:
-    """Local state of this checkout: ``$FEDSTREAM_HOME`` or ``./.fedstream``."""
+def state_dir(*, create: bool = True) -> Path:
+    """Local state of this checkout: ``$FEDSTREAM_HOME`` or ``./.fedstream`` (made unless ``create`` is False)."""
     configured = os.environ.get("FEDSTREAM_HOME")
     root = Path(configured) if configured else Path.cwd() / ".fedstream"
-    root.mkdir(parents=True, exist_ok=True)
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
     return root.resolve()
+
+
+LOCAL_JOB_KEY_NAME = "fedstream-job"
+"""File stem of the job's signing key pair that the local stack makes on first use."""
+
+
+def local_job_key_files(*, create_folder: bool = False) -> tuple[Path, Path]:
+    """The local stack's job key pair: ``<state>/keys/fedstream-job.key`` (private) and ``.pub`` (public)."""
+    folder = state_dir(create=create_folder) / "keys"
+    if create_folder:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{LOCAL_JOB_KEY_NAME}.key", folder / f"{LOCAL_JOB_KEY_NAME}.pub"

@@ -27,6 +27,7 @@ from fedstream import cli
 from schemas.kafka_settings import SHADED_KAFKA_CLASS_PACKAGE
 from streaming_jobs import databricks
 from streaming_jobs.settings import ENVIRONMENT_VARIABLES, JobSettings
+from streaming_jobs.signing_key import JobSigningKey
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = yaml.safe_load((ROOT / "databricks.yml").read_text())
@@ -157,7 +158,11 @@ def test_the_bundle_builds_settings_the_job_accepts_on_databricks(target: str, m
     class Secrets:
         def get(self, scope: str, key: str) -> str:
             assert scope == resolve("${var.secret_scope}", target)
-            return {databricks.SASL_USERNAME_KEY: "fedstream-job", databricks.SASL_PASSWORD_KEY: "s3cret"}[key]
+            return {
+                databricks.SASL_USERNAME_KEY: "fedstream-job",
+                databricks.SASL_PASSWORD_KEY: "s3cret",
+                databricks.SIGNING_KEY_SECRET_KEY: JobSigningKey.generate().private_pem().decode(),
+            }[key]
 
     class Dbutils:
         secrets = Secrets()
@@ -179,6 +184,7 @@ def test_the_bundle_builds_settings_the_job_accepts_on_databricks(target: str, m
     assert settings.kafka.bootstrap_servers == BOOTSTRAP
     jaas = settings.kafka.spark_source_options()["kafka.sasl.jaas.config"]
     assert jaas.startswith(f"{SHADED_KAFKA_CLASS_PACKAGE}.common.security.scram.ScramLoginModule required ")
+    assert settings.signing_key is not None, "the job's signing key comes from the secret scope"
     assert databricks.settings_problems(settings) == []
 
 

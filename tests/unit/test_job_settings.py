@@ -62,6 +62,7 @@ def good_databricks_settings(**overrides: object) -> JobSettings:
         "mlflow_experiment": "/Users/someone@example.com/fedstream",
         "register_every": 0,
         "kafka": scram(shaded_kafka_classes=True),
+        "signing_key_file": "/Volumes/main/federated/fedstream/keys/fedstream-job.key",
     }
     return JobSettings.model_validate({**values, **overrides})
 
@@ -196,8 +197,10 @@ def test_every_environment_variable_is_read() -> None:
         "FEDSTREAM_KAFKA_SASL_USERNAME": "job",
         "FEDSTREAM_KAFKA_SASL_PASSWORD": "pw",
         "FEDSTREAM_KAFKA_SSL_CAFILE": "/ca.pem",
+        "FEDSTREAM_JOB_SIGNING_KEY_FILE": "/keys/fedstream-job.key",
     }
-    assert set(environ) | {"FEDSTREAM_SECRET_SCOPE"} == set(ENVIRONMENT_VARIABLES)
+    # FEDSTREAM_JOB_SIGNING_KEY (the PEM itself) is the file's alternative: tests/unit/test_signing_key.py
+    assert set(environ) | {"FEDSTREAM_SECRET_SCOPE", "FEDSTREAM_JOB_SIGNING_KEY"} == set(ENVIRONMENT_VARIABLES)
     assert set(KAFKA_VARIABLES) <= set(ENVIRONMENT_VARIABLES)
     settings = JobSettings.from_env(environ, model_name="hospital-mlp")
     assert settings.catalog_schema == "main.federated"
@@ -208,6 +211,7 @@ def test_every_environment_variable_is_read() -> None:
     assert settings.kafka.sasl_password == SecretStr("pw")
     assert settings.kafka.ssl_cafile == "/ca.pem"
     assert not settings.kafka.shaded_kafka_classes
+    assert (settings.signing_key, settings.signing_key_file) == (None, "/keys/fedstream-job.key")
 
 
 def test_default_factories_read_the_same_environment(monkeypatch: pytest.MonkeyPatch, clean_env: None) -> None:
@@ -302,7 +306,8 @@ def test_a_complete_databricks_configuration_has_no_problem() -> None:
 def test_local_defaults_on_databricks_list_every_problem() -> None:
     problems = databricks.settings_problems(JobSettings(), {"DATABRICKS_RUNTIME_VERSION": "17.3"})
     text = "\n".join(problems)
-    assert len(problems) == 3
+    assert len(problems) == 4
+    assert "no signing key for the global versions" in text
     assert "no Unity Catalog schema: set FEDSTREAM_CATALOG and FEDSTREAM_SCHEMA" in text
     assert "would not outlive the cluster" in text
     assert "MLFLOW_TRACKING_URI is ''" in text

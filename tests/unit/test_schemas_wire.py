@@ -332,6 +332,7 @@ def model_message(parent_version: int | None = 6) -> tuple[bytes, ModelHeader, d
         model_name="har.mlp",
         version=7,
         parent_version=parent_version,
+        parent_parameter_hash=None if parent_version is None else "ab" * 32,
         parameter_hash=parameter_hash(parameters),
         payload_sha256=payload_hash,
         created_at=CREATED_AT,
@@ -396,4 +397,4 @@ def test_decode_model_raises_on_a_payload_that_is_not_safetensors() -> None:
     payload = b"not safetensors"
     header_json = header.model_copy(update={"payload_sha256": sha256_hex(payload)}).model_dump_json().encode()
     with pytest.raises(ValueError, match="not a safetensors payload"):
-        decode_model(MODEL_MAGIC + struct.pack(">I", len(header_json)) + header_json + payload)
+        decode_model(MODEL_MAGIC + struct.pack(">I", len(header_json)) + header_json + UNSIGNED + payload)
