@@ -1,8 +1,11 @@
-"""The local broker with SCRAM-SHA-512 over TLS: an enrolled client works, every other one is refused.
+"""The local broker with SCRAM-SHA-512 over TLS and least-privilege ACLs, and signed versions on ``fl.models``.
 
 The broker's only client listener is SASL_SSL, so a message that gets through at all got through authenticated
 and encrypted. Refusals are asserted twice: the error a caller sees (kafka-python gives up bootstrapping with
-``KafkaTimeoutError``) and the reason kafka-python logged for each refused connection.
+``KafkaTimeoutError``) and the reason kafka-python logged for each refused connection. Past authentication,
+the authorizer lets each role do only its part (a client writes ``fl.updates`` and reads ``fl.models``, the job
+the reverse, an auditor nothing), and a version that reaches ``fl.models`` without the job's signature anyway
+is ignored by every client.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import (
@@ -24,18 +28,32 @@ from kafka.errors import (
     KafkaTimeoutError,
     RequestTimedOutError,
     SaslAuthenticationFailedError,
+    TopicAuthorizationFailedError,
 )
 from pydantic import SecretStr
 
+from producers.transport import GlobalModelSubscriber
+from producers.trusted_versions import IgnoreReason
 from schemas.kafka_settings import KafkaSettings
+from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
 from streaming_jobs.stack.certificates import create_broker_certificates
-from streaming_jobs.stack.secure_broker import SecureKafkaBroker
+from streaming_jobs.stack.secure_broker import KafkaLogin, SecureKafkaBroker
 from tests.conftest import free_port_pair
+from tests.unit.test_trusted_versions import JOB_KEY, version_message
 
 pytestmark = pytest.mark.stack
 
 JOB_USER = "fedstream-job"
 JOB_PASSWORD = secrets.token_urlsafe(24)
+CLIENT_USER = "device-1"
+CLIENT_PASSWORD = secrets.token_urlsafe(24)
+AUDITOR_USER = "auditor-1"
+AUDITOR_PASSWORD = secrets.token_urlsafe(24)
+LOGINS = {
+    JOB_USER: KafkaLogin("job", JOB_PASSWORD),
+    CLIENT_USER: KafkaLogin("client", CLIENT_PASSWORD),
+    AUDITOR_USER: KafkaLogin("auditor", AUDITOR_PASSWORD),
+}
 REFUSAL_TIMEOUT_MS = 2000
 """How long a refused client keeps trying before kafka-python gives up: short, so the test does not hang."""
 
@@ -44,7 +62,7 @@ REFUSAL_TIMEOUT_MS = 2000
 def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafkaBroker]:
     home = tmp_path_factory.mktemp("fedstream-secure")
     port = free_port_pair(int(os.environ.get("FEDSTREAM_TEST_SECURE_KAFKA_PORT", "19192")))
-    broker = SecureKafkaBroker({JOB_USER: JOB_PASSWORD}, port=port, home=home)
+    broker = SecureKafkaBroker(LOGINS, port=port, home=home)
     try:
         broker.up(timeout_seconds=90)
         yield broker
@@ -59,64 +77,154 @@ def untrusted_ca_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return create_broker_certificates(tmp_path_factory.mktemp("other-ca"), common_name="some other CA").ca_file
 
 
-def _enrolled(broker: SecureKafkaBroker) -> KafkaSettings:
-    """The job's settings, read from configuration as every fedstream party reads them."""
+def _login(broker: SecureKafkaBroker, username: str = JOB_USER) -> KafkaSettings:
+    """One user's settings, read from configuration as every fedstream party reads them."""
     return KafkaSettings.from_env(
         {
             "FEDSTREAM_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "FEDSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
             "FEDSTREAM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-            "FEDSTREAM_KAFKA_SASL_USERNAME": JOB_USER,
-            "FEDSTREAM_KAFKA_SASL_PASSWORD": JOB_PASSWORD,
+            "FEDSTREAM_KAFKA_SASL_USERNAME": username,
+            "FEDSTREAM_KAFKA_SASL_PASSWORD": LOGINS[username].password,
             "FEDSTREAM_KAFKA_SSL_CAFILE": str(broker.certificates.ca_file),
         }
     )
 
 
-def _new_topic(settings: KafkaSettings) -> str:
-    topic = f"secure-test-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(**settings.admin_options())
+def _enrolled(broker: SecureKafkaBroker) -> KafkaSettings:
+    """The job's settings."""
+    return _login(broker, JOB_USER)
+
+
+def _publish(settings: KafkaSettings, topic: str, values: list[tuple[bytes | None, bytes | None]]) -> list[int]:
+    """Send ``(key, value)`` pairs and wait for each acknowledgement; return their offsets."""
+    producer = KafkaProducer(**settings.producer_options(), max_block_ms=10_000)
     try:
-        admin.create_topics([NewTopic(topic, 1, 1)])
-        assert topic in admin.list_topics()
+        return [producer.send(topic, key=key, value=value).get(timeout=30).offset for key, value in values]
     finally:
-        admin.close()
-    return topic
+        producer.close()
 
 
-def test_the_broker_listens_only_for_sasl_ssl(secure_broker: SecureKafkaBroker) -> None:
+def test_the_broker_listens_only_for_sasl_ssl_and_authorizes_every_request(secure_broker: SecureKafkaBroker) -> None:
     config = secure_broker.config_file.read_text().splitlines()
     assert f"listeners=SASL_SSL://localhost:{secure_broker.port},CONTROLLER://localhost:{secure_broker.port + 1}" in (
         config
     )
-    assert "listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL" in config
+    assert "listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_SSL:SASL_SSL" in config
     assert "sasl.enabled.mechanisms=SCRAM-SHA-512" in config
+    assert "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer" in config
+    assert "super.users=User:fedstream-broker" in config
 
 
-def test_an_enrolled_client_creates_a_topic_and_exchanges_a_message(
-    secure_broker: SecureKafkaBroker, caplog: pytest.LogCaptureFixture
-) -> None:
-    settings = _enrolled(secure_broker)
+def test_a_clients_update_reaches_the_job(secure_broker: SecureKafkaBroker, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="kafka")
-    topic = _new_topic(settings)
     payload = os.urandom(4096)
+    (offset,) = _publish(_login(secure_broker, CLIENT_USER), UPDATES_TOPIC, [(b"device-1", payload)])
 
-    producer = KafkaProducer(**settings.producer_options())
+    job = _login(secure_broker, JOB_USER)
+    consumer = KafkaConsumer(**job.consumer_options(), enable_auto_commit=False, consumer_timeout_ms=20_000)
     try:
-        metadata = producer.send(topic, key=b"client-a", value=payload).get(timeout=30)
-    finally:
-        producer.close()
-
-    consumer = KafkaConsumer(**settings.consumer_options(), enable_auto_commit=False, consumer_timeout_ms=20_000)
-    try:
-        partition = TopicPartition(topic, metadata.partition)
+        partition = TopicPartition(UPDATES_TOPIC, 0)
         consumer.assign([partition])
-        consumer.seek(partition, metadata.offset)
+        consumer.seek(partition, offset)
         received = next(iter(consumer))
     finally:
         consumer.close()
-    assert (received.key, received.value) == (b"client-a", payload)
+    assert (received.key, received.value) == (b"device-1", payload)
+    assert f"Authenticated as {CLIENT_USER} via SASL / SCRAM-SHA-512" in caplog.text
     assert f"Authenticated as {JOB_USER} via SASL / SCRAM-SHA-512" in caplog.text
+
+
+def test_a_client_cannot_publish_a_global_version(secure_broker: SecureKafkaBroker) -> None:
+    forged = version_message(999, signer=None)
+    with pytest.raises(TopicAuthorizationFailedError, match=MODELS_TOPIC):
+        _publish(_login(secure_broker, CLIENT_USER), MODELS_TOPIC, [(b"har-cnn", forged)])
+
+
+@pytest.mark.parametrize(
+    ("username", "action", "topic"),
+    [
+        (CLIENT_USER, "read", UPDATES_TOPIC),  # another client's updates
+        (JOB_USER, "write", UPDATES_TOPIC),
+        (JOB_USER, "read", MODELS_TOPIC),
+        (AUDITOR_USER, "read", MODELS_TOPIC),
+        (AUDITOR_USER, "write", UPDATES_TOPIC),
+    ],
+)
+def test_each_role_is_refused_what_it_does_not_need(
+    secure_broker: SecureKafkaBroker, username: str, action: str, topic: str
+) -> None:
+    settings = _login(secure_broker, username)
+    with pytest.raises(TopicAuthorizationFailedError):
+        if action == "write":
+            _publish(settings, topic, [(b"key", b"value")])
+        else:
+            consumer = KafkaConsumer(**settings.consumer_options(), enable_auto_commit=False)
+            try:
+                partition = TopicPartition(topic, 0)
+                consumer.assign([partition])
+                consumer.end_offsets([partition])  # refused without Describe (which Read or Write would imply)
+                consumer.seek_to_beginning(partition)
+                consumer.poll(timeout_ms=5000)  # refused with Describe but without Read
+            finally:
+                consumer.close()
+
+
+@pytest.mark.parametrize("username", [CLIENT_USER, JOB_USER])
+def test_only_the_broker_itself_creates_topics(secure_broker: SecureKafkaBroker, username: str) -> None:
+    admin = KafkaAdminClient(**_login(secure_broker, username).admin_options())
+    try:
+        with pytest.raises(TopicAuthorizationFailedError):
+            admin.create_topics([NewTopic(f"secure-test-{uuid.uuid4().hex[:8]}", 1, 1)])
+    finally:
+        admin.close()
+
+
+def test_forged_versions_on_fl_models_are_ignored_by_clients(secure_broker: SecureKafkaBroker) -> None:
+    """Versions that get onto the topic with the job's login but without the job's key move no client."""
+    model = f"forgery-{uuid.uuid4().hex[:8]}"
+    key = model.encode()
+    impostor = Ed25519PrivateKey.generate()
+    _publish(
+        _login(secure_broker, JOB_USER),
+        MODELS_TOPIC,
+        [
+            (key, version_message(0, model_name=model)),
+            (key, version_message(999, model_name=model, signer=None)),
+            (key, version_message(999, model_name=model, signer=impostor.sign)),
+            (key, b"FSM1" + version_message(998, model_name=model)[4:]),
+            (key, os.urandom(300)),
+            (key, version_message(1, model_name=model)[:-1]),
+            (key, None),
+            (key, version_message(1, model_name=model)),
+        ],
+    )
+    client = GlobalModelSubscriber(_login(secure_broker, CLIENT_USER), model, JOB_KEY.public_key)
+    try:
+        assert client.wait_for_version_after(0, timeout_seconds=30) == 1
+        assert client.poll(1.0) == 1
+        newest = client.newest()
+        assert (newest.header.version, newest.header.model_name) == (1, model)
+        assert [ignored.reason for ignored in client.ignored] == [
+            IgnoreReason.UNSIGNED,
+            IgnoreReason.BAD_SIGNATURE,
+            IgnoreReason.MALFORMED,  # the old, unsigned framing
+            IgnoreReason.MALFORMED,  # random bytes
+            IgnoreReason.MALFORMED,  # a truncated version
+            IgnoreReason.MALFORMED,  # a tombstone
+        ]
+    finally:
+        client.close()
+
+    trusting_another_key = GlobalModelSubscriber(
+        _login(secure_broker, CLIENT_USER), model, Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    )
+    try:
+        with pytest.raises(TimeoutError, match="signed by the job's key"):
+            trusting_another_key.newest(timeout_seconds=3)
+        assert trusting_another_key.ignored_count == 8
+    finally:
+        trusting_another_key.close()
 
 
 @dataclass(frozen=True)
@@ -180,6 +288,15 @@ def test_a_plaintext_client_without_credentials_is_refused(
     assert (refusal.tls_handshakes, refusal.authenticated) == (0, False)
 
 
+def test_the_controller_listener_refuses_anonymous_connections(
+    secure_broker: SecureKafkaBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only the broker logs in there (SASL/PLAIN): an anonymous principal would otherwise be a super user.
+    anonymous = KafkaSettings(bootstrap_servers=f"localhost:{secure_broker.controller_port}")
+    refusal = _refused(KafkaAdminClient, anonymous, caplog)
+    assert not refusal.authenticated
+
+
 def test_the_right_password_without_tls_is_refused(
     secure_broker: SecureKafkaBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -236,29 +353,29 @@ def test_a_client_that_does_not_trust_the_broker_ca_is_refused(
     assert (refusal.tls_handshakes, refusal.authenticated) == (0, False)
 
 
-def test_spark_reads_the_secure_broker_with_the_jobs_source_options(  # type: ignore[no-untyped-def]
-    spark, secure_broker: SecureKafkaBroker
+def test_spark_streams_fl_updates_with_the_jobs_login_and_source_options(  # type: ignore[no-untyped-def]
+    spark, secure_broker: SecureKafkaBroker, tmp_path: Path
 ) -> None:
-    settings = _enrolled(secure_broker)
-    topic = _new_topic(settings)
-    producer = KafkaProducer(**settings.producer_options())
-    try:
-        for index in range(3):
-            producer.send(topic, key=f"client-{index}".encode(), value=bytes([index]) * 100)
-        producer.flush(timeout=30)
-    finally:
-        producer.close()
+    """The job's own read, a streaming query, works under the job's ACLs (topic and Spark's consumer groups)."""
+    run = uuid.uuid4().hex[:8]
+    sent = [(f"device-{run}-{index}", bytes([index]) * 100) for index in range(3)]
+    _publish(_login(secure_broker, CLIENT_USER), UPDATES_TOPIC, [(key.encode(), value) for key, value in sent])
 
-    rows = (
-        spark.read.format("kafka")
-        .options(**settings.spark_source_options())
-        .option("subscribe", topic)
+    received: list[tuple[str, bytes]] = []
+    query = (
+        spark.readStream.format("kafka")
+        .options(**_enrolled(secure_broker).spark_source_options())
+        .option("subscribe", UPDATES_TOPIC)
         .option("startingOffsets", "earliest")
-        .option("endingOffsets", "latest")
         .load()
         .selectExpr("CAST(key AS STRING) AS key", "value")
-        .collect()
+        .writeStream.foreachBatch(
+            lambda batch, _: received.extend((row.key, bytes(row.value)) for row in batch.collect())
+        )
+        .option("checkpointLocation", str(tmp_path / "checkpoint"))
+        .trigger(availableNow=True)
+        .start()
     )
-    assert sorted((row.key, bytes(row.value)) for row in rows) == [
-        (f"client-{index}", bytes([index]) * 100) for index in range(3)
-    ]
+    query.awaitTermination(180)
+    assert query.exception() is None
+    assert sorted(item for item in received if item[0].startswith(f"device-{run}-")) == sent
