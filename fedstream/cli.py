@@ -219,6 +219,17 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status-file", help="write progress as JSON here after every micro-batch")
     parser.add_argument("--aggregation", default="{}", help="aggregation settings as JSON (AggregationConfig fields)")
     parser.add_argument("--max-offsets-per-trigger", type=int, default=500)
+    parser.add_argument(
+        "--writer-id",
+        default="fedstream-aggregation-job",
+        help="Delta txnAppId prefix of this deployment's writes (one per deployment sharing no tables)",
+    )
+    parser.add_argument(
+        "--batch-bytes-budget",
+        type=int,
+        default=256 * 1024 * 1024,
+        help="most message bytes one micro-batch brings into the driver (lowers --max-offsets-per-trigger)",
+    )
     parser.add_argument("--trigger-seconds", type=float, default=1.0)
     parser.add_argument("--register-every", type=int, default=10)
     parser.add_argument("--experiment", default="fedstream", help="MLflow experiment name")
@@ -252,6 +263,8 @@ def _job(args: argparse.Namespace) -> int:
         "initial_model_path": args.initial_model,
         "aggregation": json.loads(args.aggregation),
         "max_offsets_per_trigger": args.max_offsets_per_trigger,
+        "batch_bytes_budget": args.batch_bytes_budget,
+        "writer_id": args.writer_id,
         "trigger_interval_seconds": args.trigger_seconds,
         "register_every": args.register_every,
         "mlflow_experiment": args.experiment,

@@ -32,6 +32,8 @@ class JobOptions:
     register_every: int = 10
     trigger_seconds: float = 1.0
     registry_refresh_seconds: float = 10.0
+    extra_arguments: tuple[str, ...] = ()
+    """Further ``fedstream job`` flags, e.g. ``("--batch-bytes-budget", "33554432")``."""
 
 
 class JobProcess:
@@ -68,7 +70,7 @@ class JobProcess:
         ]  # fmt: skip
         if options.public_keys is not None:
             command += ["--enrol-public-keys", str(options.public_keys)]
-        return command
+        return [*command, *options.extra_arguments]
 
     @property
     def log_path(self) -> Path:

@@ -30,8 +30,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+EARLIEST_TIMESTAMP: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIMESTAMP: Final = datetime(9999, 12, 30, tzinfo=UTC)
+"""Timestamps in headers lie in this range: every instant in it is a valid UTC ``datetime`` and Delta timestamp."""
+
+
 def _in_utc(moment: datetime) -> datetime:
-    # An offset with seconds would be rounded when serialised; UTC keeps the instant exact.
+    # An offset with seconds would be rounded when serialised; UTC keeps the instant exact. Near year 1 or
+    # 9999 the conversion itself leaves datetime's range (OverflowError), so the range is checked first.
+    if not EARLIEST_TIMESTAMP <= moment <= LATEST_TIMESTAMP:
+        raise ValueError(
+            f"{moment.isoformat()} is outside {EARLIEST_TIMESTAMP.isoformat()} .. {LATEST_TIMESTAMP.isoformat()}"
+        )
     return moment.astimezone(UTC)
 
 

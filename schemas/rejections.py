@@ -28,6 +28,8 @@ class RejectionReason(StrEnum):
     REVOKED_CLIENT = "revoked_client"
     BAD_SIGNATURE = "bad_signature"
     OUTSIDE_REPLAY_WINDOW = "outside_replay_window"
+    INTERNAL_ERROR = "internal_error"
+    """Processing this one message raised; the exception is in the detail and the batch went on."""
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@
 second time it passes that point, exactly as a power cut would. Points: ``during_aggregation`` (versions
 computed, nothing written), ``after_updates_write`` (updates and rejections in Delta, versions not),
 ``after_versions_write`` (versions in Delta, not yet on Kafka or MLflow).
+``FEDSTREAM_FAIL_UPDATE_ID=<update_id>`` makes the processing of that one update raise instead.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import signal
 
 FAULT_VARIABLE = "FEDSTREAM_FAULT_INJECTION"
+FAILING_UPDATE_VARIABLE = "FEDSTREAM_FAIL_UPDATE_ID"
+"""Names an ``update_id`` whose processing raises, to show that one message's failure ends no batch."""
 CRASH_POINTS = ("during_aggregation", "after_updates_write", "after_versions_write")
 _passes: dict[str, int] = {}
 
@@ -31,3 +34,13 @@ def crash_point(point: str) -> None:
         if os.getsid(0) == os.getpid():  # a session leader: take the Spark JVM down with us
             os.killpg(os.getpid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class InjectedMessageError(RuntimeError):
+    """Raised while processing the update named by ``FEDSTREAM_FAIL_UPDATE_ID``."""
+
+
+def inject_message_failure(update_id: str) -> None:
+    """Raise while processing ``update_id`` when ``FEDSTREAM_FAIL_UPDATE_ID`` names it; do nothing otherwise."""
+    if os.environ.get(FAILING_UPDATE_VARIABLE) == update_id:
+        raise InjectedMessageError(f"injected failure while processing update {update_id}")

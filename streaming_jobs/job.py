@@ -24,7 +24,9 @@ from aggregator import BudgetCheck
 from schemas.rows import ModelVersionRow
 from schemas.tensors import decode_tensors
 from schemas.topics import UPDATES_TOPIC
+from streaming_jobs.checkpoint_identity import resolve_checkpoint_identity, spark_starting_offsets
 from streaming_jobs.global_state import MissingInitialVersionError, initial_version_row, load_global_state
+from streaming_jobs.intake_limits import intake_limits
 from streaming_jobs.publisher import VersionPublisher
 from streaming_jobs.settings import JobSettings
 from streaming_jobs.tables import MODEL_VERSIONS, TableLocations
@@ -59,6 +61,7 @@ class JobProgress:
         self.last: BatchOutcome | None = None
         self.epsilon: float | None = None
         self.privacy: dict[str, object] | None = None
+        self.largest_batch_message_bytes = 0
 
     def record(
         self,
@@ -68,6 +71,7 @@ class JobProgress:
     ) -> None:
         """Add one batch's outcome (the versions it made, a budget refusal) and rewrite the status file."""
         self.last = outcome
+        self.largest_batch_message_bytes = max(self.largest_batch_message_bytes, outcome.message_bytes)
         if versions and versions[-1].epsilon is not None:
             self.epsilon = versions[-1].epsilon
         self._note_privacy(versions, privacy_refusal)
@@ -86,6 +90,7 @@ class JobProgress:
                 "pending": outcome.pending,
                 "epsilon": self.epsilon,
                 "privacy": self.privacy,
+                "largest_batch_message_bytes": self.largest_batch_message_bytes,
                 "last_batch": asdict(outcome),
                 "updated_at": datetime.now(UTC).isoformat(),
                 "pid": os.getpid(),
@@ -147,16 +152,32 @@ def run_job(
         outcome.seconds["publish"] = round(time.perf_counter() - started, 4)
         progress.record(outcome, versions, refusal)
 
-    processor = UpdateBatchProcessor(spark, settings, on_versions=announce)
-    _republish_newest(spark, settings, publisher)
+    newest = _republish_newest(spark, settings, publisher)
+    limits = intake_limits(
+        decode_tensors(newest.parameters),
+        kafka_max_message_bytes=settings.kafka.max_message_bytes,
+        batch_bytes_budget=settings.batch_bytes_budget,
+        max_offsets_per_trigger=settings.max_offsets_per_trigger,
+        rejected_bytes_kept=settings.rejected_bytes_kept,
+    )
+    identity = resolve_checkpoint_identity(
+        spark,
+        settings.checkpoint_location,
+        settings.writer_id,
+        locations,
+        UPDATES_TOPIC,
+        partition_count=lambda: _partition_count(settings),
+    )
+    logger.info("intake limits %s; checkpoint identity %s", limits, identity)
+    processor = UpdateBatchProcessor(spark, settings, identity, limits, on_versions=announce)
     stop = stop or threading.Event()
     _stop_on_signals(stop)
     query = (
         spark.readStream.format("kafka")
         .options(**settings.kafka.spark_source_options())
         .option("subscribe", UPDATES_TOPIC)
-        .option("startingOffsets", "earliest")
-        .option("maxOffsetsPerTrigger", settings.max_offsets_per_trigger)
+        .option("startingOffsets", spark_starting_offsets(identity))
+        .option("maxOffsetsPerTrigger", limits.max_offsets_per_trigger)
         .option("failOnDataLoss", "false")
         .load()
         .writeStream.queryName("fedstream-aggregation")
@@ -179,7 +200,7 @@ def run_job(
         publisher.close()
 
 
-def _republish_newest(spark: SparkSession, settings: JobSettings, publisher: VersionPublisher) -> None:
+def _republish_newest(spark: SparkSession, settings: JobSettings, publisher: VersionPublisher) -> ModelVersionRow:
     """Publish the newest version again on start: a crash may have come between its Delta write and Kafka."""
     locations = TableLocations(settings.tables_root, settings.catalog_schema)
     state = load_global_state(spark, locations, settings.model_name, settings.aggregation)
@@ -188,7 +209,20 @@ def _republish_newest(spark: SparkSession, settings: JobSettings, publisher: Ver
         .where((F.col("model_name") == settings.model_name) & (F.col("version") == state.version))
         .collect()[0]
     )
-    publisher.publish([ModelVersionRow.model_validate({**newest.asDict(), **_aware_times(newest.asDict())})])
+    row = ModelVersionRow.model_validate({**newest.asDict(), **_aware_times(newest.asDict())})
+    publisher.publish([row])
+    return row
+
+
+def _partition_count(settings: JobSettings) -> int:
+    """Partitions of ``fl.updates`` (Spark needs all of them when a new checkpoint starts at given offsets)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(**settings.kafka.consumer_options())
+    try:
+        return len(consumer.partitions_for_topic(UPDATES_TOPIC) or {0})
+    finally:
+        consumer.close()
 
 
 def _with_population(spark: SparkSession, locations: TableLocations, settings: JobSettings) -> JobSettings:

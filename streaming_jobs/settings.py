@@ -79,12 +79,18 @@ class JobSettings(BaseModel):
     kafka: KafkaSettings = Field(default_factory=_default_kafka)
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     max_offsets_per_trigger: int = Field(default=500, gt=0)
+    """Most messages per micro-batch; lowered at start so that ``batch_bytes_budget`` holds them all."""
+    batch_bytes_budget: int = Field(default=256 * 1024 * 1024, gt=0)
+    """Most message bytes one micro-batch brings into the driver's Python (see ``streaming_jobs.intake_limits``)."""
+    rejected_bytes_kept: int = Field(default=64 * 1024, ge=0)
+    """Leading bytes of a rejected message kept in ``rejected_updates.raw_value`` (its size and hash always)."""
     trigger_interval_seconds: float = Field(default=1.0, ge=0)
     register_every: int = Field(default=10, ge=0)
     """Register the global model in the MLflow registry every N versions (0: never)."""
     mlflow_experiment: str = "fedstream"
     writer_id: Identifier = "fedstream-aggregation-job"
-    """Delta ``txnAppId`` prefix: identifies this job's writes so replays are skipped."""
+    """Delta ``txnAppId`` prefix: identifies this job's writes so replays are skipped. Each checkpoint adds an
+    id of its own (``streaming_jobs.checkpoint_identity``), so a new checkpoint never has its writes skipped."""
     initial_model_path: str | None = None
     """safetensors file of version 0, used once when ``model_versions`` is empty."""
     require_signatures: bool = True

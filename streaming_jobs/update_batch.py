@@ -23,12 +23,15 @@ from pyspark.sql.types import LongType, StructField, StructType
 from aggregator import PendingUpdate
 from schemas.rejections import Rejection, RejectionReason
 from schemas.rows import ModelVersionRow, RejectedUpdateRow, UpdateRow
+from schemas.tensors import sha256_hex
 from schemas.validation import validate_update
 from schemas.wire import DecodedUpdate, decode_update
 from streaming_jobs.aggregation import aggregate_ready_versions
+from streaming_jobs.checkpoint_identity import CheckpointIdentity
 from streaming_jobs.client_registry import ClientRegistry
-from streaming_jobs.faults import crash_point
+from streaming_jobs.faults import crash_point, inject_message_failure
 from streaming_jobs.global_state import BufferedUpdate, GlobalState, load_global_state
+from streaming_jobs.intake_limits import MAX_KEY_BYTES, IntakeLimits
 from streaming_jobs.settings import JobSettings
 from streaming_jobs.tables import MODEL_VERSIONS, REJECTED_UPDATES, UPDATES, TableLocations
 
@@ -52,6 +55,8 @@ class BatchOutcome:
     pending: int
     seconds: dict[str, float]
     """Where the batch's time went, by phase."""
+    message_bytes: int = 0
+    """Bytes of the messages brought into Python (oversized ones never are): bounded by the batch budget."""
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,18 @@ class _Recorded:
 class UpdateBatchProcessor:
     """Holds the job's state between micro-batches; rebuilds it from Delta on start and after any failure."""
 
-    def __init__(self, spark: SparkSession, settings: JobSettings, on_versions: VersionsCallback | None = None) -> None:
+    def __init__(
+        self,
+        spark: SparkSession,
+        settings: JobSettings,
+        identity: CheckpointIdentity,
+        limits: IntakeLimits,
+        on_versions: VersionsCallback | None = None,
+    ) -> None:
         self.spark = spark
         self.settings = settings
+        self.identity = identity
+        self.limits = limits
         self.locations = TableLocations(settings.tables_root, settings.catalog_schema)
         self.on_versions = on_versions
         self._state: GlobalState | None = None
@@ -91,8 +105,13 @@ class UpdateBatchProcessor:
             self._known_update_ids = self._all_update_ids()
         return self._state
 
-    def process_batch(self, batch: DataFrame, batch_id: int) -> None:
-        """``foreachBatch`` handler: everything for one micro-batch, or an exception and a reload."""
+    def process_batch(self, batch: DataFrame, spark_batch_id: int) -> None:
+        """``foreachBatch`` handler: everything for one micro-batch, or an exception and a reload.
+
+        Only a failure of the platform (Spark, Delta, Kafka) raises: a message whose processing raises
+        becomes an ``internal_error`` rejection and the batch goes on, so no message can stop the job.
+        """
+        batch_id = self.identity.table_batch_id(spark_batch_id)
         with self._lock:
             try:
                 outcome, versions = self._process(batch, batch_id)
@@ -124,7 +143,7 @@ class UpdateBatchProcessor:
                         self.spark,
                         MODEL_VERSIONS,
                         versions,
-                        app_id=f"{self.settings.writer_id}:deadline",
+                        app_id=f"{self.identity.writer_id}:deadline",
                         batch_id=versions[-1].version,
                     )
                 clock.lap("write_delta")
@@ -150,19 +169,39 @@ class UpdateBatchProcessor:
 
     def _process(self, batch: DataFrame, batch_id: int) -> tuple[BatchOutcome, list[ModelVersionRow]]:
         clock = _PhaseClock()
-        batch = batch.select("key", "value", "topic", "partition", "offset", "timestamp").persist()
+        size = F.coalesce(F.length("value"), F.lit(0))
+        batch = batch.select(
+            F.substring("key", 1, MAX_KEY_BYTES).alias("key"),
+            "value",
+            "topic",
+            "partition",
+            "offset",
+            "timestamp",
+            size.alias("size"),
+        ).persist()
         try:
             return self._process_persisted(batch, batch_id, clock)
         finally:
             batch.unpersist()
 
+    def _read_messages(self, batch: DataFrame) -> tuple[list[Row], list[Row]]:
+        """The batch's messages that can be updates, and the oversized ones as metadata (size and SHA-256).
+
+        Oversized messages are told apart in Spark: their bytes never reach Python.
+        """
+        limit = self.limits.max_update_bytes
+        coordinates = ["key", "topic", "partition", "offset", "timestamp", "size"]
+        messages = batch.where(F.col("size") <= limit).select(*coordinates, "value").collect()
+        oversized = batch.where(F.col("size") > limit).select(*coordinates, F.sha2("value", 256).alias("sha256"))
+        order = _kafka_order
+        return sorted(messages, key=order), sorted(oversized.collect(), key=order)
+
     def _process_persisted(
         self, batch: DataFrame, batch_id: int, clock: _PhaseClock
     ) -> tuple[BatchOutcome, list[ModelVersionRow]]:
-        messages = sorted(batch.collect(), key=lambda message: (message.partition, message.offset))
+        messages, oversized = self._read_messages(batch)
         clock.lap("read_kafka")
-        max_bytes = self.settings.kafka.max_message_bytes
-        decoded_messages = [decode_update(_bytes(m.value), _bytes(m.key), max_bytes) for m in messages]
+        decoded_messages = [self._decode(message) for message in messages]
         clock.lap("decode")
         state = self.state
         # A micro-batch is replayed only after a restart or a failure, and both reload the state.
@@ -175,38 +214,30 @@ class UpdateBatchProcessor:
         recorded = self._recorded_update_ids(decoded_messages) if UPDATES.name in already_written else {}
         clock.lap("lookup_duplicates")
         now = datetime.now(UTC)
+        kept = self.limits.rejected_bytes_kept
         accepted: list[UpdateRow] = []
-        rejected: list[RejectedUpdateRow] = []
+        rejected = [_oversized_row(message, self.limits.max_update_bytes, now, batch_id) for message in oversized]
         versions: list[ModelVersionRow] = []
         seen_in_batch: set[str] = set()
         already_recorded = 0
         aggregate = MODEL_VERSIONS.name not in already_written
         for message, decoded in zip(messages, decoded_messages, strict=True):
-            if isinstance(decoded, Rejection):
-                rejected.append(_rejected_row(message, [decoded], None, now, batch_id))
-                continue
-            update_id = decoded.header.update_id
-            previous = recorded.get(update_id)
-            if previous == _Recorded(message.partition, message.offset):
+            try:
+                verdict = self._judge(message, decoded, recorded, seen_in_batch, now, batch_id)
+            except Exception as error:  # one message's failure never ends the batch
+                logger.exception("message %s/%s raised; recorded as internal_error", message.partition, message.offset)
+                known = decoded if isinstance(decoded, DecodedUpdate) else None
+                verdict = _rejected_row(message, [_internal_error(error)], known, now, batch_id, kept)
+            if verdict is None:
                 already_recorded += 1  # this very message was accepted by an earlier attempt of the batch
                 continue
-            problems = validate_update(
-                decoded,
-                model_name=self.settings.model_name,
-                reference=state.parameters,
-                current_version=state.version,
-                max_staleness=_intake_max_staleness(self.settings),
-            )
-            if update_id in self._known_update_ids or update_id in seen_in_batch:
-                problems.insert(0, Rejection(RejectionReason.DUPLICATE_UPDATE, f"update_id {update_id} seen before"))
-            problems[:0] = self._authenticity_problems(decoded, _aware(message.timestamp))
-            if problems:
-                rejected.append(_rejected_row(message, problems, decoded, now, batch_id))
+            if isinstance(verdict, RejectedUpdateRow):
+                rejected.append(verdict)
                 continue
-            seen_in_batch.add(update_id)
-            row = _update_row(message, decoded, now, batch_id)
+            row, buffered = verdict
+            seen_in_batch.add(row.update_id)
             accepted.append(row)
-            state.pending.append(_buffered(decoded, now))
+            state.pending.append(buffered)
             if aggregate:
                 versions += aggregate_ready_versions(
                     state, self.settings.aggregation, now=now, batch_id=batch_id, time_trigger=False
@@ -220,7 +251,7 @@ class UpdateBatchProcessor:
             crash_point("during_aggregation")
         if UPDATES.name not in already_written:
             self.locations.append_frame(
-                UPDATES, self._updates_frame(batch, accepted), app_id=self.settings.writer_id, batch_id=batch_id
+                UPDATES, self._updates_frame(batch, accepted), app_id=self.identity.writer_id, batch_id=batch_id
             )
         self._known_update_ids.update(row.update_id for row in accepted)
         self._append(REJECTED_UPDATES.name, rejected, already_written, batch_id)
@@ -234,7 +265,7 @@ class UpdateBatchProcessor:
             self._state = None  # versions of this batch were written by an earlier attempt: reload them
         outcome = BatchOutcome(
             batch_id=batch_id,
-            messages=len(messages),
+            messages=len(messages) + len(oversized),
             accepted=len(accepted),
             rejected=len(rejected),
             rejected_by_reason=dict(Counter(row.reason for row in rejected)),
@@ -243,8 +274,51 @@ class UpdateBatchProcessor:
             current_version=self.state.version,
             pending=len(self.state.pending),
             seconds=clock.laps,
+            message_bytes=sum(message.size for message in messages),
         )
         return outcome, versions
+
+    def _decode(self, message: Row) -> DecodedUpdate | Rejection:
+        try:
+            return decode_update(_bytes(message.value), _bytes(message.key), self.limits.max_update_bytes)
+        except Exception as error:  # decoding is meant never to raise; if it does, only this message fails
+            logger.exception("decoding message %s/%s raised", message.partition, message.offset)
+            return _internal_error(error)
+
+    def _judge(
+        self,
+        message: Row,
+        decoded: DecodedUpdate | Rejection,
+        recorded: dict[str, _Recorded],
+        seen_in_batch: set[str],
+        now: datetime,
+        batch_id: int,
+    ) -> RejectedUpdateRow | tuple[UpdateRow, BufferedUpdate] | None:
+        """Accept or reject one decoded message against the current state, changing nothing.
+
+        None: an earlier attempt of this batch already accepted this very message.
+        """
+        kept = self.limits.rejected_bytes_kept
+        if isinstance(decoded, Rejection):
+            return _rejected_row(message, [decoded], None, now, batch_id, kept)
+        update_id = decoded.header.update_id
+        inject_message_failure(update_id)
+        if recorded.get(update_id) == _Recorded(message.partition, message.offset):
+            return None
+        state = self.state
+        problems = validate_update(
+            decoded,
+            model_name=self.settings.model_name,
+            reference=state.parameters,
+            current_version=state.version,
+            max_staleness=_intake_max_staleness(self.settings),
+        )
+        if update_id in self._known_update_ids or update_id in seen_in_batch:
+            problems.insert(0, Rejection(RejectionReason.DUPLICATE_UPDATE, f"update_id {update_id} seen before"))
+        problems[:0] = self._authenticity_problems(decoded, _aware(message.timestamp))
+        if problems:
+            return _rejected_row(message, problems, decoded, now, batch_id, kept)
+        return _update_row(message, decoded, now, batch_id), _buffered(decoded, now)
 
     def _append(
         self,
@@ -256,7 +330,7 @@ class UpdateBatchProcessor:
         if table_name in already_written:
             return
         table = {UPDATES.name: UPDATES, REJECTED_UPDATES.name: REJECTED_UPDATES, MODEL_VERSIONS.name: MODEL_VERSIONS}
-        self.locations.append(self.spark, table[table_name], rows, app_id=self.settings.writer_id, batch_id=batch_id)
+        self.locations.append(self.spark, table[table_name], rows, app_id=self.identity.writer_id, batch_id=batch_id)
 
     def _authenticity_problems(self, decoded: DecodedUpdate, sent_at: datetime) -> list[Rejection]:
         """Signature from an enrolled, unrevoked key; ``created_at`` within the replay window of the send time."""
@@ -403,20 +477,58 @@ def _update_row(message: Row, decoded: DecodedUpdate, now: datetime, batch_id: i
     )
 
 
+def _kafka_order(message: Row) -> tuple[int, int]:
+    return message.partition, message.offset
+
+
+def _internal_error(error: Exception) -> Rejection:
+    return Rejection(RejectionReason.INTERNAL_ERROR, f"{type(error).__name__}: {error}"[:1000])
+
+
 def _rejected_row(
-    message: Row, problems: Sequence[Rejection], decoded: DecodedUpdate | None, now: datetime, batch_id: int
+    message: Row,
+    problems: Sequence[Rejection],
+    decoded: DecodedUpdate | None,
+    now: datetime,
+    batch_id: int,
+    bytes_kept: int,
 ) -> RejectedUpdateRow:
+    """The rejection row of one message; at most ``bytes_kept`` leading bytes of it are stored."""
     value = _bytes(message.value)
+    size = len(value or b"")
+    detail = "; ".join(str(problem) for problem in problems)
+    if value is not None and size > bytes_kept:
+        detail = f"{detail} [raw_value keeps the first {bytes_kept} of {size} bytes; sha256 {sha256_hex(value)}]"
+        value = value[:bytes_kept]
     return RejectedUpdateRow(
         **_kafka_fields(message),  # type: ignore[arg-type]
         reason=problems[0].reason.value,
-        detail="; ".join(str(problem) for problem in problems)[:2000],
+        detail=detail[:2000],
         all_reasons=sorted({problem.reason.value for problem in problems}),
         update_id=decoded.header.update_id if decoded else None,
         client_id=decoded.header.client_id if decoded else None,
         key=_bytes(message.key),
         raw_value=value,
-        raw_size=len(value or b""),
+        raw_size=size,
+        rejected_at=now,
+        batch_id=batch_id,
+    )
+
+
+def _oversized_row(message: Row, limit: int, now: datetime, batch_id: int) -> RejectedUpdateRow:
+    """An oversized message, recognised in Spark: its size and SHA-256 are kept, never its bytes."""
+    return RejectedUpdateRow(
+        **_kafka_fields(message),  # type: ignore[arg-type]
+        reason=RejectionReason.OVERSIZED.value,
+        detail=(
+            f"{message.size} bytes exceeds {limit}, the largest update this model can have; sha256 {message.sha256}"
+        ),
+        all_reasons=[RejectionReason.OVERSIZED.value],
+        update_id=None,
+        client_id=None,
+        key=_bytes(message.key),
+        raw_value=None,
+        raw_size=message.size,
         rejected_at=now,
         batch_id=batch_id,
     )

@@ -314,3 +314,24 @@ def test_databricks_bundle_validate(target: str, fake_workspace: str, tmp_path: 
     (cluster,) = job["job_clusters"]
     assert cluster["new_cluster"]["spark_env_vars"] == bundle_environment(target)
     assert "${" not in json.dumps(job)
+
+
+def test_dev_and_prod_share_no_schema_checkpoint_writer_or_kafka_identity() -> None:
+    """A `deploy -t dev` must never run on production's tables, checkpoint, writer id or Kafka login."""
+    parameters = the_task()["python_wheel_task"]["parameters"]
+
+    def flag(name: str, target: str) -> str:
+        return resolve(str(parameters[parameters.index(name) + 1]), target)
+
+    for name in ("--checkpoint", "--writer-id"):
+        assert flag(name, "dev") != flag(name, "prod"), name
+    for variable in ("${var.schema}", "${var.secret_scope}"):
+        assert resolve(variable, "dev") != resolve(variable, "prod"), variable
+    assert flag("--checkpoint", "dev").startswith(f"/Volumes/{resolve('${var.catalog}', 'dev')}/federated_dev/")
+
+
+def test_dev_is_paused_and_prod_runs() -> None:
+    dev = BUNDLE["targets"]["dev"]["resources"]["jobs"]
+    assert dev[next(iter(BUNDLE["resources"]["jobs"]))]["continuous"]["pause_status"] == "PAUSED"
+    assert the_job()["continuous"]["pause_status"] == "UNPAUSED"
+    assert "resources" not in BUNDLE["targets"]["prod"]

@@ -360,3 +360,133 @@ def test_every_valid_header_round_trips_unchanged(header: UpdateHeader) -> None:
     assert result.header == header
     assert result.header.created_at.utcoffset() == header.created_at.utcoffset()
     assert_is_the_original_payload(result)
+
+
+# --- (d) every field over its full range ---------------------------------------------------------------------------
+
+second_offsets = st.integers(-(24 * 3600 - 1), 24 * 3600 - 1).map(lambda seconds: timezone(timedelta(seconds=seconds)))
+any_datetime_text = (
+    st.datetimes(
+        min_value=datetime(1, 1, 1),
+        max_value=datetime(9999, 12, 31, 23, 59, 59, 999999),
+        timezones=st.none() | second_offsets,
+    )
+    | st.builds(
+        datetime.replace,
+        st.sampled_from([datetime.min, datetime.max, datetime(1970, 1, 1), datetime(9999, 12, 30)]),
+        tzinfo=st.none() | second_offsets,
+    )
+).map(datetime.isoformat)
+edge_integers = st.sampled_from([0, 1, -1, 2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**64, -(2**63) - 1])
+any_integer = edge_integers | st.integers() | st.integers(-(10**400), 10**400)
+any_json = st.recursive(
+    st.none() | st.booleans() | any_integer | st.floats() | st.text(max_size=40) | any_datetime_text,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=20,
+)
+VALID_FIELDS = json.loads(HEADER.model_dump_json())
+full_range_fields = {
+    "schema_version": st.just(1) | any_json,
+    "update_id": st.just(HEADER.update_id) | any_json,
+    "client_id": st.just(CLIENT) | identifiers | any_json,
+    "model_name": st.just(MODEL) | identifiers | any_json,
+    "base_version": any_integer | any_json,
+    "sample_count": any_integer | any_json,
+    "created_at": any_datetime_text | any_json,
+    "payload_sha256": st.just(PAYLOAD_HASH) | any_json,
+    "metrics": st.fixed_dictionaries(
+        {},
+        optional={
+            "validation_loss": st.none() | st.floats() | any_json,
+            "validation_accuracy": st.none() | st.floats() | any_json,
+            "validation_count": any_integer | any_json,
+            "training_loss": st.none() | st.floats() | any_json,
+            "training_steps": any_integer | any_json,
+        },
+    )
+    | any_json,
+}
+
+
+def assert_fits_every_column(header: UpdateHeader) -> None:
+    """What the job writes from a header must fit Delta's types: LONG counters, timestamps of years 1-9999."""
+    from streaming_jobs.update_batch import _update_row
+
+    assert 0 <= header.base_version <= 2**63 - 1 and 0 < header.sample_count <= 2**63 - 1
+    assert header.created_at.utcoffset() == timedelta(0)
+    assert datetime(1970, 1, 1, tzinfo=UTC) <= header.created_at <= datetime(9999, 12, 30, tzinfo=UTC)
+    assert 0 <= header.metrics.validation_count <= 2**63 - 1 and 0 <= header.metrics.training_steps <= 2**63 - 1
+    message = _KafkaMessage(topic="fl.updates", partition=0, offset=2**63 - 1, timestamp=datetime.now(UTC))
+    decoded = DecodedUpdate(header=header, delta=DELTA, payload=PAYLOAD)
+    row = _update_row(message, decoded, datetime.now(UTC), batch_id=2**63 - 1)  # type: ignore[arg-type]
+    assert row.client_created_at == header.created_at
+
+
+class _KafkaMessage:
+    def __init__(self, **fields: object) -> None:
+        self.__dict__.update(fields)
+
+
+@settings(FAST, max_examples=3000)
+@given(st.fixed_dictionaries({}, optional=full_range_fields), st.sampled_from(["compact", "spaced", "ascii"]))
+def test_every_field_over_its_full_range_decodes_or_is_rejected(fields: dict[str, Any], style: str) -> None:
+    header_json = json.dumps(
+        fields, separators=(",", ":") if style == "compact" else None, ensure_ascii=style == "ascii"
+    )
+    result = decode(framed(header_json.encode(), PAYLOAD))
+    event(f"{'decoded' if isinstance(result, DecodedUpdate) else result.reason.value}")
+    if isinstance(result, DecodedUpdate):
+        assert_header_validates(result.header)
+        assert_fits_every_column(result.header)
+
+
+@settings(FAST, max_examples=1000)
+@given(any_datetime_text, st.sampled_from(["created_at"]))
+def test_created_at_anywhere_from_year_1_to_9999_with_any_offset_decodes_or_is_rejected(
+    moment: str, field: str
+) -> None:
+    result = decode(framed(json.dumps({**VALID_FIELDS, field: moment}).encode(), PAYLOAD))
+    if isinstance(result, Rejection):
+        assert result.reason is RejectionReason.INVALID_HEADER, str(result)
+    else:
+        assert_fits_every_column(result.header)
+
+
+def test_created_at_at_the_edges_of_datetime_is_rejected_not_raised() -> None:
+    """Normalising these to UTC leaves datetime's range: they once raised OverflowError out of decoding."""
+    for moment in (
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59-01:00",
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+    ):
+        result = decode(framed(json.dumps({**VALID_FIELDS, "created_at": moment}).encode(), PAYLOAD))
+        assert isinstance(result, Rejection), moment
+        assert result.reason is RejectionReason.INVALID_HEADER and "created_at" in result.detail, str(result)
+
+
+@settings(FAST, max_examples=300)
+@given(st.binary(min_size=1, max_size=256).filter(lambda raw: not _is_utf8(raw)), st.sampled_from(list(VALID_FIELDS)))
+def test_non_utf8_bytes_in_any_field_are_rejected(raw: bytes, field: str) -> None:
+    text = json.dumps({**VALID_FIELDS, field: "@@"}).encode()
+    header_json = text.replace(b'"@@"', b'"' + raw.replace(b'"', b"").replace(b"\\", b"") + b'"', 1)
+    result = decode(framed(header_json, PAYLOAD))
+    assert isinstance(result, Rejection)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def test_huge_arrays_and_deep_nesting_in_a_field_are_rejected() -> None:
+    for value in ([0] * 20_000, "x" * 60_000, [[[[[[[[0]]]]]]]] * 1000):
+        header_json = json.dumps({**VALID_FIELDS, "base_version": value}).encode()
+        result = decode(framed(header_json, PAYLOAD))
+        assert isinstance(result, Rejection)
+        assert result.reason in (RejectionReason.INVALID_HEADER, RejectionReason.MALFORMED_ENVELOPE), str(result)
+    deep = ("[" * 100_000 + "]" * 100_000).encode()[: 60 * 1024]
+    assert isinstance(decode(framed(deep, PAYLOAD)), Rejection)
