@@ -75,10 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
+    from devstack.local_stack import stack_up
+    from devstack.topics import ensure_topics
     from schemas.kafka_settings import KafkaSettings
     from streaming_jobs.spark_session import get_spark
-    from streaming_jobs.stack.local_stack import stack_up
-    from streaming_jobs.stack.topics import ensure_topics
 
     status = stack_up()
     kafka = KafkaSettings(bootstrap_servers=status.broker.bootstrap_servers)

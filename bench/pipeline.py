@@ -219,7 +219,7 @@ class Bench:
 
     def reset(self) -> None:
         """Delete and recreate both topics: each measurement starts from empty topics."""
-        from streaming_jobs.stack.topics import reset_topics
+        from devstack.topics import reset_topics
 
         reset_topics(self.kafka)
 
@@ -349,7 +349,7 @@ def run_benchmark(settings: BenchSettings, say: Callable[[str], None]) -> Report
     )
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         os.environ.pop(name, None)
-    from streaming_jobs.stack.local_stack import stack_down, stack_up
+    from devstack.local_stack import stack_down, stack_up
 
     report = Report(settings=settings, started_at=datetime.now(UTC).isoformat(timespec="seconds"))
     say(f"state folder {home}; broker on port {settings.port}")

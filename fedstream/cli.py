@@ -284,7 +284,7 @@ def _job(args: argparse.Namespace) -> int:
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from streaming_jobs.stack.local_stack import stack_down, stack_status, stack_up
+    from devstack.local_stack import stack_down, stack_status, stack_up
 
     if args.action == "up":
         status = stack_up()

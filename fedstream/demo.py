@@ -76,6 +76,8 @@ def run_demo(settings: DemoSettings) -> int:
     """Run the demo; return a process exit code."""
     import torch
 
+    from devstack.local_stack import stack_up
+    from devstack.topics import reset_topics
     from fedstream.job_process import JobOptions, JobProcess
     from producers.client import FederatedClient, LocalData
     from producers.data.hapt import load_hapt_clients
@@ -86,11 +88,9 @@ def run_demo(settings: DemoSettings) -> int:
     from producers.training import LocalTrainingConfig
     from producers.transport import GlobalModelSubscriber, UpdatePublisher
     from schemas.kafka_settings import KafkaSettings
+    from schemas.paths import local_job_key_files, state_dir
     from schemas.tensors import encode_tensors
     from streaming_jobs.signing_key import SIGNING_KEY_FILE_VARIABLE, SIGNING_KEY_VARIABLE, local_job_key
-    from streaming_jobs.stack.local_stack import stack_up
-    from streaming_jobs.stack.paths import local_job_key_files, state_dir
-    from streaming_jobs.stack.topics import reset_topics
     from streaming_jobs.tracking import tracking_uri
 
     torch.set_num_threads(1)  # the other core is the streaming job's

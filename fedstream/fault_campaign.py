@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from kafka.errors import KafkaError
 
+from devstack.kafka_broker import LocalKafkaBroker
 from fedstream.job_process import JobOptions, JobProcess
 from producers.identity import ClientIdentity
 from producers.transport import GlobalModelSubscriber, UpdatePublisher
@@ -31,7 +32,6 @@ from producers.updates import build_update
 from schemas.kafka_settings import KafkaSettings
 from schemas.tensors import encode_tensors
 from streaming_jobs.faults import CRASH_POINTS, FAULT_VARIABLE
-from streaming_jobs.stack.kafka_broker import LocalKafkaBroker
 
 PARAMETERS = {"w": np.zeros((16, 8), dtype=np.float32), "b": np.zeros(8, dtype=np.float32)}
 AGGREGATION: dict[str, Any] = {"buffer_size": 4, "max_wait_seconds": 2.0, "max_staleness": None}

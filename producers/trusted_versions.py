@@ -25,6 +25,7 @@ from typing import Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from schemas.paths import local_job_key_files
 from schemas.rejections import Rejection
 from schemas.tensors import parameter_hash
 from schemas.topics import MAX_MESSAGE_BYTES
@@ -105,8 +106,6 @@ def job_public_key_from_env(environ: Mapping[str, str] | None = None) -> bytes:
     if values.get(JOB_PUBLIC_KEY_FILE_VARIABLE):
         path = Path(values[JOB_PUBLIC_KEY_FILE_VARIABLE])
         return public_key_from_hex(path.read_text(), str(path))
-    from streaming_jobs.stack.paths import local_job_key_files
-
     _, local_public = local_job_key_files()
     if local_public.exists():
         return public_key_from_hex(local_public.read_text(), str(local_public))

@@ -1,4 +1,4 @@
-"""Kafka topic names and the one message-size limit every party agrees on.
+"""Kafka topic names, their topic-level settings, and the one message-size limit every party agrees on.
 
 fedstream raises Kafka's limits consistently (broker, topic, producer, consumer, Spark source) instead of
 chunking: a model of a few million float32 parameters fits in one message, and one message per update keeps
@@ -6,10 +6,36 @@ exactly-once bookkeeping simple. Updates above the limit are refused by the clie
 anyway, rejected by the job with the reason ``oversized``.
 """
 
-from typing import Final
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from schemas.kafka_settings import KafkaSettings
 
 UPDATES_TOPIC: Final = "fl.updates"
 MODELS_TOPIC: Final = "fl.models"
 
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 """Largest Kafka message (header + payload) anywhere in fedstream: 16 MiB."""
+
+
+def topic_configs(settings: KafkaSettings) -> dict[str, dict[str, str]]:
+    """Topic name → topic-level configuration: what the dev stack, Docker Compose and a managed cluster create."""
+    limit = str(settings.max_message_bytes)
+    return {
+        # The broker stamps each update's arrival (LogAppendTime), so the job's replay window compares the
+        # signed created_at with a time no client can set.
+        UPDATES_TOPIC: {
+            "max.message.bytes": limit,
+            "retention.ms": str(7 * 24 * 3600 * 1000),
+            "message.timestamp.type": "LogAppendTime",
+        },
+        # Compacted, keyed by model name: the newest global version of each model is always readable.
+        MODELS_TOPIC: {
+            "max.message.bytes": limit,
+            "cleanup.policy": "compact",
+            "min.compaction.lag.ms": "0",
+            "segment.ms": str(3600 * 1000),
+        },
+    }

@@ -13,9 +13,9 @@ from aggregator import AggregationConfig
 from schemas.kafka_settings import ENVIRONMENT_VARIABLES as KAFKA_ENVIRONMENT_VARIABLES
 from schemas.kafka_settings import KafkaSettings
 from schemas.messages import Identifier
+from schemas.paths import state_dir
 from streaming_jobs import databricks
 from streaming_jobs.signing_key import SIGNING_KEY_FILE_VARIABLE, SIGNING_KEY_VARIABLE
-from streaming_jobs.stack.paths import state_dir
 
 CHECKPOINT_VARIABLE = "FEDSTREAM_CHECKPOINT_LOCATION"
 

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from schemas.paths import LOCAL_JOB_KEY_NAME, local_job_key_files
 from streaming_jobs import databricks
-from streaming_jobs.stack.paths import LOCAL_JOB_KEY_NAME, local_job_key_files
 
 if TYPE_CHECKING:
     from streaming_jobs.settings import JobSettings

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from streaming_jobs.stack.jars import resolve
+from streaming_jobs.jars import resolve
+
+CONNECTORS_POM = "spark-connectors.pom.xml"
+"""The Kafka source and Delta for local Spark (Databricks has both built in), beside this module."""
 
 
 def on_databricks() -> bool:
@@ -52,7 +56,7 @@ def connector_jars() -> list[Path]:
 
     bundled = {path.name for path in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
     jars = []
-    for jar in resolve("spark-connectors"):
+    for jar in resolve(resources.files("streaming_jobs") / CONNECTORS_POM):
         already_in_spark = any(
             name.startswith(f"{jar.artifact_id}-")
             and name[len(jar.artifact_id) + 1 : len(jar.artifact_id) + 2].isdigit()

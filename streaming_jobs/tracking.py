@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from streaming_jobs.stack.paths import state_dir
+from schemas.paths import state_dir
 
 
 def tracking_uri() -> str:

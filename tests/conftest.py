@@ -44,7 +44,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSta
         patch.setenv("FEDSTREAM_KAFKA_PORT", str(port))
         patch.setenv("FEDSTREAM_KAFKA_BOOTSTRAP_SERVERS", f"localhost:{port}")
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        from streaming_jobs.stack.local_stack import stack_down, stack_up
+        from devstack.local_stack import stack_down, stack_up
 
         status = stack_up()
         assert status.healthy, status.describe()

@@ -15,6 +15,7 @@ import pytest
 from kafka import KafkaProducer
 from pyspark.sql import functions as F  # noqa: N812
 
+from devstack.topics import ensure_topics
 from producers.identity import ClientIdentity
 from producers.transport import UpdatePublisher
 from producers.updates import build_update
@@ -22,7 +23,6 @@ from schemas.messages import UpdateHeader
 from schemas.tensors import encode_tensors
 from schemas.topics import UPDATES_TOPIC
 from schemas.wire import encode_update, tensors_payload
-from streaming_jobs.stack.topics import ensure_topics
 from streaming_jobs.tables import REJECTED_UPDATES, UPDATES, TableLocations
 from tests.conftest import RunningStack
 from tests.integration.job_process import test_job, wait_until

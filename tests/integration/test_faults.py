@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.topics import ensure_topics
 from fedstream.fault_campaign import FAULT_KINDS, CampaignSettings, FaultCampaign
-from streaming_jobs.stack.topics import ensure_topics
 from tests.conftest import RunningStack
 
 pytestmark = pytest.mark.stack

@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pyspark.sql import functions as F  # noqa: N812
 
+from devstack.topics import ensure_topics
 from producers.identity import ClientIdentity
 from producers.transport import PublishedAt, UpdatePublisher
 from producers.updates import build_update
 from schemas.rejections import RejectionReason
 from schemas.tensors import encode_tensors
 from schemas.topics import UPDATES_TOPIC
-from streaming_jobs.stack.topics import ensure_topics
 from streaming_jobs.tables import REJECTED_UPDATES, UPDATES, TableLocations
 from tests.conftest import RunningStack
 from tests.integration.job_process import test_job, wait_until

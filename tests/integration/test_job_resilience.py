@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F  # noqa: N812
 
+from devstack.topics import ensure_topics
 from fedstream.job_process import JobProcess
 from producers.identity import ClientIdentity
 from producers.transport import UpdatePublisher
@@ -27,7 +28,6 @@ from schemas.wire import UNSIGNED, UPDATE_MAGIC
 from streaming_jobs.audit import verify_version
 from streaming_jobs.checkpoint_identity import IDENTITY_FILE
 from streaming_jobs.faults import FAILING_UPDATE_VARIABLE
-from streaming_jobs.stack.topics import ensure_topics
 from streaming_jobs.tables import MODEL_VERSIONS, REJECTED_UPDATES, UPDATES, TableLocations
 from tests.conftest import RunningStack
 from tests.integration.job_process import test_job, wait_until

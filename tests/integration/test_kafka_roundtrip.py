@@ -43,7 +43,7 @@ def test_a_message_above_the_limit_is_refused_by_the_producer(local_stack: Runni
 def test_the_broker_stamps_fl_updates_and_an_older_topic_is_brought_in_line(local_stack: RunningStack) -> None:
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-    from streaming_jobs.stack.topics import ensure_topics
+    from devstack.topics import ensure_topics
 
     def timestamp_type(admin: KafkaAdminClient) -> str:
         resource = ConfigResource(ConfigResourceType.TOPIC, UPDATES_TOPIC, {"message.timestamp.type": None})

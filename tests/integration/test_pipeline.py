@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F  # noqa: N812
 
+from devstack.topics import ensure_topics
 from fedstream.job_process import JobProcess
 from producers.identity import ClientIdentity
 from producers.transport import GlobalModelSubscriber, UpdatePublisher
 from producers.updates import build_update
 from schemas.tensors import encode_tensors
 from streaming_jobs.audit import verify_version
-from streaming_jobs.stack.topics import ensure_topics
 from streaming_jobs.tables import TableLocations
 from tests.conftest import RunningStack
 from tests.integration.job_process import test_job, wait_until

@@ -32,12 +32,12 @@ from kafka.errors import (
 )
 from pydantic import SecretStr
 
+from devstack.certificates import create_broker_certificates
+from devstack.secure_broker import KafkaLogin, SecureKafkaBroker
 from producers.transport import GlobalModelSubscriber
 from producers.trusted_versions import IgnoreReason
 from schemas.kafka_settings import KafkaSettings
 from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
-from streaming_jobs.stack.certificates import create_broker_certificates
-from streaming_jobs.stack.secure_broker import KafkaLogin, SecureKafkaBroker
 from tests.conftest import free_port_pair
 from tests.unit.test_trusted_versions import JOB_KEY, version_message
 

@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from schemas.kafka_settings import KafkaSettings
-from schemas.topics import MAX_MESSAGE_BYTES, MODELS_TOPIC, UPDATES_TOPIC
-from streaming_jobs.stack.topics import topic_configs
+from schemas.topics import MAX_MESSAGE_BYTES, MODELS_TOPIC, UPDATES_TOPIC, topic_configs
 
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 

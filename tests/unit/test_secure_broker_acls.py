@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from kafka.admin import ACLOperation, ACLPermissionType, ACLResourcePatternType, ResourceType
 
-from streaming_jobs.stack.secure_broker import (
+from devstack.secure_broker import (
     AUTHORIZER,
     BROKER_USER,
     ROLE_GRANTS,

@@ -35,11 +35,11 @@ from kafka.admin import (
 )
 from pydantic import SecretStr
 
+from devstack.certificates import BrokerCertificates, create_broker_certificates
+from devstack.kafka_broker import BrokerError, BrokerStatus, LocalKafkaBroker
 from schemas.kafka_settings import KafkaSettings, SaslMechanism, jaas_config
+from schemas.paths import state_dir
 from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
-from streaming_jobs.stack.certificates import BrokerCertificates, create_broker_certificates
-from streaming_jobs.stack.kafka_broker import BrokerError, BrokerStatus, LocalKafkaBroker
-from streaming_jobs.stack.paths import state_dir
 
 SCRAM_MECHANISM: SaslMechanism = "SCRAM-SHA-512"
 BROKER_USER = "fedstream-broker"
@@ -139,7 +139,7 @@ class SecureKafkaBroker(LocalKafkaBroker):
 
     def _grant_access(self, timeout_seconds: float) -> None:
         """Create fedstream's topics and the users' ACLs (both idempotent), as the broker's own super user."""
-        from streaming_jobs.stack.topics import ensure_topics
+        from devstack.topics import ensure_topics
 
         settings = self._super_user_settings()
         ensure_topics(settings, timeout_seconds=timeout_seconds)

@@ -1,7 +1,8 @@
-"""Where the local stack keeps its downloads and its state.
+"""Where fedstream keeps its downloads and its local state, as every party (client, job, CLI, dev stack) finds them.
 
 Downloads (jars) go to a per-user cache shared by every checkout, so a second set-up is offline and fast.
-State (broker logs, Delta tables, checkpoints, MLflow store) goes to one folder per checkout.
+State (broker logs, Delta tables, checkpoints, MLflow store, the local job key pair) goes to one folder per
+checkout. On Databricks the job keeps its state in Unity Catalog and on a volume instead.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ def state_dir(*, create: bool = True) -> Path:
 
 
 LOCAL_JOB_KEY_NAME = "fedstream-job"
-"""File stem of the job's signing key pair that the local stack makes on first use."""
+"""File stem of the job's signing key pair that a local job makes on first use (local clients read its ``.pub``)."""
 
 
 def local_job_key_files(*, create_folder: bool = False) -> tuple[Path, Path]:
-    """The local stack's job key pair: ``<state>/keys/fedstream-job.key`` (private) and ``.pub`` (public)."""
+    """The local job key pair: ``<state>/keys/fedstream-job.key`` (private) and ``.pub`` (public)."""
     folder = state_dir(create=create_folder) / "keys"
     if create_folder:
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,9 @@
 """Resolve Java dependencies once from Maven Central into the download cache.
 
-Maven does the transitive resolution (``dependency:list``); the resulting jar list is written to a manifest
-in the cache, and every later start reads the manifest and never touches the network.
+Off Databricks the job's Spark needs the Kafka source and Delta jars (``spark-connectors.pom.xml``); the dev
+stack's broker resolves its own pom the same way. Maven does the transitive resolution (``dependency:list``);
+the resulting jar list is written to a manifest in the cache, and every later start reads the manifest and
+never touches the network.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from streaming_jobs.stack.paths import cache_dir
+from schemas.paths import cache_dir
+
+POM_SUFFIX = ".pom.xml"
 
 
 class JarResolutionError(RuntimeError):
@@ -31,12 +36,15 @@ class ResolvedJar:
     path: Path
 
 
-def resolve(pom_name: str, *, quiet: bool = False) -> list[ResolvedJar]:
-    """Return the runtime jars of the bundled pom ``pom_name``, resolving them on first use.
+def resolve(pom_file: Traversable, *, quiet: bool = False) -> list[ResolvedJar]:
+    """Return the runtime jars of the packaged pom ``pom_file`` (``<name>.pom.xml``), resolving them on first use.
 
-    The manifest is named after the pom's content hash, so editing the pom resolves afresh.
+    The manifest is named after the pom's name and content hash, so editing the pom resolves afresh.
     """
-    pom_text = (resources.files("streaming_jobs.stack") / f"{pom_name}.pom.xml").read_bytes()
+    if not pom_file.name.endswith(POM_SUFFIX):
+        raise ValueError(f"{pom_file.name!r} is not a '<name>{POM_SUFFIX}' file")
+    pom_name = pom_file.name.removesuffix(POM_SUFFIX)
+    pom_text = pom_file.read_bytes()
     manifest = cache_dir() / "jars" / f"{pom_name}-{hashlib.sha256(pom_text).hexdigest()[:12]}.manifest"
     if manifest.exists():
         jars = _read_manifest(manifest)
@@ -49,7 +57,7 @@ def resolve(pom_name: str, *, quiet: bool = False) -> list[ResolvedJar]:
         print(f"fedstream: resolving {pom_name} jars from Maven Central (once; cached after) ...", flush=True)
     listing = manifest.with_suffix(".listing")
     listing.parent.mkdir(parents=True, exist_ok=True)
-    with resources.as_file(resources.files("streaming_jobs.stack") / f"{pom_name}.pom.xml") as pom:
+    with resources.as_file(pom_file) as pom:
         completed = subprocess.run(
             [
                 mvn,

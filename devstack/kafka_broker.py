@@ -17,13 +17,16 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
+from schemas.paths import state_dir
 from schemas.topics import MAX_MESSAGE_BYTES
-from streaming_jobs.stack.jars import resolve
-from streaming_jobs.stack.paths import state_dir
+from streaming_jobs.jars import resolve
 
 BROKER_HEAP = "-Xmx512m"
+BROKER_POM = "kafka-broker.pom.xml"
+"""The broker's jars (Kafka, log4j), beside this module."""
 
 
 class BrokerError(RuntimeError):
@@ -85,7 +88,7 @@ class LocalKafkaBroker:
         java = shutil.which("java")
         if java is None:
             raise BrokerError("Java 17+ is needed to run the local Kafka broker")
-        classpath = ":".join(str(jar.path) for jar in resolve("kafka-broker"))
+        classpath = ":".join(str(jar.path) for jar in resolve(resources.files("devstack") / BROKER_POM))
         self._write_config()
         if not (self.data_dir / "meta.properties").exists():
             self._format_storage(java, classpath)

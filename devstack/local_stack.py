@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from devstack.kafka_broker import BrokerStatus, LocalKafkaBroker
 from schemas.kafka_settings import KafkaSettings
-from streaming_jobs.stack.kafka_broker import BrokerStatus, LocalKafkaBroker
-from streaming_jobs.stack.paths import state_dir
+from schemas.paths import state_dir
 from streaming_jobs.tracking import tracking_uri
 
 
@@ -34,9 +34,9 @@ class StackStatus:
 
 def stack_up() -> StackStatus:
     """Resolve jars, make the job's key pair, start the broker and create the topics; harmless when already up."""
+    from devstack.topics import ensure_topics
     from streaming_jobs.signing_key import local_job_key
     from streaming_jobs.spark_session import connector_jars
-    from streaming_jobs.stack.topics import ensure_topics
 
     connector_jars()  # resolved now so that the job and the tests start offline
     local_job_key()  # before any client looks for the job's public key

@@ -1,4 +1,8 @@
-"""Create fedstream's Kafka topics, idempotently, with the settings the design needs."""
+"""Create fedstream's Kafka topics on a local broker, idempotently, with :func:`schemas.topics.topic_configs`.
+
+A single-broker tool (replication factor 1); a managed cluster's topics are made once by its administrator
+(``docs/databricks.md``).
+"""
 
 from __future__ import annotations
 
@@ -9,30 +13,9 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, Ne
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from schemas.kafka_settings import KafkaSettings
-from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
+from schemas.topics import topic_configs
 
 logger = logging.getLogger(__name__)
-
-
-def topic_configs(settings: KafkaSettings) -> dict[str, dict[str, str]]:
-    """Topic name → topic-level configuration."""
-    limit = str(settings.max_message_bytes)
-    return {
-        # The broker stamps each update's arrival (LogAppendTime), so the job's replay window compares the
-        # signed created_at with a time no client can set.
-        UPDATES_TOPIC: {
-            "max.message.bytes": limit,
-            "retention.ms": str(7 * 24 * 3600 * 1000),
-            "message.timestamp.type": "LogAppendTime",
-        },
-        # Compacted, keyed by model name: the newest global version of each model is always readable.
-        MODELS_TOPIC: {
-            "max.message.bytes": limit,
-            "cleanup.policy": "compact",
-            "min.compaction.lag.ms": "0",
-            "segment.ms": str(3600 * 1000),
-        },
-    }
 
 
 def ensure_topics(settings: KafkaSettings, partitions: int = 1, timeout_seconds: float = 60.0) -> list[str]:
