@@ -1,4 +1,4 @@
-"""Pure aggregation math for fedstream: staleness, buffering, weighting, strategies, server optimizers.
+"""Pure aggregation math for fedstream: staleness, buffering, strategies, server optimizers, the server.
 
 numpy only (plus ``dp-accounting`` for the privacy accountant); no Spark, Kafka or torch. All state
 (optimizer moments, DP clip norm, configuration) is plain arrays and JSON-safe dicts, so it can live in
@@ -6,7 +6,7 @@ Delta tables.
 """
 
 from aggregator.buffer import BufferPolicy, one_per_client
-from aggregator.config import AGGREGATION_MODES, AggregationConfig, AggregationMode
+from aggregator.config import AggregationConfig
 from aggregator.errors import (
     AggregatorError,
     EmptyBufferError,
@@ -43,6 +43,7 @@ from aggregator.robust import (
     krum_select,
     trimmed_mean,
 )
+from aggregator.server import AsyncServer, NewVersion
 from aggregator.server_optimizers import (
     SERVER_OPTIMIZERS,
     ServerAdagrad,
@@ -64,13 +65,22 @@ from aggregator.staleness import (
 )
 from aggregator.strategies import (
     AggregationResult,
+    DifferentiallyPrivate,
+    FedAsync,
+    FedAvg,
+    FedBuff,
     PendingUpdate,
+    Strategy,
     aggregation_weights,
     fedasync_step,
     fedavg_step,
     fedbuff_step,
+    make_strategy,
     partition_by_staleness,
     private_server_step,
+    register_strategy,
+    strategy_class,
+    strategy_names,
 )
 from aggregator.weights import (
     ModelWeights,
@@ -85,20 +95,23 @@ from aggregator.weights import (
 )
 
 __all__ = [
-    "AGGREGATION_MODES",
     "DP_PARTICIPATIONS",
     "NO_AMPLIFICATION",
     "ROBUST_RULES",
     "SERVER_OPTIMIZERS",
     "STALENESS_FUNCTIONS",
     "AggregationConfig",
-    "AggregationMode",
     "AggregationResult",
     "AggregatorError",
+    "AsyncServer",
     "BudgetCheck",
     "BufferPolicy",
+    "DifferentiallyPrivate",
     "DpParticipation",
     "EmptyBufferError",
+    "FedAsync",
+    "FedAvg",
+    "FedBuff",
     "InvalidBufferStateError",
     "InvalidConfigError",
     "InvalidStalenessError",
@@ -106,6 +119,7 @@ __all__ = [
     "InvalidUpdateError",
     "ModelWeights",
     "NaiveDatetimeError",
+    "NewVersion",
     "PendingUpdate",
     "PrivacyLedger",
     "PrivacyPolicy",
@@ -121,6 +135,7 @@ __all__ = [
     "StaleUpdateError",
     "StalenessFunctionName",
     "StalenessPolicy",
+    "Strategy",
     "ZeroWeightError",
     "add",
     "aggregation_weights",
@@ -142,12 +157,16 @@ __all__ = [
     "krum_select",
     "l2_norm",
     "make_server_optimizer",
+    "make_strategy",
     "one_per_client",
     "parameter_count",
     "partition_by_staleness",
     "polynomial",
     "private_server_step",
+    "register_strategy",
     "scale",
+    "strategy_class",
+    "strategy_names",
     "subtract",
     "trimmed_mean",
     "weighted_sum",

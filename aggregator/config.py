@@ -4,7 +4,7 @@ import dataclasses
 import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final
 
 from aggregator._checks import check_fraction, check_int
 from aggregator.buffer import BufferPolicy
@@ -13,9 +13,7 @@ from aggregator.privacy import DpParticipation, PrivacyPolicy, PrivateServerOpti
 from aggregator.robust import RobustPolicy, RobustRule
 from aggregator.server_optimizers import SERVER_OPTIMIZERS, ServerOptimizer, make_server_optimizer
 from aggregator.staleness import StalenessFunctionName, StalenessPolicy
-
-AggregationMode = Literal["fedbuff", "fedasync", "fedavg"]
-AGGREGATION_MODES: Final[tuple[str, ...]] = get_args(AggregationMode)
+from aggregator.strategies.registry import strategy_class, strategy_names
 
 JsonScalar = str | int | float | bool | None
 
@@ -67,25 +65,27 @@ _FLOAT_FIELDS: Final = frozenset(
 class AggregationConfig:
     """Everything that decides how updates become a new global version; validated on construction.
 
+    ``mode`` names a registered strategy (:mod:`aggregator.strategies`; ``from_dict`` also takes the key
+    ``strategy``), which checks the fields it depends on. Built in:
     ``fedbuff``: buffer of ``buffer_size`` staleness-weighted updates, then a server-optimizer step.
     ``fedasync``: each update on its own (``buffer_size`` must be 1), mixed in with ``mixing * f(s)``.
     ``fedavg``: synchronous rounds, plain averaging (server optimizer must be ``sgd`` with learning rate 1;
     use ``fedbuff`` with ``max_staleness=0`` for synchronous rounds with another server optimizer).
 
-    Robustness (``fedbuff`` only; see :mod:`aggregator.robust`): ``robust_aggregation`` picks the rule,
-    ``trim_fraction``, ``krum_byzantine`` and ``multi_krum_selected`` its parameters, ``max_update_norm``
-    clips every delta to that L2 norm. Differential privacy (``fedbuff`` only; see
+    Robustness (strategies that accept a robust combiner; see :mod:`aggregator.robust`): ``robust_aggregation``
+    picks the rule, ``trim_fraction``, ``krum_byzantine`` and ``multi_krum_selected`` its parameters,
+    ``max_update_norm`` clips every delta to that L2 norm. Differential privacy (strategies that accept it; see
     :mod:`aggregator.privacy`) is on when ``dp_noise_multiplier`` is set; it needs
     ``robust_aggregation="none"`` and ``weight_by_sample_count=False``, and takes at most one update per
     client into a version (:attr:`bounds_contributions`). ``dp_participation`` says what epsilon may assume:
     ``"arbitrary"`` (no sampling amplification) or ``"random_check_in"`` (Poisson subsampling at
     ``q = buffer_size / dp_population``; the population can be left for the driver to derive, see
     :meth:`with_enrolled_population`). ``dp_epsilon_budget`` stops versions before epsilon passes it. Leave
-    ``dp_seed`` unset outside tests and simulations (see :meth:`__post_init__`). Every new option defaults
-    to off.
+    ``dp_seed`` unset outside tests and simulations: the job draws a secret one when it starts
+    (:meth:`with_secret_dp_seed`). Every new option defaults to off.
     """
 
-    mode: AggregationMode = "fedbuff"
+    mode: str = "fedbuff"
     buffer_size: int = 10
     max_wait_seconds: float | None = 60.0
     staleness_function: StalenessFunctionName = "polynomial"
@@ -119,21 +119,24 @@ class AggregationConfig:
     dp_epsilon_budget: float | None = None
 
     def __post_init__(self) -> None:
-        """Validate on construction, so a config that exists can always be run.
-
-        With DP on and no ``dp_seed``, a secret seed is drawn from the operating system here: anyone who knows
-        the seed can regenerate the noise and subtract it from a published version, so a fixed or default
-        seed would void the guarantee. The drawn seed is part of :meth:`to_dict`, hence of each version's
-        recorded ``config_json``, which is how an audit regenerates the noise.
-        """
-        if self.dp_noise_multiplier is not None and self.dp_seed is None:
-            object.__setattr__(self, "dp_seed", secrets.randbits(63))
+        """Validate on construction, so a config that exists can always be run (DP needs a seed first)."""
         self.validate()
+
+    def with_secret_dp_seed(self) -> "AggregationConfig":
+        """The config with a secret ``dp_seed`` drawn from the operating system, when DP is on and none is set.
+
+        Anyone who knows the seed can regenerate the noise and subtract it from a published version, so a fixed
+        or default seed would void the guarantee. Drivers call this once when they start (the job in
+        ``streaming_jobs.job.run_job``); the seed is part of :meth:`to_dict`, hence of each version's recorded
+        ``config_json``, which is how an audit regenerates the noise. Other configs are returned as they are.
+        """
+        if self.dp_noise_multiplier is None or self.dp_seed is not None:
+            return self
+        return dataclasses.replace(self, dp_seed=secrets.randbits(63))
 
     def validate(self) -> None:
         """Raise ``InvalidConfigError`` naming the first field that is out of range or inconsistent."""
-        if self.mode not in AGGREGATION_MODES:
-            raise InvalidConfigError(f"mode must be one of {list(AGGREGATION_MODES)}, got {self.mode!r}")
+        strategy = strategy_class(self.mode)
         if not isinstance(self.weight_by_sample_count, bool):
             raise InvalidConfigError(f"weight_by_sample_count must be a bool, got {self.weight_by_sample_count!r}")
         if self.server_optimizer not in SERVER_OPTIMIZERS:
@@ -144,21 +147,12 @@ class AggregationConfig:
         self.buffer_policy()
         self._make_inner_optimizer()
         check_fraction("mixing", self.mixing)
-        if self.mode == "fedasync" and self.buffer_size != 1:
-            raise InvalidConfigError(
-                f"mode 'fedasync' aggregates one update at a time, so buffer_size must be 1, got {self.buffer_size}"
-            )
-        if self.mode == "fedavg" and (self.server_optimizer != "sgd" or self.server_learning_rate != 1.0):
-            raise InvalidConfigError(
-                "mode 'fedavg' averages without a server optimizer, so it needs server_optimizer 'sgd' "
-                f"and server_learning_rate 1.0, got {self.server_optimizer!r} "
-                f"and {self.server_learning_rate!r}; use mode 'fedbuff' for a server optimizer"
-            )
+        strategy.check_config(self)
         robust = self.robust_policy()
-        if not robust.is_default and self.mode != "fedbuff":
+        if not robust.is_default and not strategy.accepts_robust_aggregation:
             raise InvalidConfigError(
                 f"robust aggregation ({self.robust_aggregation!r}, max_update_norm {self.max_update_norm!r}) "
-                f"runs in mode 'fedbuff' only, got mode {self.mode!r}"
+                f"runs in mode {_modes_accepting('accepts_robust_aggregation')} only, got mode {self.mode!r}"
             )
         self._validate_privacy()
 
@@ -170,8 +164,10 @@ class AggregationConfig:
                     f"({self.dp_participation!r}) need differential privacy on (dp_noise_multiplier), got None"
                 )
             return
-        if self.mode != "fedbuff":
-            raise InvalidConfigError(f"differential privacy runs in mode 'fedbuff' only, got mode {self.mode!r}")
+        if not strategy_class(self.mode).accepts_privacy:
+            raise InvalidConfigError(
+                f"differential privacy runs in mode {_modes_accepting('accepts_privacy')} only, got mode {self.mode!r}"
+            )
         if self.robust_aggregation != "none":
             raise InvalidConfigError(
                 "differential privacy bounds one client's influence on a weighted sum; "
@@ -182,7 +178,7 @@ class AggregationConfig:
                 "differential privacy needs weight_by_sample_count=False: client-reported sample counts "
                 "would give one client an unbounded share of the average"
             )
-        self.privacy_policy()
+        self._privacy_policy(0 if self.dp_seed is None else self.dp_seed)
 
     @property
     def bounds_contributions(self) -> bool:
@@ -244,11 +240,22 @@ class AggregationConfig:
         )
 
     def privacy_policy(self) -> PrivacyPolicy | None:
-        """Return the DP policy, or ``None`` when ``dp_noise_multiplier`` is unset (DP off)."""
+        """Return the DP policy, or ``None`` when ``dp_noise_multiplier`` is unset (DP off).
+
+        Raises ``InvalidConfigError`` while DP has no ``dp_seed``: draw one with :meth:`with_secret_dp_seed`.
+        """
         if self.dp_noise_multiplier is None:
             return None
-        if self.dp_seed is None:  # drawn in __post_init__ whenever DP is on; only a bypassed constructor gets here
-            raise InvalidConfigError("differential privacy needs a dp_seed")
+        if self.dp_seed is None:
+            raise InvalidConfigError(
+                "differential privacy needs a dp_seed; a driver draws a secret one when it starts "
+                "(AggregationConfig.with_secret_dp_seed)"
+            )
+        return self._privacy_policy(self.dp_seed)
+
+    def _privacy_policy(self, seed: int) -> PrivacyPolicy:
+        if self.dp_noise_multiplier is None:
+            raise InvalidConfigError("differential privacy is off (dp_noise_multiplier is None)")
         return PrivacyPolicy(
             noise_multiplier=self.dp_noise_multiplier,
             clip_norm=self.dp_clip_norm,
@@ -259,7 +266,7 @@ class AggregationConfig:
             target_quantile=self.dp_target_quantile,
             clip_learning_rate=self.dp_clip_learning_rate,
             clip_count_noise_multiplier=self.dp_clip_count_noise_multiplier,
-            seed=self.dp_seed,
+            seed=seed,
             participation=self.dp_participation,
             epsilon_budget=self.dp_epsilon_budget,
         )
@@ -303,14 +310,30 @@ class AggregationConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "AggregationConfig":
-        """Build a config from ``to_dict`` output; missing keys take defaults, unknown keys are an error."""
+        """Build a config from ``to_dict`` output; missing keys take defaults, unknown keys are an error.
+
+        ``strategy`` is another name for ``mode`` (``{"strategy": "fednova"}``); giving both, they must agree.
+        """
+        kwargs = dict(data)
+        if "strategy" in kwargs:
+            strategy = kwargs.pop("strategy")
+            if "mode" in kwargs and kwargs["mode"] != strategy:
+                raise InvalidConfigError(
+                    f"strategy {strategy!r} and mode {kwargs['mode']!r} disagree; give one of them"
+                )
+            kwargs["mode"] = strategy
         known = {field.name for field in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(kwargs) - known)
         if unknown:
             raise InvalidConfigError(f"unknown aggregation config keys {unknown}; known keys are {sorted(known)}")
-        kwargs = dict(data)
         for name in _FLOAT_FIELDS & set(kwargs):
             value = kwargs[name]
             if isinstance(value, int) and not isinstance(value, bool):
                 kwargs[name] = float(value)
         return cls(**kwargs)
+
+
+def _modes_accepting(capability: str) -> str:
+    """``'fedbuff'`` or ``'fedbuff' or 'other'``: the registered strategies with ``capability`` set."""
+    names = [name for name in strategy_names() if getattr(strategy_class(name), capability)]
+    return " or ".join(repr(name) for name in names) or "(none)"

@@ -1,11 +1,12 @@
 """The floor the streaming job is measured against: the same work without Spark and without Delta.
 
-A kafka-python consumer reads ``fl.updates``; each message is decoded (``decode_update``) and validated
-(``validate_update``) against the current version exactly as the job does, buffered, and aggregated with
-``aggregator.fedbuff_step`` whenever ``buffer_size`` updates wait; each new version is published on
-``fl.models`` (acknowledged) framed as the job frames it. Nothing is persisted: this is the cost of the
-decode, validate, aggregate and publish work alone. It writes a status file shaped like the job's
-(``current_version``, totals and ``last_batch.seconds``), so the benchmark follows both the same way.
+A kafka-python consumer reads ``fl.updates``; each message is decoded (``decode_update``) and judged by the
+job's own intake step (``aggregator.intake.Intake``: signature, duplicate, content and staleness checks)
+against the same server the job runs (``aggregator.AsyncServer``), which makes a version whenever its buffer
+policy says so; each new version is published on ``fl.models`` (acknowledged) framed as the job frames it.
+Nothing is persisted: this is the cost of the decode, validate, aggregate and publish work alone. It writes
+a status file shaped like the job's (``current_version``, totals and ``last_batch.seconds``), so the
+benchmark follows both the same way.
 
 Run as ``python -m bench.bare_loop --initial-model FILE --status-file FILE``; SIGTERM stops it.
 """
@@ -28,18 +29,18 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from aggregator import AggregationConfig, PendingUpdate, fedbuff_step
+from aggregator import AggregationConfig, AsyncServer, NewVersion
+from aggregator.intake import Intake, IntakeMessage
 from bench.workload import model_value
 from schemas.kafka_settings import KafkaSettings
 from schemas.rejections import Rejection, RejectionReason
 from schemas.tensors import Tensors, decode_tensors, parameter_hash
 from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
-from schemas.validation import validate_update
 from schemas.wire import DecodedUpdate, decode_update
 
 
 class BareLoop:
-    """Consume, decode, validate, aggregate (FedBuff) and publish, one poll at a time."""
+    """Consume, decode, judge (the job's intake step), aggregate (the job's server) and publish, one poll at a time."""
 
     def __init__(
         self,
@@ -52,20 +53,19 @@ class BareLoop:
         max_records: int,
         public_keys: dict[str, Ed25519PublicKey] | None = None,
     ) -> None:
-        if config.mode != "fedbuff":
-            raise ValueError(f"the bare loop runs mode 'fedbuff' only, got {config.mode!r}")
         self.kafka = kafka
         self.model_name = model_name
         self.config = config
         self.status_file = status_file
         self.max_records = max_records
         self.public_keys = public_keys
-        self.parameters = parameters
-        self.version = 0
-        self.optimizer = config.make_optimizer()
-        self.staleness = config.staleness_policy()
-        self.pending: list[PendingUpdate] = []
-        self.seen: set[str] = set()
+        self.server = AsyncServer(config.with_secret_dp_seed(), parameters)
+        self.intake = Intake(
+            self.server,
+            model_name,
+            authenticate=None if public_keys is None else lambda decoded: _authenticity_problem(decoded, public_keys),
+        )
+        self.parameter_hash = parameter_hash(parameters)
         self.totals = {"batches": 0, "messages": 0, "accepted": 0, "rejected": 0, "versions": 0}
         self.rejected_by_reason: dict[str, int] = {}
         self.first_batch_started_at: float | None = None
@@ -78,7 +78,7 @@ class BareLoop:
 
     def run(self, stop: threading.Event) -> None:
         """Publish the current version, then process polls until ``stop`` is set."""
-        self._publish([model_value(self.model_name, 0, self.parameters)])
+        self._publish([model_value(self.model_name, 0, self.server.parameters)])
         batch_id = 0
         while not stop.is_set():
             started_at = time.time()
@@ -103,58 +103,30 @@ class BareLoop:
             batch_id += 1
 
     def _handle(self, records: Sequence[Any]) -> tuple[list[bytes], int]:
-        versions: list[bytes] = []
-        accepted = 0
-        for record in records:
-            decoded = decode_update(record.value, record.key, self.kafka.max_message_bytes)
-            if isinstance(decoded, Rejection):
-                self._reject(decoded)
-                continue
-            problems = validate_update(
-                decoded,
-                model_name=self.model_name,
-                reference=self.parameters,
-                current_version=self.version,
-                max_staleness=self.config.max_staleness,
+        messages = [
+            IntakeMessage(
+                record,
+                decode_update(record.value, record.key, self.kafka.max_message_bytes),
+                datetime.fromtimestamp(record.timestamp / 1000, UTC),
             )
-            if decoded.header.update_id in self.seen:
-                problems.insert(0, Rejection(RejectionReason.DUPLICATE_UPDATE, "seen before"))
-            if self.public_keys is not None:
-                problems[:0] = _authenticity_problems(decoded, self.public_keys)
-            if problems:
-                self._reject(problems[0])
-                continue
-            header = decoded.header
-            self.seen.add(header.update_id)
-            accepted += 1
-            self.pending.append(
-                PendingUpdate(
-                    update_id=header.update_id,
-                    delta=decoded.delta,
-                    base_version=header.base_version,
-                    sample_count=header.sample_count,
-                    received_at=datetime.now(UTC),
-                )
-            )
-            if len(self.pending) >= self.config.buffer_size:
-                versions.append(self._aggregate())
-        return versions, accepted
+            for record in records
+        ]
+        judged = self.intake.step(messages, lambda message, decoded, update: None, now=datetime.now(UTC))
+        for rejected in judged.rejected:
+            reason = rejected.reason.value
+            self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
+        versions = [*judged.versions, *self.server.ready_versions(datetime.now(UTC))]
+        return [self._framed(version) for version in versions], len(judged.accepted)
 
-    def _reject(self, rejection: Rejection) -> None:
-        reason = rejection.reason.value
-        self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
-
-    def _aggregate(self) -> bytes:
-        taken = self.pending[: self.config.buffer_size]
-        del self.pending[: len(taken)]
-        result = fedbuff_step(
-            self.parameters, self.version, taken, self.staleness, self.config.weight_by_sample_count, self.optimizer
-        )
-        parent_hash = parameter_hash(self.parameters)
-        self.parameters = result.new_params
-        self.version += 1
+    def _framed(self, version: NewVersion) -> bytes:
+        parent_hash = self.parameter_hash
+        self.parameter_hash = parameter_hash(version.parameters)
         return model_value(
-            self.model_name, self.version, self.parameters, update_count=len(taken), parent_parameter_hash=parent_hash
+            self.model_name,
+            version.version,
+            version.parameters,
+            update_count=len(version.updates),
+            parent_parameter_hash=parent_hash,
         )
 
     def _publish(self, values: Sequence[bytes]) -> None:
@@ -173,8 +145,8 @@ class BareLoop:
         document = {
             **self.totals,
             "rejected_by_reason": self.rejected_by_reason,
-            "current_version": self.version,
-            "pending": len(self.pending),
+            "current_version": self.server.version,
+            "pending": len(self.server.pending),
             "first_batch_started_at": self.first_batch_started_at,
             "last_batch": {"batch_id": batch_id, "messages": messages, "accepted": accepted, "seconds": seconds},
             "updated_at": datetime.now(UTC).isoformat(),
@@ -190,16 +162,16 @@ class BareLoop:
         self._producer.close(timeout=30)
 
 
-def _authenticity_problems(decoded: DecodedUpdate, public_keys: dict[str, Ed25519PublicKey]) -> list[Rejection]:
+def _authenticity_problem(decoded: DecodedUpdate, public_keys: dict[str, Ed25519PublicKey]) -> Rejection | None:
     """The job's signature check: an enrolled key's Ed25519 signature over the signed bytes."""
     key = public_keys.get(decoded.header.client_id)
     if key is None:
-        return [Rejection(RejectionReason("unknown_client"), f"no key for {decoded.header.client_id!r}")]
+        return Rejection(RejectionReason.UNKNOWN_CLIENT, f"no key for {decoded.header.client_id!r}")
     try:
-        key.verify(getattr(decoded, "signature", b""), getattr(decoded, "signed_bytes", b""))
+        key.verify(decoded.signature, decoded.signed_bytes)
     except InvalidSignature:
-        return [Rejection(RejectionReason("bad_signature"), "signature does not verify")]
-    return []
+        return Rejection(RejectionReason.BAD_SIGNATURE, "signature does not verify")
+    return None
 
 
 def read_public_keys(folder: Path) -> dict[str, Ed25519PublicKey]:

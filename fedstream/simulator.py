@@ -1,8 +1,8 @@
 """Event-driven federated simulator with a virtual clock: real training and aggregation, simulated time.
 
 It drives the same client code as a device (``producers.training.train_locally``, FedProx included, and
-``producers.personalization``) and the same server math as the streaming job (``aggregator.fedavg_step``,
-``fedbuff_step``, ``fedasync_step``, ``BufferPolicy``, ``StalenessPolicy``, the server optimizers), but
+``producers.personalization``) and the same server as the streaming job (:class:`aggregator.AsyncServer`:
+its staleness gate, buffer policy, contribution bounds, strategy, server optimizer and epsilon budget), but
 no Kafka and no Spark: a client's update "takes" a compute time drawn from
 :class:`producers.fleet.DeviceSpeeds` (log-normal with a straggler tail, times per-update jitter) plus an
 upload time (message size over the device's uplink), and a heap of events advances a virtual clock.
@@ -10,14 +10,15 @@ Many configurations and seeds therefore run in seconds of real time per hundred 
 
 Strategies:
 
-- synchronous (``mode="fedavg"``, or ``fedbuff`` with ``synchronous=True``): each round samples
-  ``concurrency`` clients, all train from the same version, and the round lasts as long as its slowest
-  client; FedProx is the same with ``training.proximal_mu > 0``.
-- asynchronous (``fedbuff``/``fedasync``): ``concurrency`` clients train at once; when one finishes, its
-  update goes to the buffer (rejected if too stale) and a client is sampled from the idle ones to start
-  on the newest version. The buffer is aggregated when ``BufferPolicy.next_version`` says so (``K``
-  updates or the wait limit, checked on every arrival and at the wait deadline), as in the streaming job:
-  with DP at most one update per client per version, a client's later update waiting for the next one.
+- synchronous (a synchronous strategy such as ``fedavg``, or any with ``synchronous=True``): each round
+  samples ``concurrency`` clients, all train from the same version, the round lasts as long as its slowest
+  client and ends in one version of all their updates (:meth:`aggregator.AsyncServer.close_round`); FedProx
+  is the same with ``training.proximal_mu > 0``.
+- asynchronous: ``concurrency`` clients train at once; when one finishes, its update goes to the server
+  (refused if its staleness gate says so) and a client is sampled from the idle ones to start on the newest
+  version. The server makes versions when its buffer policy says so (``K`` updates or the wait limit,
+  checked on every arrival and at the wait deadline), as in the streaming job: with DP at most one update
+  per client per version, a client's later update waiting for the next one.
 
 With DP, ``dp_participation="random_check_in"`` without ``dp_population`` takes the simulated clients as the
 population, and ``dp_epsilon_budget`` stops making versions (and starting clients) once the next version
@@ -38,15 +39,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import numpy.typing as npt
 
-from aggregator import (
-    AggregationConfig,
-    PendingUpdate,
-    PrivateServerOptimizer,
-    fedasync_step,
-    fedavg_step,
-    fedbuff_step,
-    one_per_client,
-)
+from aggregator import AggregationConfig, AsyncServer, NewVersion, PendingUpdate, PrivateServerOptimizer, strategy_class
 from producers.client import LocalData
 from producers.fleet import DeviceSpeeds
 from producers.models import build_model, load_model_weights, model_weights
@@ -95,8 +88,8 @@ class StrategyConfig:
     """One federated configuration to simulate.
 
     ``concurrency``: clients training at once (asynchronous) or sampled per round (synchronous).
-    ``synchronous``: rounds that wait for every sampled client (implied by ``mode="fedavg"``); with
-    ``mode="fedbuff"`` a synchronous round aggregates through ``fedbuff_step`` (a server optimizer).
+    ``synchronous``: rounds that wait for every sampled client (implied by a synchronous strategy such as
+    ``fedavg``); with ``fedbuff`` a synchronous round is one FedBuff version (a server optimizer).
     ``personal_prefixes``: parameter-name prefixes that stay on each client (see
     :mod:`producers.personalization`). ``fine_tuning``: local steps a client takes on the final global
     model before it is evaluated on the client's own data (``None``: no fine-tuning).
@@ -114,13 +107,11 @@ class StrategyConfig:
         """Check that the fields fit together."""
         if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {self.concurrency!r}")
-        if self.aggregation.mode == "fedasync" and self.synchronous:
-            raise ValueError("fedasync is asynchronous by definition; it cannot run synchronous rounds")
 
     @property
     def is_synchronous(self) -> bool:
         """Whether rounds wait for every sampled client."""
-        return self.synchronous or self.aggregation.mode == "fedavg"
+        return self.synchronous or strategy_class(self.aggregation.mode).synchronous
 
 
 @dataclass(frozen=True)
@@ -181,6 +172,7 @@ class _Arrival:
     base_version: int = field(compare=False)
     delta: Weights = field(compare=False)
     sample_count: int = field(compare=False)
+    training_steps: int = field(compare=False)
 
 
 class Simulator:
@@ -232,11 +224,8 @@ class Simulator:
         self._jitter = np.random.default_rng([seed, 2])
         self._sampler = np.random.default_rng([seed, 3])
         self._client_update_counts = [0] * len(self.clients)
-        self.aggregation = strategy.aggregation.with_enrolled_population(len(self.clients))
-        self.optimizer = self.aggregation.make_optimizer()
-        self.staleness = self.aggregation.staleness_policy()
-        self.buffer_policy = self.aggregation.buffer_policy()
-        self.robust = self.aggregation.robust_policy()
+        self.aggregation = strategy.aggregation.with_enrolled_population(len(self.clients)).with_secret_dp_seed()
+        self.server = AsyncServer(self.aggregation, self.shared)
         self.update_transform = update_transform
 
     # ------------------------------------------------------------------ client side
@@ -245,8 +234,8 @@ class Simulator:
         jitter = math.exp(self.jitter_sigma * float(self._jitter.standard_normal())) if self.jitter_sigma else 1.0
         return self.compute_seconds[client] * jitter + self.upload_seconds[client]
 
-    def _train(self, client: int) -> tuple[Weights, int]:
-        """Train client ``client`` from the current shared global plus its personal layers; return Δ_shared."""
+    def _train(self, client: int) -> tuple[Weights, int, int]:
+        """Train ``client`` from the current shared global plus its personal layers: Δ_shared, samples, steps."""
         data = self.clients[client]
         count = self._client_update_counts[client]
         self._client_update_counts[client] += 1
@@ -271,7 +260,7 @@ class Simulator:
         delta = model_delta(local_shared, self.shared)
         if self.update_transform is not None:
             delta = self.update_transform(self.client_ids[client], delta)
-        return delta, report.sample_count
+        return delta, report.sample_count, report.steps
 
     # ------------------------------------------------------------------ running
 
@@ -295,20 +284,27 @@ class Simulator:
         result.client_updates = {
             client_id: count for client_id, count in zip(self.client_ids, self._client_update_counts, strict=True)
         }
-        if isinstance(self.optimizer, PrivateServerOptimizer):
-            result.epsilon = self.optimizer.epsilon_spent()
-            result.epsilon_assumption = self.optimizer.ledger.assumption()
+        optimizer = self.server.optimizer
+        if isinstance(optimizer, PrivateServerOptimizer):
+            result.epsilon = optimizer.epsilon_spent()
+            result.epsilon_assumption = optimizer.ledger.assumption()
         return result
 
     def _budget_refuses(self, result: SimulationResult) -> bool:
         """Whether ``dp_epsilon_budget`` refuses the next version (and if so, say so in ``result``)."""
-        if not isinstance(self.optimizer, PrivateServerOptimizer):
-            return False
-        check = self.optimizer.budget_check()
+        check = self.server.budget_check()
         if check is None or check.allows_next:
             return False
         result.privacy_budget_exhausted = True
         return True
+
+    def _made(self, result: SimulationResult, versions: Sequence[NewVersion]) -> None:
+        """Take the server's new versions as the global model; note a budget refusal in ``result``."""
+        if versions:
+            self.shared = versions[-1].parameters
+            result.versions = versions[-1].version
+        if self.server.privacy_refusal is not None:
+            result.privacy_budget_exhausted = True
 
     def _record(self, result: SimulationResult, now: float, updates: int, version: int) -> None:
         """Append a curve point; a version already evaluated is not evaluated again."""
@@ -340,55 +336,42 @@ class Simulator:
         return [pool[int(index)] for index in sorted(chosen)]
 
     def _run_synchronous(self, result: SimulationResult, total_updates: int, eval_every: int) -> None:
-        aggregation = self.strategy.aggregation
+        server = self.server
         next_eval = eval_every
         while result.updates < total_updates and not self._budget_refuses(result):
             cohort = self._sample(range(len(self.clients)), self.strategy.concurrency)
-            updates: list[PendingUpdate] = []
             durations = []
-            for client in cohort:
-                delta, sample_count = self._train(client)
+            for position, client in enumerate(cohort):
+                delta, sample_count, steps = self._train(client)
                 durations.append(self._duration(client))
-                updates.append(
+                server.receive(
                     PendingUpdate(
-                        update_id=f"{self.client_ids[client]}-{result.updates + len(updates)}",
+                        update_id=f"{self.client_ids[client]}-{result.updates + position}",
                         delta=delta,
-                        base_version=result.versions,
+                        base_version=server.version,
                         sample_count=sample_count,
                         received_at=_EPOCH + timedelta(seconds=result.virtual_seconds + durations[-1]),
                         client_id=self.client_ids[client],
+                        training_steps=steps,
                     )
                 )
             round_seconds = max(durations)
             result.round_seconds.append(round_seconds)
             result.virtual_seconds += round_seconds
-            result.updates += len(updates)
-            result.bytes_sent += self.message_bytes * len(updates)
-            if aggregation.mode == "fedavg":
-                step = fedavg_step(self.shared, updates, aggregation.weight_by_sample_count)
-            else:
-                step = fedbuff_step(
-                    self.shared,
-                    result.versions,
-                    updates,
-                    self.staleness,
-                    aggregation.weight_by_sample_count,
-                    self.optimizer,
-                    robust=self.robust,
-                )
-            self.shared = step.new_params
-            result.versions += 1
+            result.updates += len(cohort)
+            result.bytes_sent += self.message_bytes * len(cohort)
+            version = server.close_round()
+            self._made(result, [] if version is None else [version])
             if result.updates >= next_eval:
                 self._record(result, result.virtual_seconds, result.updates, result.versions)
                 next_eval = result.updates + eval_every
 
     def _run_asynchronous(self, result: SimulationResult, total_updates: int, eval_every: int) -> None:
-        aggregation = self.strategy.aggregation
+        server = self.server
         arrivals: list[_Arrival] = []
         sequence = 0
         busy: set[int] = set()
-        buffer: list[PendingUpdate] = []
-        deadlines: list[float] = []
+        spent_deadline: datetime | None = None
         started = 0
         next_eval = eval_every
         now = 0.0
@@ -398,56 +381,29 @@ class Simulator:
             for client in clients:
                 if started >= total_updates or result.privacy_budget_exhausted:
                     return
-                delta, sample_count = self._train(client)
+                delta, sample_count, steps = self._train(client)
                 busy.add(client)
                 started += 1
                 heapq.heappush(
                     arrivals,
-                    _Arrival(now + self._duration(client), sequence, client, result.versions, delta, sample_count),
+                    _Arrival(
+                        now + self._duration(client), sequence, client, server.version, delta, sample_count, steps
+                    ),
                 )
                 sequence += 1
 
-        def aggregate(chosen: Sequence[int]) -> None:
-            taken = [buffer[position] for position in chosen]
-            if aggregation.mode == "fedasync":
-                step = fedasync_step(self.shared, result.versions, taken[0], aggregation.mixing, self.staleness)
-            else:
-                step = fedbuff_step(
-                    self.shared,
-                    result.versions,
-                    taken,
-                    self.staleness,
-                    aggregation.weight_by_sample_count,
-                    self.optimizer,
-                    robust=self.robust,
-                )
-            self.shared = step.new_params
-            result.versions += 1
-            kept = set(range(len(buffer))) - set(chosen)
-            buffer[:] = [update for position, update in enumerate(buffer) if position in kept]
-            deadlines.clear()
-            if buffer and self.buffer_policy.max_wait_seconds is not None:  # a held update's wait goes on
-                waited = (buffer[0].received_at - _EPOCH).total_seconds()
-                deadlines.append(waited + self.buffer_policy.max_wait_seconds)
-
-        def aggregate_ready() -> None:
-            """Make every version the buffer policy allows now (several, when held updates are overdue)."""
-            while buffer:
-                chosen = self.buffer_policy.next_version(
-                    [update.client_id for update in buffer],
-                    buffer[0].received_at,
-                    _EPOCH + timedelta(seconds=now),
-                    bound_clients=self.aggregation.bounds_contributions,
-                )
-                if not chosen or self._budget_refuses(result):
-                    return
-                aggregate(chosen)
+        def next_deadline() -> float:
+            """Virtual seconds of the buffer's wait deadline; inf without one, or once it made nothing."""
+            deadline = server.deadline()
+            if deadline is None or deadline == spent_deadline or result.privacy_budget_exhausted:
+                return math.inf
+            return (deadline - _EPOCH).total_seconds()
 
         start(self._sample(range(len(self.clients)), self.strategy.concurrency))
-        while arrivals or (buffer and deadlines):
-            next_arrival = arrivals[0].at if arrivals else math.inf
-            next_deadline = deadlines[0] if deadlines else math.inf
-            now = min(next_arrival, next_deadline)
+        while arrivals or next_deadline() < math.inf:
+            deadline_at = next_deadline()
+            now = min(arrivals[0].at if arrivals else math.inf, deadline_at)
+            moment = _EPOCH + timedelta(seconds=now)
             finished: list[int] = []
             while arrivals and arrivals[0].at <= now:
                 arrival = heapq.heappop(arrivals)
@@ -455,27 +411,25 @@ class Simulator:
                 finished.append(arrival.client)
                 result.updates += 1
                 result.bytes_sent += self.message_bytes
-                staleness = result.versions - arrival.base_version
-                if self.staleness.is_too_stale(staleness):
+                if not server.admits(arrival.base_version):
                     result.rejected += 1
                 else:
-                    if not buffer and self.buffer_policy.max_wait_seconds is not None:
-                        deadlines.append(now + self.buffer_policy.max_wait_seconds)
-                    buffer.append(
+                    server.receive(
                         PendingUpdate(
                             update_id=f"{self.client_ids[arrival.client]}-{arrival.sequence}",
                             delta=arrival.delta,
                             base_version=arrival.base_version,
                             sample_count=arrival.sample_count,
-                            received_at=_EPOCH + timedelta(seconds=now),
+                            received_at=moment,
                             client_id=self.client_ids[arrival.client],
+                            training_steps=arrival.training_steps,
                         )
                     )
-                aggregate_ready()
-            if deadlines and deadlines[0] <= now:
-                aggregate_ready()
-                if deadlines and deadlines[0] <= now:
-                    deadlines.clear()  # nothing was made at the deadline (say, the budget refused): it is spent
+                self._made(result, server.ready_versions(moment))
+            if deadline_at <= now:
+                self._made(result, server.ready_versions(moment))
+                if next_deadline() <= now:
+                    spent_deadline = server.deadline()  # nothing was made at it (say, the budget refused)
             result.virtual_seconds = now
             if result.updates >= next_eval:
                 self._record(result, now, result.updates, result.versions)
@@ -483,11 +437,7 @@ class Simulator:
             if finished:
                 idle = [client for client in range(len(self.clients)) if client not in busy]
                 start(self._sample(idle, min(len(finished), len(idle))))
-        while buffer and not self._budget_refuses(result):  # the final model uses every accepted update
-            if self.aggregation.bounds_contributions:
-                aggregate(one_per_client([update.client_id for update in buffer], self.buffer_policy.buffer_size))
-            else:
-                aggregate(range(min(len(buffer), self.buffer_policy.buffer_size)))
+        self._made(result, server.drain())  # the final model uses every accepted update
 
     # ------------------------------------------------------------------ per-client evaluation
 

@@ -1,18 +1,19 @@
-"""The job's working state, rebuilt from Delta on every start: current version, optimizer, pending buffer.
+"""The job's working state, rebuilt from Delta on every start: the server (version, optimizer, buffer) and hashes.
 
 Nothing here survives a restart on its own: ``load_global_state`` derives it from ``model_versions`` (the
-newest version and its optimizer state) and ``updates`` (accepted updates not yet in any version).
+newest version and its optimizer state) and ``updates`` (accepted updates not yet in any version), and hands
+them to an :class:`aggregator.AsyncServer`, the same server the simulator and the bench drive.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F  # noqa: N812
 
-from aggregator import AggregationConfig, BudgetCheck, PendingUpdate, ServerOptimizer
+from aggregator import AggregationConfig, AsyncServer, BudgetCheck, PendingUpdate
 from schemas.rows import ModelVersionRow
 from schemas.tensors import Tensors, decode_tensors
 from streaming_jobs.tables import MODEL_VERSIONS, UPDATES, TableLocations
@@ -22,34 +23,33 @@ class MissingInitialVersionError(RuntimeError):
     """``model_versions`` has no version of the model and no initial model was given."""
 
 
-@dataclass(frozen=True)
-class BufferedUpdate:
-    """An accepted update waiting for aggregation, with the client's federated-evaluation metrics."""
-
-    pending: PendingUpdate
-    validation_loss: float | None
-    validation_accuracy: float | None
-    validation_count: int
-
-
 @dataclass
 class GlobalState:
-    """The newest global version and the updates that will make the next ones.
-
-    ``privacy_refusal``: set while ``dp_epsilon_budget`` refuses the next version (the buffer is held).
-    """
+    """The model's server (newest version, optimizer, buffer) and the newest version's parameter hash."""
 
     model_name: str
-    version: int
-    parameters: Tensors
+    server: AsyncServer
     parameter_hash: str
-    optimizer: ServerOptimizer
-    pending: list[BufferedUpdate] = field(default_factory=list)
-    privacy_refusal: BudgetCheck | None = None
 
-    def oldest_pending_at(self) -> datetime | None:
-        """When the oldest buffered update arrived."""
-        return min((item.pending.received_at for item in self.pending), default=None)
+    @property
+    def version(self) -> int:
+        """The newest global version."""
+        return self.server.version
+
+    @property
+    def parameters(self) -> Tensors:
+        """The newest global parameters."""
+        return self.server.parameters
+
+    @property
+    def pending(self) -> tuple[PendingUpdate, ...]:
+        """Accepted updates not yet in a version, in Kafka order."""
+        return self.server.pending
+
+    @property
+    def privacy_refusal(self) -> BudgetCheck | None:
+        """Set while ``dp_epsilon_budget`` refuses the next version (the buffer is held)."""
+        return self.server.privacy_refusal
 
 
 def load_global_state(
@@ -64,10 +64,6 @@ def load_global_state(
             "bootstrap version 0 first (initial_model_path)"
         )
     row = newest[0]
-    optimizer = config.make_optimizer()
-    optimizer_state = decode_tensors(bytes(row.optimizer_state))
-    if optimizer_state:
-        optimizer.load_state_dict(optimizer_state)
     aggregated = versions.select(F.explode("update_ids").alias("update_id"))
     pending_rows = (
         locations.read(spark, UPDATES)
@@ -77,29 +73,28 @@ def load_global_state(
         .collect()
     )
     pending = [
-        BufferedUpdate(
-            pending=PendingUpdate(
-                update_id=pending_row.update_id,
-                delta=decode_tensors(bytes(pending_row.payload)),
-                base_version=pending_row.base_version,
-                sample_count=pending_row.sample_count,
-                received_at=pending_row.received_at.replace(tzinfo=UTC),
-                client_id=pending_row.client_id,
-            ),
+        PendingUpdate(
+            update_id=pending_row.update_id,
+            delta=decode_tensors(bytes(pending_row.payload)),
+            base_version=pending_row.base_version,
+            sample_count=pending_row.sample_count,
+            received_at=pending_row.received_at.replace(tzinfo=UTC),
+            client_id=pending_row.client_id,
+            training_steps=pending_row.training_steps,
             validation_loss=pending_row.validation_loss,
             validation_accuracy=pending_row.validation_accuracy,
             validation_count=pending_row.validation_count,
         )
         for pending_row in pending_rows
     ]
-    return GlobalState(
-        model_name=model_name,
+    server = AsyncServer(
+        config,
+        decode_tensors(bytes(row.parameters)),
         version=row.version,
-        parameters=decode_tensors(bytes(row.parameters)),
-        parameter_hash=row.parameter_hash,
-        optimizer=optimizer,
+        optimizer_state=decode_tensors(bytes(row.optimizer_state)),
         pending=pending,
     )
+    return GlobalState(model_name=model_name, server=server, parameter_hash=row.parameter_hash)
 
 
 def initial_version_row(model_name: str, parameters: Tensors, config: AggregationConfig) -> ModelVersionRow:

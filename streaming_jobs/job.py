@@ -126,8 +126,14 @@ def run_job(
     stop: threading.Event | None = None,
     status_file: Path | None = None,
 ) -> None:
-    """Run until ``stop`` is set, SIGTERM/SIGINT arrives or the query fails."""
+    """Run until ``stop`` is set, SIGTERM/SIGINT arrives or the query fails.
+
+    With differential privacy and no configured ``dp_seed``, a secret noise seed is drawn here, once per start
+    (:meth:`aggregator.AggregationConfig.with_secret_dp_seed`); every version's ``config_json`` records it.
+    """
     from streaming_jobs.spark_session import get_spark
+
+    settings = settings.model_copy(update={"aggregation": settings.aggregation.with_secret_dp_seed()})
 
     spark = spark or get_spark("fedstream-aggregation-job")
     locations = TableLocations(settings.tables_root, settings.catalog_schema)

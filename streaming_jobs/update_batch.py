@@ -1,9 +1,11 @@
-"""One micro-batch of ``fl.updates``: decode, validate, buffer, aggregate, write to Delta, publish.
+"""One micro-batch of ``fl.updates``: read, decode, judge (the pure intake step), write to Delta, publish.
 
-The handler given to ``foreachBatch`` is :meth:`UpdateBatchProcessor.process_batch`. Messages are handled
-in Kafka order, each checked against the global version current at that moment, so staleness is exact and
-a full buffer aggregates immediately. Rows reach Delta in three idempotent appends (``updates``,
-``rejected_updates``, ``model_versions``); only then are new versions published.
+The handler given to ``foreachBatch`` is :meth:`UpdateBatchProcessor.process_batch`. It reads the batch
+(oversized messages told apart in Spark), skips messages an earlier attempt of the batch already recorded,
+and hands the rest, in Kafka order, to :class:`aggregator.intake.Intake`, which judges each against the
+server as it stands at that moment (so staleness is exact and a full buffer aggregates immediately) and
+turns any exception into an ``internal_error`` rejection. Rows reach Delta in three idempotent appends
+(``updates``, ``rejected_updates``, ``model_versions``); only then are new versions published.
 """
 
 from __future__ import annotations
@@ -21,16 +23,16 @@ from pyspark.sql import functions as F  # noqa: N812
 from pyspark.sql.types import LongType, StructField, StructType
 
 from aggregator import PendingUpdate
+from aggregator.intake import Intake, IntakeMessage, internal_error
 from schemas.rejections import Rejection, RejectionReason
 from schemas.rows import ModelVersionRow, RejectedUpdateRow, UpdateRow
 from schemas.tensors import sha256_hex
-from schemas.validation import validate_update
 from schemas.wire import DecodedUpdate, decode_update
-from streaming_jobs.aggregation import aggregate_ready_versions
+from streaming_jobs.aggregation import aggregate_ready_versions, version_rows
 from streaming_jobs.checkpoint_identity import CheckpointIdentity
 from streaming_jobs.client_registry import ClientRegistry
 from streaming_jobs.faults import crash_point, inject_message_failure
-from streaming_jobs.global_state import BufferedUpdate, GlobalState, load_global_state
+from streaming_jobs.global_state import GlobalState, load_global_state
 from streaming_jobs.intake_limits import MAX_KEY_BYTES, IntakeLimits
 from streaming_jobs.settings import JobSettings
 from streaming_jobs.tables import MODEL_VERSIONS, REJECTED_UPDATES, UPDATES, TableLocations
@@ -85,7 +87,7 @@ class UpdateBatchProcessor:
         self.locations = TableLocations(settings.tables_root, settings.catalog_schema)
         self.on_versions = on_versions
         self._state: GlobalState | None = None
-        self._known_update_ids: set[str] = set()
+        self._intake: Intake | None = None
         self._fresh_state = True
         self._lock = threading.Lock()
         self.registry = (
@@ -99,11 +101,25 @@ class UpdateBatchProcessor:
         """The current state, loaded from Delta on first use (with every update id ``updates`` holds)."""
         if self._state is None:
             self._fresh_state = True
-            self._state = load_global_state(
-                self.spark, self.locations, self.settings.model_name, self.settings.aggregation
+            state = load_global_state(self.spark, self.locations, self.settings.model_name, self.settings.aggregation)
+            self._intake = Intake(
+                state.server,
+                self.settings.model_name,
+                known_update_ids=self._all_update_ids(),
+                authenticate=None if self.registry is None else self.registry.check,
+                replay_window_seconds=self.settings.replay_window_seconds,
+                before_judging=inject_message_failure,
             )
-            self._known_update_ids = self._all_update_ids()
+            self._state = state
         return self._state
+
+    @property
+    def intake(self) -> Intake:
+        """The intake step over the current state's server (made with the state, on first use)."""
+        server = self.state.server
+        if self._intake is None or self._intake.server is not server:
+            raise RuntimeError("the intake is made with the state it judges against")
+        return self._intake
 
     def process_batch(self, batch: DataFrame, spark_batch_id: int) -> None:
         """``foreachBatch`` handler: everything for one micro-batch, or an exception and a reload.
@@ -133,9 +149,7 @@ class UpdateBatchProcessor:
                 return []
             clock = _PhaseClock()
             try:
-                versions = aggregate_ready_versions(
-                    self._state, self.settings.aggregation, now=datetime.now(UTC), batch_id=-1, time_trigger=True
-                )
+                versions = aggregate_ready_versions(self._state, now=datetime.now(UTC), batch_id=-1, time_trigger=True)
                 clock.lap("validate_aggregate")
                 if versions:
                     crash_point("during_aggregation")
@@ -215,37 +229,27 @@ class UpdateBatchProcessor:
         clock.lap("lookup_duplicates")
         now = datetime.now(UTC)
         kept = self.limits.rejected_bytes_kept
-        accepted: list[UpdateRow] = []
-        rejected = [_oversized_row(message, self.limits.max_update_bytes, now, batch_id) for message in oversized]
-        versions: list[ModelVersionRow] = []
-        seen_in_batch: set[str] = set()
+        fresh: list[IntakeMessage[Row]] = []
         already_recorded = 0
-        aggregate = MODEL_VERSIONS.name not in already_written
         for message, decoded in zip(messages, decoded_messages, strict=True):
-            try:
-                verdict = self._judge(message, decoded, recorded, seen_in_batch, now, batch_id)
-            except Exception as error:  # one message's failure never ends the batch
-                logger.exception("message %s/%s raised; recorded as internal_error", message.partition, message.offset)
-                known = decoded if isinstance(decoded, DecodedUpdate) else None
-                verdict = _rejected_row(message, [_internal_error(error)], known, now, batch_id, kept)
-            if verdict is None:
+            if _recorded_here(message, decoded, recorded):
                 already_recorded += 1  # this very message was accepted by an earlier attempt of the batch
                 continue
-            if isinstance(verdict, RejectedUpdateRow):
-                rejected.append(verdict)
-                continue
-            row, buffered = verdict
-            seen_in_batch.add(row.update_id)
-            accepted.append(row)
-            state.pending.append(buffered)
-            if aggregate:
-                versions += aggregate_ready_versions(
-                    state, self.settings.aggregation, now=now, batch_id=batch_id, time_trigger=False
-                )
+            fresh.append(IntakeMessage(message, decoded, _aware(message.timestamp)))
+        aggregate = MODEL_VERSIONS.name not in already_written
+
+        def update_row(message: IntakeMessage[Row], decoded: DecodedUpdate, update: PendingUpdate) -> UpdateRow:
+            return _update_row(message.source, decoded, now, batch_id)
+
+        judged = self.intake.step(fresh, update_row, now=now, aggregate=aggregate)
+        accepted = [item.record for item in judged.accepted]
+        rejected = [_oversized_row(message, self.limits.max_update_bytes, now, batch_id) for message in oversized]
+        rejected += [
+            _rejected_row(item.source, item.problems, item.decoded, now, batch_id, kept) for item in judged.rejected
+        ]
+        versions = version_rows(state, judged.versions, now=now, batch_id=batch_id)
         if aggregate:
-            versions += aggregate_ready_versions(
-                state, self.settings.aggregation, now=datetime.now(UTC), batch_id=batch_id, time_trigger=True
-            )
+            versions += aggregate_ready_versions(state, now=datetime.now(UTC), batch_id=batch_id, time_trigger=True)
         clock.lap("validate_aggregate")
         if versions:
             crash_point("during_aggregation")
@@ -253,7 +257,6 @@ class UpdateBatchProcessor:
             self.locations.append_frame(
                 UPDATES, self._updates_frame(batch, accepted), app_id=self.identity.writer_id, batch_id=batch_id
             )
-        self._known_update_ids.update(row.update_id for row in accepted)
         self._append(REJECTED_UPDATES.name, rejected, already_written, batch_id)
         if accepted:
             crash_point("after_updates_write")
@@ -283,42 +286,7 @@ class UpdateBatchProcessor:
             return decode_update(_bytes(message.value), _bytes(message.key), self.limits.max_update_bytes)
         except Exception as error:  # decoding is meant never to raise; if it does, only this message fails
             logger.exception("decoding message %s/%s raised", message.partition, message.offset)
-            return _internal_error(error)
-
-    def _judge(
-        self,
-        message: Row,
-        decoded: DecodedUpdate | Rejection,
-        recorded: dict[str, _Recorded],
-        seen_in_batch: set[str],
-        now: datetime,
-        batch_id: int,
-    ) -> RejectedUpdateRow | tuple[UpdateRow, BufferedUpdate] | None:
-        """Accept or reject one decoded message against the current state, changing nothing.
-
-        None: an earlier attempt of this batch already accepted this very message.
-        """
-        kept = self.limits.rejected_bytes_kept
-        if isinstance(decoded, Rejection):
-            return _rejected_row(message, [decoded], None, now, batch_id, kept)
-        update_id = decoded.header.update_id
-        inject_message_failure(update_id)
-        if recorded.get(update_id) == _Recorded(message.partition, message.offset):
-            return None
-        state = self.state
-        problems = validate_update(
-            decoded,
-            model_name=self.settings.model_name,
-            reference=state.parameters,
-            current_version=state.version,
-            max_staleness=_intake_max_staleness(self.settings),
-        )
-        if update_id in self._known_update_ids or update_id in seen_in_batch:
-            problems.insert(0, Rejection(RejectionReason.DUPLICATE_UPDATE, f"update_id {update_id} seen before"))
-        problems[:0] = self._authenticity_problems(decoded, _aware(message.timestamp))
-        if problems:
-            return _rejected_row(message, problems, decoded, now, batch_id, kept)
-        return _update_row(message, decoded, now, batch_id), _buffered(decoded, now)
+            return internal_error(error)
 
     def _append(
         self,
@@ -331,26 +299,6 @@ class UpdateBatchProcessor:
             return
         table = {UPDATES.name: UPDATES, REJECTED_UPDATES.name: REJECTED_UPDATES, MODEL_VERSIONS.name: MODEL_VERSIONS}
         self.locations.append(self.spark, table[table_name], rows, app_id=self.identity.writer_id, batch_id=batch_id)
-
-    def _authenticity_problems(self, decoded: DecodedUpdate, sent_at: datetime) -> list[Rejection]:
-        """Signature from an enrolled, unrevoked key; ``created_at`` within the replay window of the send time."""
-        problems = []
-        if self.registry is not None:
-            problem = self.registry.check(decoded)
-            if problem is not None:
-                problems.append(problem)
-        window = self.settings.replay_window_seconds
-        if window is not None:
-            skew = abs((decoded.header.created_at - sent_at).total_seconds())
-            if skew > window:
-                problems.append(
-                    Rejection(
-                        RejectionReason.OUTSIDE_REPLAY_WINDOW,
-                        f"created_at {decoded.header.created_at.isoformat()} is {skew:.0f} s from the Kafka "
-                        f"timestamp {sent_at.isoformat()} (window {window:.0f} s)",
-                    )
-                )
-        return problems
 
     def _tables_written_by(self, batch_id: int) -> set[str]:
         """Tables that already hold rows of ``batch_id`` (a replay after a crash); empty in normal running."""
@@ -414,31 +362,8 @@ class _PhaseClock:
         self._last = now
 
 
-def _intake_max_staleness(settings: JobSettings) -> int | None:
-    """Synchronous FedAvg takes only updates of the current round; the other modes use the configured bound."""
-    config = settings.aggregation
-    return 0 if config.mode == "fedavg" else config.max_staleness
-
-
 def _bytes(value: bytearray | bytes | None) -> bytes | None:
     return None if value is None else bytes(value)
-
-
-def _buffered(decoded: DecodedUpdate, now: datetime) -> BufferedUpdate:
-    header = decoded.header
-    return BufferedUpdate(
-        pending=PendingUpdate(
-            update_id=header.update_id,
-            delta=decoded.delta,
-            base_version=header.base_version,
-            sample_count=header.sample_count,
-            received_at=now,
-            client_id=header.client_id,
-        ),
-        validation_loss=header.metrics.validation_loss,
-        validation_accuracy=header.metrics.validation_accuracy,
-        validation_count=header.metrics.validation_count,
-    )
 
 
 def _kafka_fields(message: Row) -> dict[str, object]:
@@ -477,12 +402,15 @@ def _update_row(message: Row, decoded: DecodedUpdate, now: datetime, batch_id: i
     )
 
 
+def _recorded_here(message: Row, decoded: DecodedUpdate | Rejection, recorded: dict[str, _Recorded]) -> bool:
+    """Whether an earlier attempt of this batch already accepted this very message (same id, same offset)."""
+    if not isinstance(decoded, DecodedUpdate):
+        return False
+    return recorded.get(decoded.header.update_id) == _Recorded(message.partition, message.offset)
+
+
 def _kafka_order(message: Row) -> tuple[int, int]:
     return message.partition, message.offset
-
-
-def _internal_error(error: Exception) -> Rejection:
-    return Rejection(RejectionReason.INTERNAL_ERROR, f"{type(error).__name__}: {error}"[:1000])
 
 
 def _rejected_row(

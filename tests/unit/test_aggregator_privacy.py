@@ -18,9 +18,10 @@ from aggregator import (
     fedbuff_step,
     gaussian_noise,
     l2_norm,
+    make_strategy,
 )
 from schemas.tensors import decode_tensors, encode_tensors, parameter_hash
-from streaming_jobs.aggregation import aggregate, recompute_parameters
+from streaming_jobs.aggregation import recompute_parameters
 
 NOW = datetime(2025, 3, 1, tzinfo=UTC)
 DP = {"dp_noise_multiplier": 1.0, "dp_clip_norm": 0.5, "dp_population": 100, "weight_by_sample_count": False}
@@ -57,7 +58,7 @@ def test_dp_step_clips_every_update_and_records_what_it_applied() -> None:
         PendingUpdate(f"u{i}", {"w": rng.normal(0, s, 50).astype(np.float32)}, 2, 10, NOW, client_id=f"c{i}")
         for i, s in enumerate((0.001, 1.0, 10.0))
     ]
-    config = AggregationConfig(buffer_size=3, **DP)  # type: ignore[arg-type]
+    config = AggregationConfig(buffer_size=3, **DP).with_secret_dp_seed()  # type: ignore[arg-type]
     result = fedbuff_step(
         {"w": np.zeros(50, dtype=np.float32)},
         2,
@@ -92,7 +93,7 @@ def test_audit_recomputes_a_private_version_and_the_adaptive_clip_is_state(adapt
             for i in range(5)
         ]
         parent_state = encode_tensors(optimizer.state_dict())
-        result = aggregate(params, version, updates, config, optimizer)
+        result = make_strategy(config).aggregate(params, version, updates, optimizer)
         audit = AggregationConfig.from_dict(config.to_dict()).make_optimizer()
         audit.load_state_dict(decode_tensors(parent_state))
         recomputed = recompute_parameters(
@@ -114,7 +115,7 @@ def test_audit_recomputes_a_private_version_and_the_adaptive_clip_is_state(adapt
 
 
 def test_private_optimizer_refuses_a_noiseless_step() -> None:
-    optimizer = AggregationConfig(buffer_size=5, **DP).make_optimizer()  # type: ignore[arg-type]
+    optimizer = AggregationConfig(buffer_size=5, **DP).with_secret_dp_seed().make_optimizer()  # type: ignore[arg-type]
     zeros = {"w": np.zeros(2, dtype=np.float32)}
     with pytest.raises(InvalidConfigError, match="private_step"):
         optimizer.step(zeros, zeros)
@@ -140,11 +141,12 @@ def test_epsilon_matches_dp_accounting_reference() -> None:
 
 
 def test_policy_epsilon_claims_no_amplification_unless_clients_check_in_at_random() -> None:
-    arbitrary = AggregationConfig(buffer_size=5, **DP).privacy_policy()  # type: ignore[arg-type]
+    arbitrary = AggregationConfig(buffer_size=5, **DP).with_secret_dp_seed().privacy_policy()  # type: ignore[arg-type]
     assert arbitrary is not None and arbitrary.sampling_rate == 1.0
     assert arbitrary.assumption == "no_amplification"
     assert arbitrary.epsilon(40) == epsilon_after(1.0, 1.0, 40, 1e-5)
-    checked_in = AggregationConfig(buffer_size=5, dp_participation="random_check_in", **DP).privacy_policy()  # type: ignore[arg-type]
+    checked_in_config = AggregationConfig(buffer_size=5, dp_participation="random_check_in", **DP)  # type: ignore[arg-type]
+    checked_in = checked_in_config.with_secret_dp_seed().privacy_policy()
     assert checked_in is not None and checked_in.sampling_rate == 0.05
     assert checked_in.assumption == "poisson_subsampling q=0.05"
     assert checked_in.epsilon(40) == epsilon_after(1.0, 0.05, 40, 1e-5)
@@ -190,24 +192,29 @@ def test_adaptive_noise_multiplier_accounts_for_the_count() -> None:
     assert policy.delta_noise_multiplier == pytest.approx(1 / math.sqrt(1 - 0.25))
 
 
-def test_without_a_seed_every_private_config_draws_its_own_secret_one() -> None:
-    first, second = AggregationConfig(**DP), AggregationConfig(**DP)  # type: ignore[arg-type]
+def test_without_a_seed_a_private_config_cannot_run_until_a_driver_draws_a_secret_one() -> None:
+    config = AggregationConfig(**DP)  # type: ignore[arg-type]
+    assert config.dp_seed is None, "constructing a config draws nothing"
+    with pytest.raises(InvalidConfigError, match="needs a dp_seed"):
+        config.make_optimizer()
+    first, second = config.with_secret_dp_seed(), config.with_secret_dp_seed()
     assert isinstance(first.dp_seed, int) and isinstance(second.dp_seed, int)
     assert first.dp_seed != second.dp_seed, "a default seed would let anyone regenerate and remove the noise"
     assert first.dp_seed != 0
+    assert isinstance(first.make_optimizer(), PrivateServerOptimizer)
 
 
 def test_the_drawn_seed_is_recorded_so_an_audit_regenerates_the_same_noise() -> None:
-    config = AggregationConfig(**DP)  # type: ignore[arg-type]
+    config = AggregationConfig(**DP).with_secret_dp_seed()  # type: ignore[arg-type]
     recorded = AggregationConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert recorded.dp_seed == config.dp_seed
     assert recorded == config
 
 
 def test_an_explicit_seed_is_kept_and_no_seed_is_drawn_without_dp() -> None:
-    assert AggregationConfig(**DP, dp_seed=7).dp_seed == 7  # type: ignore[arg-type]
+    assert AggregationConfig(**DP, dp_seed=7).with_secret_dp_seed().dp_seed == 7  # type: ignore[arg-type]
     plain = AggregationConfig()
-    assert plain.dp_seed is None
+    assert plain.with_secret_dp_seed() is plain and plain.dp_seed is None
     assert "dp_seed" not in plain.to_dict()
 
 
@@ -232,14 +239,14 @@ def test_the_ledger_composes_mixed_mechanisms_as_dp_accounting_does() -> None:
 
 
 def test_the_ledger_is_optimizer_state_so_a_restart_with_other_settings_keeps_the_history() -> None:
-    first = AggregationConfig(buffer_size=2, **DP).make_optimizer()  # type: ignore[arg-type]
+    first = AggregationConfig(buffer_size=2, **DP).with_secret_dp_seed().make_optimizer()  # type: ignore[arg-type]
     assert isinstance(first, PrivateServerOptimizer)
     _private_steps(first, range(1, 4))
     assert first.ledger.entries == ((1.0, 1.0, 3),)
     assert first.epsilon_spent() == epsilon_after(1.0, 1.0, 3, 1e-5)
     state = decode_tensors(encode_tensors(first.state_dict()))
     checked_in = {**DP, "dp_noise_multiplier": 2.0, "dp_participation": "random_check_in"}
-    restarted = AggregationConfig(buffer_size=2, **checked_in).make_optimizer()  # type: ignore[arg-type]
+    restarted = AggregationConfig(buffer_size=2, **checked_in).with_secret_dp_seed().make_optimizer()  # type: ignore[arg-type]
     assert isinstance(restarted, PrivateServerOptimizer)
     restarted.load_state_dict(state)
     assert restarted.epsilon_spent() == first.epsilon_spent() and restarted.version == 3
@@ -250,11 +257,11 @@ def test_the_ledger_is_optimizer_state_so_a_restart_with_other_settings_keeps_th
 
 
 def test_a_state_from_before_the_ledger_is_read_as_versions_without_amplification() -> None:
-    optimizer = AggregationConfig(buffer_size=2, **DP).make_optimizer()  # type: ignore[arg-type]
+    optimizer = AggregationConfig(buffer_size=2, **DP).with_secret_dp_seed().make_optimizer()  # type: ignore[arg-type]
     assert isinstance(optimizer, PrivateServerOptimizer)
     _private_steps(optimizer, range(1, 6))
     old_state = {key: value for key, value in optimizer.state_dict().items() if not key.startswith("dp/ledger")}
-    restored = AggregationConfig(buffer_size=2, **DP).make_optimizer()  # type: ignore[arg-type]
+    restored = AggregationConfig(buffer_size=2, **DP).with_secret_dp_seed().make_optimizer()  # type: ignore[arg-type]
     assert isinstance(restored, PrivateServerOptimizer)
     restored.load_state_dict(old_state)
     assert restored.ledger.entries == ((1.0, 1.0, 5),)
@@ -263,9 +270,9 @@ def test_a_state_from_before_the_ledger_is_read_as_versions_without_amplificatio
 
 
 def test_the_budget_check_says_whether_one_more_version_fits() -> None:
-    assert AggregationConfig(buffer_size=2, **DP).make_optimizer().budget_check() is None  # type: ignore[arg-type, attr-defined]
+    assert AggregationConfig(buffer_size=2, **DP).with_secret_dp_seed().make_optimizer().budget_check() is None  # type: ignore[arg-type, attr-defined]
     budget = (epsilon_after(1.0, 1.0, 2, 1e-5) + epsilon_after(1.0, 1.0, 3, 1e-5)) / 2
-    optimizer = AggregationConfig(buffer_size=2, dp_epsilon_budget=budget, **DP).make_optimizer()  # type: ignore[arg-type]
+    optimizer = AggregationConfig(buffer_size=2, dp_epsilon_budget=budget, **DP).with_secret_dp_seed().make_optimizer()  # type: ignore[arg-type]
     assert isinstance(optimizer, PrivateServerOptimizer)
     checks = []
     for version in range(1, 3):
@@ -280,7 +287,7 @@ def test_the_budget_check_says_whether_one_more_version_fits() -> None:
 
 def test_random_check_in_derives_its_population_from_the_enrolled_clients_and_refuses_impossible_rates() -> None:
     checked_in = {**DP, "dp_population": None, "dp_participation": "random_check_in"}
-    config = AggregationConfig(buffer_size=5, **checked_in)  # type: ignore[arg-type]
+    config = AggregationConfig(buffer_size=5, **checked_in).with_secret_dp_seed()  # type: ignore[arg-type]
     policy = config.privacy_policy()
     assert policy is not None
     with pytest.raises(InvalidConfigError, match="dp_population is unknown"):

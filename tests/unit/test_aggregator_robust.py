@@ -15,10 +15,11 @@ from aggregator import (
     krum_scores,
     krum_select,
     l2_norm,
+    make_strategy,
     trimmed_mean,
 )
 from schemas.tensors import decode_tensors, encode_tensors, parameter_hash
-from streaming_jobs.aggregation import aggregate, recompute_parameters
+from streaming_jobs.aggregation import recompute_parameters
 
 NOW = datetime(2025, 3, 1, tzinfo=UTC)
 
@@ -136,7 +137,7 @@ def test_recomputation_from_recorded_weights_reproduces_the_hash(options: dict[s
     config = AggregationConfig(buffer_size=7, server_optimizer="adam", server_learning_rate=0.1, **options)  # type: ignore[arg-type]
     optimizer = config.make_optimizer()
     parent_state = optimizer.state_dict()
-    result = aggregate(params, 5, updates, config, optimizer)
+    result = make_strategy(config).aggregate(params, 5, updates, optimizer)
     restored = AggregationConfig.from_dict(config.to_dict())
     audit_optimizer = restored.make_optimizer()
     audit_optimizer.load_state_dict(decode_tensors(encode_tensors(parent_state)))

@@ -11,16 +11,18 @@ from hypothesis import strategies as st
 import producers.data.heart  # noqa: F401  (registers heart-mlp, a fast model for the simulator)
 from aggregator import (
     AggregationConfig,
+    AsyncServer,
     BufferPolicy,
     InvalidUpdateError,
     PendingUpdate,
     StalenessPolicy,
+    Strategy,
     fedbuff_step,
     one_per_client,
 )
 from schemas.tensors import parameter_hash
 from streaming_jobs.aggregation import aggregate_ready_versions
-from streaming_jobs.global_state import BufferedUpdate, GlobalState
+from streaming_jobs.global_state import GlobalState
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 DP = {"dp_noise_multiplier": 1.0, "dp_clip_norm": 0.5, "weight_by_sample_count": False, "dp_seed": 3}
@@ -86,15 +88,9 @@ def test_the_private_step_itself_refuses_two_updates_of_one_client_or_an_unknown
 
 def _state(config: AggregationConfig, clients: list[str]) -> GlobalState:
     params = {"w": np.zeros(4, dtype=np.float32)}
+    pending = [_pending(f"{index:032x}", client) for index, client in enumerate(clients)]
     return GlobalState(
-        model_name="m",
-        version=0,
-        parameters=params,
-        parameter_hash=parameter_hash(params),
-        optimizer=config.make_optimizer(),
-        pending=[
-            BufferedUpdate(_pending(f"{index:032x}", client), None, None, 0) for index, client in enumerate(clients)
-        ],
+        model_name="m", server=AsyncServer(config, params, pending=pending), parameter_hash=parameter_hash(params)
     )
 
 
@@ -104,18 +100,18 @@ def _numbers(update_ids: list[str]) -> list[int]:
 
 
 def _pending_numbers(state: GlobalState) -> list[int]:
-    return _numbers([item.pending.update_id for item in state.pending])
+    return _numbers([update.update_id for update in state.pending])
 
 
 def test_with_dp_a_fast_clients_second_update_waits_for_the_next_version() -> None:
     config = AggregationConfig(buffer_size=3, max_wait_seconds=None, **DP)  # type: ignore[arg-type]
     clients = ["a", "a", "b", "c", "d", "a"]
     state = _state(config, clients)
-    rows = aggregate_ready_versions(state, config, now=NOW, batch_id=7, time_trigger=False)
+    rows = aggregate_ready_versions(state, now=NOW, batch_id=7, time_trigger=False)
     assert [_numbers(row.update_ids) for row in rows] == [[0, 2, 3]]
     assert _pending_numbers(state) == [1, 4, 5], "in Kafka order"
-    state.pending.append(BufferedUpdate(_pending(f"{6:032x}", "e"), None, None, 0))
-    rows = aggregate_ready_versions(state, config, now=NOW, batch_id=8, time_trigger=False)
+    state.server.receive(_pending(f"{6:032x}", "e"))
+    rows = aggregate_ready_versions(state, now=NOW, batch_id=8, time_trigger=False)
     assert [_numbers(row.update_ids) for row in rows] == [[1, 4, 6]]
     assert _pending_numbers(state) == [5]
 
@@ -123,7 +119,7 @@ def test_with_dp_a_fast_clients_second_update_waits_for_the_next_version() -> No
 def test_without_dp_a_buffer_may_hold_two_updates_of_one_client() -> None:
     config = AggregationConfig(buffer_size=3, max_wait_seconds=None)
     state = _state(config, ["a", "a", "b"])
-    rows = aggregate_ready_versions(state, config, now=NOW, batch_id=1, time_trigger=False)
+    rows = aggregate_ready_versions(state, now=NOW, batch_id=1, time_trigger=False)
     assert [_numbers(row.update_ids) for row in rows] == [[0, 1, 2]]
     assert rows[0].epsilon is None and rows[0].epsilon_assumption is None
     assert rows[0].privacy_budget_exhausted is None
@@ -132,12 +128,12 @@ def test_without_dp_a_buffer_may_hold_two_updates_of_one_client() -> None:
 def test_the_deadline_still_makes_versions_one_update_per_client_each() -> None:
     config = AggregationConfig(buffer_size=5, max_wait_seconds=10.0, **DP)  # type: ignore[arg-type]
     state = _state(config, ["a", "a", "b"])
-    assert aggregate_ready_versions(state, config, now=NOW, batch_id=1, time_trigger=True) == []
+    assert aggregate_ready_versions(state, now=NOW, batch_id=1, time_trigger=True) == []
     later = NOW + timedelta(seconds=11)
-    assert aggregate_ready_versions(state, config, now=later, batch_id=2, time_trigger=False) == []
-    rows = aggregate_ready_versions(state, config, now=later, batch_id=-1, time_trigger=True)
+    assert aggregate_ready_versions(state, now=later, batch_id=2, time_trigger=False) == []
+    rows = aggregate_ready_versions(state, now=later, batch_id=-1, time_trigger=True)
     assert [_numbers(row.update_ids) for row in rows] == [[0, 2], [1]], "the held update waited too: its own version"
-    assert [row.version for row in rows] == [1, 2] and state.pending == []
+    assert [row.version for row in rows] == [1, 2] and state.pending == ()
     assert rows[0].epsilon is not None and rows[1].epsilon is not None and 0 < rows[0].epsilon < rows[1].epsilon
     assert {row.epsilon_assumption for row in rows} == {"no_amplification"}
 
@@ -147,7 +143,7 @@ def test_versions_record_the_sampling_assumption_their_epsilon_rests_on() -> Non
         buffer_size=2, max_wait_seconds=None, dp_participation="random_check_in", dp_population=40, **DP
     )  # type: ignore[arg-type]
     state = _state(config, ["a", "b", "c", "d"])
-    rows = aggregate_ready_versions(state, config, now=NOW, batch_id=1, time_trigger=False)
+    rows = aggregate_ready_versions(state, now=NOW, batch_id=1, time_trigger=False)
     assert [row.epsilon_assumption for row in rows] == ["poisson_subsampling q=0.05"] * 2
     policy = config.privacy_policy()
     assert policy is not None
@@ -165,9 +161,9 @@ def test_the_budget_holds_the_buffer_marks_the_last_version_and_logs_once(caplog
     config = AggregationConfig(buffer_size=2, max_wait_seconds=None, dp_epsilon_budget=budget, **DP)  # type: ignore[arg-type]
     clients = ["a", "b", "c", "d", "e", "f", "g", "h"]
     state = _state(config, clients)
-    with caplog.at_level(logging.WARNING, logger="streaming_jobs.aggregation"):
-        rows = aggregate_ready_versions(state, config, now=NOW, batch_id=1, time_trigger=False)
-        again = aggregate_ready_versions(state, config, now=NOW, batch_id=2, time_trigger=True)
+    with caplog.at_level(logging.WARNING, logger="aggregator.server"):
+        rows = aggregate_ready_versions(state, now=NOW, batch_id=1, time_trigger=False)
+        again = aggregate_ready_versions(state, now=NOW, batch_id=2, time_trigger=True)
     assert [row.version for row in rows] == [1, 2] and again == []
     assert [row.privacy_budget_exhausted for row in rows] == [False, True], "the last version says it is the last"
     assert all(row.epsilon is not None and row.epsilon <= budget for row in rows)
@@ -182,7 +178,7 @@ def test_the_budget_holds_the_buffer_marks_the_last_version_and_logs_once(caplog
 def test_a_budget_already_spent_at_start_refuses_the_first_version() -> None:
     config = AggregationConfig(buffer_size=2, max_wait_seconds=None, dp_epsilon_budget=0.01, **DP)  # type: ignore[arg-type]
     state = _state(config, ["a", "b"])
-    assert aggregate_ready_versions(state, config, now=NOW, batch_id=1, time_trigger=True) == []
+    assert aggregate_ready_versions(state, now=NOW, batch_id=1, time_trigger=True) == []
     assert state.version == 0 and len(state.pending) == 2
     assert state.privacy_refusal is not None and state.privacy_refusal.spent == 0.0
 
@@ -191,20 +187,19 @@ def test_a_budget_already_spent_at_start_refuses_the_first_version() -> None:
 
 
 def test_the_simulator_bounds_contributions_under_dp_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    import fedstream.simulator as simulator_module
     from fedstream.simulator import NetworkSpeeds, Simulator, StrategyConfig
     from producers.client import LocalData
     from producers.fleet import DeviceSpeeds
     from producers.training import LocalTrainingConfig
 
     versions: list[list[str | None]] = []
-    real_step = simulator_module.fedbuff_step
+    real_aggregate = Strategy.aggregate
 
-    def recording_step(*args, **kwargs):  # type: ignore[no-untyped-def]
-        versions.append([update.client_id for update in args[2]])
-        return real_step(*args, **kwargs)
+    def recording_aggregate(self, parameters, current_version, updates, optimizer):  # type: ignore[no-untyped-def]
+        versions.append([update.client_id for update in updates])
+        return real_aggregate(self, parameters, current_version, updates, optimizer)
 
-    monkeypatch.setattr(simulator_module, "fedbuff_step", recording_step)
+    monkeypatch.setattr(Strategy, "aggregate", recording_aggregate)
     rng = np.random.default_rng(7)
     clients = {}
     for index in range(4):

@@ -16,7 +16,8 @@ def test_the_default_aggregation_is_a_valid_fedbuff_config_without_dp() -> None:
 
 def test_the_private_variant_has_24_training_devices_and_claims_no_sampling_amplification() -> None:
     settings = DemoSettings()
-    config = AggregationConfig(**private_aggregation(settings, noise_multiplier=1.0, clip_norm=0.5))
+    options = private_aggregation(settings, noise_multiplier=1.0, clip_norm=0.5)
+    config = AggregationConfig(**options).with_secret_dp_seed()
     policy = config.privacy_policy()
     assert policy is not None
     assert policy.population == 24
