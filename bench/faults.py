@@ -4,7 +4,7 @@
 
 Each round kills the streaming job at each of its crash points (on a random pass), once at a random moment
 while it works, and restarts the broker under it, while signed clients keep publishing
-(:mod:`fedstream.fault_campaign`). Afterwards it reads Delta and Kafka back and prints what was injected,
+(:mod:`bench.fault_campaign`). Afterwards it reads Delta and Kafka back and prints what was injected,
 what was acknowledged, lost, duplicated and recomputed. The local stack (broker on the default port, state
 under ``FEDSTREAM_HOME``) is started if needed; a run folder is kept under ``bench/results/faults-*``.
 """
@@ -20,7 +20,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fedstream.fault_campaign import (
+from bench.fault_campaign import (
     BROKER_RESTART,
     FAULT_KINDS,
     RANDOM_KILL,

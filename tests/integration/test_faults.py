@@ -1,4 +1,4 @@
-"""Exactly once under faults, on the real stack: one round of :mod:`fedstream.fault_campaign` (the job
+"""Exactly once under faults, on the real stack: one round of :mod:`bench.fault_campaign` (the job
 SIGKILLed at each crash point and at a random moment, the broker restarted under it) while signed clients
 keep publishing. Nothing acknowledged is lost or duplicated; ``bench.faults`` runs more rounds."""
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.fault_campaign import FAULT_KINDS, CampaignSettings, FaultCampaign
 from devstack.topics import ensure_topics
-from fedstream.fault_campaign import FAULT_KINDS, CampaignSettings, FaultCampaign
 from tests.conftest import RunningStack
 
 pytestmark = pytest.mark.stack
