@@ -1,11 +1,11 @@
 """Aggregation strategies, one module per algorithm, registered by name (see :mod:`.registry`).
 
-``fedbuff``, ``fedasync`` and ``fedavg`` are built in; differential privacy is a wrapper
+``fedbuff``, ``fedasync``, ``fedavg`` and ``fednova`` are built in; differential privacy is a wrapper
 (:class:`.private.DifferentiallyPrivate`) and robust aggregation a combiner (:class:`aggregator.robust.RobustPolicy`)
 that strategies are composed with. The ``*_step`` functions are the same strategies called as functions.
 """
 
-from aggregator.strategies import fedasync, fedavg, fedbuff  # noqa: F401  (each registers itself)
+from aggregator.strategies import fedasync, fedavg, fedbuff, fednova  # noqa: F401  (each registers itself)
 from aggregator.strategies.base import (
     AggregationResult,
     PendingUpdate,
