@@ -93,6 +93,7 @@ def strategies(quick: bool) -> dict[str, Any]:
         "fedbuff-yogi": StrategyConfig(
             "fedbuff-yogi", buff(server_optimizer="yogi", server_learning_rate=0.005), training
         ),
+        "fednova": StrategyConfig("fednova", buff(mode="fednova", staleness_exponent=1.0), training),
         "fedbuff-personal-head": StrategyConfig(
             "fedbuff-personal-head", buff(staleness_function="inverse_sqrt"), training, personal_prefixes=HAR_CNN_HEAD
         ),
