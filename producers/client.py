@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -11,10 +12,12 @@ from torch import nn
 from producers.identity import ClientIdentity
 from producers.models import load_model_weights, model_weights
 from producers.training import Evaluation, LocalTrainingConfig, evaluate, train_locally
-from producers.transport import GlobalModelSubscriber, UpdatePublisher
 from producers.updates import build_update, model_delta
 from schemas.messages import ClientMetrics, UpdateHeader
 from schemas.wire import DecodedModel
+
+if TYPE_CHECKING:  # the caller brings its transport: training and the simulator run without kafka installed
+    from producers.transport import GlobalModelSubscriber, UpdatePublisher
 
 
 @dataclass(frozen=True)

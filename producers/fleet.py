@@ -14,11 +14,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from producers.client import FederatedClient, PreparedUpdate
-from producers.transport import GlobalModelSubscriber, UpdatePublisher
+
+if TYPE_CHECKING:  # the caller brings its transport: ``DeviceSpeeds`` serves the simulator without kafka
+    from producers.transport import GlobalModelSubscriber, UpdatePublisher
 
 
 @dataclass(frozen=True)
