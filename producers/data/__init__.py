@@ -2,16 +2,18 @@
 
 from producers.data.hapt import (
     ACTIVITY_NAMES,
-    CHANNEL_NAMES,
     ClientDataset,
-    HaptDataUnavailableError,
-    HaptFormatError,
-    HaptSession,
     LabelledWindows,
     Standardizer,
     load_hapt_clients,
-    load_hapt_sessions,
     make_windows,
+)
+from producers.data.hapt_archive import (
+    CHANNEL_NAMES,
+    HaptDataUnavailableError,
+    HaptFormatError,
+    HaptSession,
+    load_hapt_sessions,
 )
 
 __all__ = [

@@ -17,6 +17,7 @@ WITHOUT_KAFKA = "import sys\nsys.modules['kafka'] = None  # any import of kafka 
 KAFKA_FREE_MODULES = [
     "producers.data",
     "producers.data.hapt",
+    "producers.data.hapt_archive",
     "producers.data.heart",
     "producers.data.tables",
     "producers.models",
@@ -52,7 +53,8 @@ def test_windows_and_local_training_run_without_kafka() -> None:
         """
         import numpy as np
         from producers.client import LocalData
-        from producers.data.hapt import HaptSession, make_windows
+        from producers.data.hapt import make_windows
+        from producers.data.hapt_archive import HaptSession
         from producers.fleet import DeviceSpeeds
         from producers.models import build_model, model_weights
         from producers.training import LocalTrainingConfig, train_locally

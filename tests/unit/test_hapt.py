@@ -6,18 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from producers.data.hapt import (
-    ACTIVITY_NAMES,
+from producers.data.hapt import ACTIVITY_NAMES, ClientDataset, Standardizer, load_hapt_clients, make_windows
+from producers.data.hapt_archive import (
     CHANNEL_NAMES,
-    ClientDataset,
     HaptFormatError,
     HaptSession,
-    Standardizer,
     _unpickle_legacy,
     find_hapt_archive,
-    load_hapt_clients,
     load_hapt_sessions,
-    make_windows,
 )
 
 WINDOW = 128
