@@ -70,11 +70,3 @@ class ClientIdentity:
 def pseudonym_for(public_key: bytes) -> str:
     """``c-`` and the first 16 hex digits of the key's SHA-256: stable per key, unlinkable to a person."""
     return "c-" + hashlib.sha256(public_key).hexdigest()[:16]
-
-
-def read_public_key(path: Path) -> bytes:
-    """The raw public key in a ``.pub`` file written by :meth:`ClientIdentity.save`."""
-    raw = bytes.fromhex(path.read_text().strip())
-    if len(raw) != 32:
-        raise ValueError(f"{path}: an Ed25519 public key is 32 bytes, found {len(raw)}")
-    return raw

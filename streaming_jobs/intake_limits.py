@@ -35,11 +35,6 @@ class IntakeLimits:
     rejected_bytes_kept: int
     """How many leading bytes of a rejected message ``rejected_updates.raw_value`` keeps."""
 
-    @property
-    def worst_case_batch_bytes(self) -> int:
-        """Message bytes one micro-batch can bring into Python at most."""
-        return self.max_offsets_per_trigger * (self.max_update_bytes + MAX_KEY_BYTES)
-
 
 def largest_update_bytes(parameters: Mapping[str, npt.NDArray[Any]]) -> int:
     """Size of the largest well-formed update message for a model with ``parameters``."""

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from producers.identity import ClientIdentity, pseudonym_for, read_public_key
+from producers.identity import ClientIdentity, pseudonym_for
 from schemas.messages import IDENTIFIER_PATTERN
+from streaming_jobs.client_registry import public_keys_in
 
 
 def test_a_pseudonym_is_derived_from_the_public_key_and_is_a_valid_client_id() -> None:
@@ -33,8 +34,8 @@ def test_a_saved_identity_loads_with_its_id_and_signs_verifiably(tmp_path: Path)
     assert private_path.stat().st_mode & 0o777 == 0o600
     loaded = ClientIdentity.load(private_path)
     assert loaded.client_id == identity.client_id
-    public = read_public_key(public_path)
-    assert public == identity.public_key
+    ((client_id, public),) = public_keys_in(str(public_path))  # as the job reads it when enrolling
+    assert (client_id, public) == (identity.client_id, identity.public_key)
     Ed25519PublicKey.from_public_bytes(public).verify(loaded.sign(b"update"), b"update")
 
 
@@ -44,6 +45,7 @@ def test_keygen_without_an_id_writes_a_pseudonymous_key_pair(tmp_path: Path) -> 
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     (public_path,) = tmp_path.glob("*.pub")
-    assert public_path.stem == pseudonym_for(read_public_key(public_path))
+    ((client_id, public),) = public_keys_in(str(public_path))
+    assert client_id == public_path.stem == pseudonym_for(public)
     assert public_path.stem in completed.stdout
     assert (tmp_path / f"{public_path.stem}.key").exists()
