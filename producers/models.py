@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from torch import nn
+
+from schemas.tensors import Tensors
 
 __all__ = [
     "HarCnn",
@@ -105,7 +106,7 @@ def _build_har_cnn() -> nn.Module:
     return HarCnn(in_channels=6, num_classes=6)
 
 
-def model_weights(module: nn.Module) -> dict[str, npt.NDArray[np.float32]]:
+def model_weights(module: nn.Module) -> Tensors:
     """The module's floating-point parameters and buffers as float32 copies, in ``state_dict`` order.
 
     Integer buffers (counters and the like) are not model weights and are left out.

@@ -21,6 +21,7 @@ from torch import nn
 from producers.client import LocalData
 from producers.models import load_model_weights, model_weights
 from producers.training import Evaluation, LocalTrainingConfig, evaluate, train_locally
+from schemas.tensors import Tensors
 
 __all__ = [
     "HAR_CNN_HEAD",
@@ -32,8 +33,6 @@ __all__ = [
     "merge_weights",
     "split_weights",
 ]
-
-Weights = dict[str, npt.NDArray[np.float32]]
 
 HAR_CNN_HEAD: tuple[str, ...] = ("classifier.",)
 """Parameter-name prefixes of ``HarCnn``'s two-layer head: the layers a device keeps for itself."""
@@ -56,7 +55,7 @@ def check_prefixes(names: Iterable[str], personal_prefixes: Sequence[str]) -> No
 
 def split_weights(
     weights: Mapping[str, npt.NDArray[np.float32]], personal_prefixes: Sequence[str]
-) -> tuple[Weights, Weights]:
+) -> tuple[Tensors, Tensors]:
     """Return ``(shared, personal)`` copies of ``weights``, in the original order."""
     shared = {name: value.copy() for name, value in weights.items() if not is_personal(name, personal_prefixes)}
     personal = {name: value.copy() for name, value in weights.items() if is_personal(name, personal_prefixes)}
@@ -65,7 +64,7 @@ def split_weights(
 
 def merge_weights(
     shared: Mapping[str, npt.NDArray[np.float32]], personal: Mapping[str, npt.NDArray[np.float32]]
-) -> Weights:
+) -> Tensors:
     """Return one set of weights from disjoint shared and personal parts."""
     overlap = sorted(set(shared) & set(personal))
     if overlap:
@@ -75,7 +74,7 @@ def merge_weights(
 
 def fine_tune(
     model: nn.Module, start: Mapping[str, npt.NDArray[np.float32]], data: LocalData, config: LocalTrainingConfig
-) -> Weights:
+) -> Tensors:
     """Load ``start`` into ``model``, train it on the client's own training data, return the result."""
     load_model_weights(model, start)
     train_locally(model, data.train_features, data.train_labels, config)

@@ -10,12 +10,11 @@ import numpy as np
 import numpy.typing as npt
 
 from schemas.messages import ClientMetrics, UpdateHeader
+from schemas.tensors import Tensors
 from schemas.wire import Signer, encode_update, tensors_payload
 
 
-def model_delta(
-    local: Mapping[str, npt.NDArray[np.float32]], base: Mapping[str, npt.NDArray[np.float32]]
-) -> dict[str, npt.NDArray[np.float32]]:
+def model_delta(local: Mapping[str, npt.NDArray[np.float32]], base: Mapping[str, npt.NDArray[np.float32]]) -> Tensors:
     """``Δ = θ_local − θ_base`` for every parameter the global model has."""
     missing = sorted(set(base) - set(local))
     if missing:

@@ -12,6 +12,7 @@ from safetensors.numpy import load as _load_safetensors
 from safetensors.numpy import save as _save_safetensors
 
 Tensors = dict[str, npt.NDArray[np.float32]]
+"""Named float32 arrays: a model's parameters, or an update's delta."""
 
 
 def encode_tensors(tensors: Mapping[str, npt.NDArray[Any]]) -> bytes:
