@@ -29,7 +29,7 @@ def ensure_topics(settings: KafkaSettings, partitions: int = 1, timeout_seconds:
         existing = set(admin.list_topics())
         wanted = [
             NewTopic(name=name, num_partitions=partitions, replication_factor=1, topic_configs=config)
-            for name, config in topic_configs(settings).items()
+            for name, config in topic_configs(settings.max_message_bytes).items()
             if name not in existing
         ]
         created = []
@@ -39,7 +39,7 @@ def ensure_topics(settings: KafkaSettings, partitions: int = 1, timeout_seconds:
                 created.append(topic.name)
             except TopicAlreadyExistsError:
                 pass
-        reconciled = _reconcile(admin, settings, sorted(existing & set(topic_configs(settings))))
+        reconciled = _reconcile(admin, settings, sorted(existing & set(topic_configs(settings.max_message_bytes))))
         if reconciled:
             logger.info("topic settings brought in line: %s", reconciled)
         return created
@@ -51,7 +51,7 @@ def _reconcile(admin: KafkaAdminClient, settings: KafkaSettings, names: list[str
     """Set the wanted settings that differ on existing topics; return what changed, by topic."""
     if not names:
         return {}
-    wanted = topic_configs(settings)
+    wanted = topic_configs(settings.max_message_bytes)
     resources = [ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(wanted[name])) for name in names]
     described = admin.describe_configs(resources, config_filter="all")["topic"]
     changes = {
@@ -79,7 +79,7 @@ def reset_topics(settings: KafkaSettings, timeout_seconds: float = 60.0) -> None
     """Delete and recreate fedstream's topics: a clean slate for a demo or a benchmark, never for production."""
     admin = _admin(settings, timeout_seconds)
     try:
-        names = [name for name in topic_configs(settings) if name in set(admin.list_topics())]
+        names = [name for name in topic_configs(settings.max_message_bytes) if name in set(admin.list_topics())]
         if names:
             admin.delete_topics(names)
         deadline = time.monotonic() + timeout_seconds
@@ -92,7 +92,7 @@ def reset_topics(settings: KafkaSettings, timeout_seconds: float = 60.0) -> None
     deadline = time.monotonic() + timeout_seconds
     while True:
         ensure_topics(settings)
-        if set(topic_configs(settings)) <= _existing(settings) and _leaders_ready(settings):
+        if set(topic_configs(settings.max_message_bytes)) <= _existing(settings) and _leaders_ready(settings):
             return
         if time.monotonic() > deadline:
             raise TimeoutError("topics could not be recreated")
@@ -115,7 +115,7 @@ def _leaders_ready(settings: KafkaSettings) -> bool:
     consumer = KafkaConsumer(**settings.consumer_options())
     try:
         partitions = []
-        for name in topic_configs(settings):
+        for name in topic_configs(settings.max_message_bytes):
             ids = consumer.partitions_for_topic(name)
             if not ids:
                 return False

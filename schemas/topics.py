@@ -6,12 +6,7 @@ exactly-once bookkeeping simple. Updates above the limit are refused by the clie
 anyway, rejected by the job with the reason ``oversized``.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Final
-
-if TYPE_CHECKING:
-    from schemas.kafka_settings import KafkaSettings
+from typing import Final
 
 UPDATES_TOPIC: Final = "fl.updates"
 MODELS_TOPIC: Final = "fl.models"
@@ -20,9 +15,12 @@ MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 """Largest Kafka message (header + payload) anywhere in fedstream: 16 MiB."""
 
 
-def topic_configs(settings: KafkaSettings) -> dict[str, dict[str, str]]:
-    """Topic name → topic-level configuration: what the dev stack, Docker Compose and a managed cluster create."""
-    limit = str(settings.max_message_bytes)
+def topic_configs(max_message_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, dict[str, str]]:
+    """Topic name → topic-level configuration: what the dev stack, Docker Compose and a managed cluster create.
+
+    ``max_message_bytes`` is the parties' ``KafkaSettings.max_message_bytes`` (lower it where a plan caps it).
+    """
+    limit = str(max_message_bytes)
     return {
         # The broker stamps each update's arrival (LogAppendTime), so the job's replay window compares the
         # signed created_at with a time no client can set.

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schemas.kafka_settings import KafkaSettings
 from schemas.topics import MAX_MESSAGE_BYTES, MODELS_TOPIC, UPDATES_TOPIC, topic_configs
 
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
@@ -31,12 +30,12 @@ def test_broker_limits_match_the_project_limit() -> None:
 
 def test_topics_are_created_with_the_settings_the_local_stack_uses() -> None:
     script = " ".join(_compose()["services"]["kafka-topics"]["command"])
-    for topic, config in topic_configs(KafkaSettings()).items():
+    for topic, config in topic_configs().items():
         assert f"--topic {topic} " in script
         section = script.split(f"--topic {topic} ", 1)[1].split("--topic", 1)[0]
         for key, value in config.items():
             assert f"--config {key}={value}" in section, f"{topic}: {key}={value} missing from docker-compose.yml"
-    assert {UPDATES_TOPIC, MODELS_TOPIC} == set(topic_configs(KafkaSettings()))
+    assert {UPDATES_TOPIC, MODELS_TOPIC} == set(topic_configs())
 
 
 def test_mlflow_service_exposes_the_tracking_port() -> None:
