@@ -79,6 +79,19 @@ def _parser() -> argparse.ArgumentParser:
         question.add_argument("--json", action="store_true", help="print JSON instead of a table")
         question.set_defaults(handler=_audit, question=name)
 
+    workspace = commands.add_parser("databricks", help="Unity Catalog set-up printed as SQL for a workspace")
+    workspace_commands = workspace.add_subparsers(title="actions", required=True)
+    grants = workspace_commands.add_parser(
+        "grants", help="print the GRANT statements for the job's principal and for auditors (run them as an owner)"
+    )
+    grants.add_argument("--catalog", default="fedstream")
+    grants.add_argument("--schema", default="federated")
+    grants.add_argument("--volume", default="fedstream", help="the volume of the checkpoint and the initial model")
+    grants.add_argument("--job-principal", help="application id of the service principal the job runs as")
+    grants.add_argument("--auditors", help="group that may read the auditor's views (and nothing else)")
+    grants.add_argument("--warehouse-id", help="SQL warehouse the auditors query with (prints a CLI command)")
+    grants.set_defaults(handler=_databricks_grants)
+
     demo = commands.add_parser("demo", help="a local end-to-end federated run on the UCI HAPT activity data")
     demo.add_argument("--minutes", type=float, default=3.0, help="how long the devices train")
     demo.add_argument("--seed", type=int, default=0)
@@ -201,6 +214,25 @@ def _cell(value: object) -> str:
     return "" if value is None else str(value)
 
 
+def _databricks_grants(args: argparse.Namespace) -> int:
+    from streaming_jobs import databricks
+
+    schema_name = databricks.catalog_schema(args.catalog, args.schema)
+    if not args.job_principal and not args.auditors:
+        print("give --job-principal, --auditors or both", file=sys.stderr)
+        return 2
+    if args.job_principal:
+        print(f"-- the job's principal: run, create and own the tables and views in {schema_name}")
+        print("\n".join(databricks.job_principal_grants(schema_name, args.job_principal, args.volume)))
+    if args.auditors:
+        print(f"-- auditors: read the views without blobs in {schema_name}; no table, no volume, no Kafka")
+        print("\n".join(databricks.auditor_grants(schema_name, args.auditors)))
+        if args.warehouse_id:
+            command = databricks.warehouse_permission_command(args.warehouse_id, args.auditors)
+            print(f"-- and CAN USE on the SQL warehouse, from a shell (no SQL statement grants it):\n-- {command}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from fedstream.demo import DemoSettings, private_aggregation, run_demo
 
@@ -231,6 +263,12 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
         help="most message bytes one micro-batch brings into the driver (lowers --max-offsets-per-trigger)",
     )
     parser.add_argument("--trigger-seconds", type=float, default=1.0)
+    parser.add_argument(
+        "--audit-window-days",
+        type=int,
+        default=90,
+        help="days of Delta history the tables keep, so `fedstream audit --as-of` reaches that far back (at least 7)",
+    )
     parser.add_argument("--register-every", type=int, default=10)
     parser.add_argument("--experiment", default="fedstream", help="MLflow experiment name")
     parser.add_argument("--enrol-public-keys", help="folder of <client_id>.pub files to enrol at start")
@@ -266,6 +304,7 @@ def _job(args: argparse.Namespace) -> int:
         "batch_bytes_budget": args.batch_bytes_budget,
         "writer_id": args.writer_id,
         "trigger_interval_seconds": args.trigger_seconds,
+        "audit_window_days": args.audit_window_days,
         "register_every": args.register_every,
         "mlflow_experiment": args.experiment,
         "enrol_public_keys_dir": args.enrol_public_keys,

@@ -305,3 +305,53 @@ def refuse_spark_connect(spark: object, environ: Mapping[str, str] | None = None
 def _message(problems: list[str]) -> str:
     listed = "\n- ".join(problems)
     return f"fedstream's streaming job cannot run on Databricks like this:\n- {listed}\n(see docs/databricks.md)"
+
+
+# ── Unity Catalog grants: the job's principal and auditors ──────────────────────────────────────────────────────
+
+AUDITED_TABLES = ("updates", "rejected_updates", "model_versions", "client_keys")
+"""The job's tables; each has an auditor's view ``<table>_audit`` without binary blobs (``streaming_jobs.tables``)."""
+
+
+def _principal(name: str) -> str:
+    if not isinstance(name, str) or not name.strip() or "`" in name:
+        raise ValueError(f"principal {name!r} ({type(name).__name__}) must be a non-empty name without backticks")
+    return f"`{name}`"
+
+
+def job_principal_grants(schema_name: str, principal: str, volume: str) -> list[str]:
+    """SQL that lets ``principal`` (the job's service principal) run the job on ``catalog.schema``.
+
+    CREATE TABLE also covers the auditor's views the job creates; the job owns what it creates, which it needs
+    to change table properties and redefine views. CREATE MODEL is for the registry (``register_every``).
+    """
+    catalog, _, schema = schema_name.partition(".")
+    qualified, who = catalog_schema(catalog, schema), _principal(principal)
+    if not isinstance(volume, str) or not _NAME_PART.match(volume):
+        raise ValueError(f"volume {volume!r} ({type(volume).__name__}) must be letters, digits and underscores")
+    volume_name = f"{qualified}.{volume}"
+    return [
+        f"GRANT USE CATALOG ON CATALOG {catalog} TO {who};",
+        f"GRANT USE SCHEMA, CREATE TABLE, SELECT, MODIFY, CREATE MODEL ON SCHEMA {qualified} TO {who};",
+        f"GRANT READ VOLUME, WRITE VOLUME ON VOLUME {volume_name} TO {who};",
+    ]
+
+
+def auditor_grants(schema_name: str, auditors: str) -> list[str]:
+    """SQL that lets ``auditors`` (a group) read the auditor's views, and nothing else in the schema."""
+    catalog, _, schema = schema_name.partition(".")
+    qualified, who = catalog_schema(catalog, schema), _principal(auditors)
+    return [
+        f"GRANT USE CATALOG ON CATALOG {catalog} TO {who};",
+        f"GRANT USE SCHEMA ON SCHEMA {qualified} TO {who};",
+        *(f"GRANT SELECT ON VIEW {qualified}.{table}_audit TO {who};" for table in AUDITED_TABLES),
+    ]
+
+
+def warehouse_permission_command(warehouse_id: str, auditors: str) -> str:
+    """Databricks CLI command that gives ``auditors`` CAN USE on a SQL warehouse (no SQL statement does)."""
+    if not re.fullmatch(r"[0-9a-f]{16}", warehouse_id or ""):
+        raise ValueError(f"warehouse id {warehouse_id!r} should be the 16 hex digits shown in the warehouse's URL")
+    _principal(auditors)
+    body = f'{{"access_control_list": [{{"group_name": "{auditors}", "permission_level": "CAN_USE"}}]}}'
+    return f"databricks warehouses update-permissions {warehouse_id} --json '{body}'"

@@ -137,7 +137,7 @@ def run_job(
 
     spark = spark or get_spark("fedstream-aggregation-job")
     locations = TableLocations(settings.tables_root, settings.catalog_schema)
-    locations.ensure(spark)
+    locations.ensure(spark, audit_window_days=settings.audit_window_days)
     bootstrap_initial_version(spark, settings)
     if settings.enrol_public_keys_dir:
         from streaming_jobs.client_registry import enrol_new_keys, public_keys_in

@@ -16,6 +16,7 @@ from schemas.messages import Identifier
 from schemas.paths import state_dir
 from streaming_jobs import databricks
 from streaming_jobs.signing_key import SIGNING_KEY_FILE_VARIABLE, SIGNING_KEY_VARIABLE
+from streaming_jobs.tables import DEFAULT_AUDIT_WINDOW_DAYS, MINIMUM_AUDIT_WINDOW_DAYS
 
 CHECKPOINT_VARIABLE = "FEDSTREAM_CHECKPOINT_LOCATION"
 
@@ -75,6 +76,8 @@ class JobSettings(BaseModel):
     tables_root: str = Field(default_factory=_default_tables_root)
     catalog_schema: str | None = Field(default_factory=_default_catalog_schema)
     """Unity Catalog ``catalog.schema`` of the tables (None: Delta folders under ``tables_root``)."""
+    audit_window_days: int = Field(default=DEFAULT_AUDIT_WINDOW_DAYS, ge=MINIMUM_AUDIT_WINDOW_DAYS)
+    """Days of Delta history the tables keep (log and deleted-file retention): ``audit --as-of`` reaches this far."""
     checkpoint_location: str = Field(default_factory=_default_checkpoint)
     kafka: KafkaSettings = Field(default_factory=_default_kafka)
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)

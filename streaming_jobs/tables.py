@@ -3,11 +3,17 @@
 Every append inside ``foreachBatch`` carries ``txnAppId``/``txnVersion`` = (table writer, batch id), so a
 micro-batch replayed after a crash never writes its rows twice. Columns added in later fedstream versions are
 nullable: ``ensure`` adds them to a table an older version created, and appends merge them in too.
+
+The tables are an audit log: fedstream only ever appends to them (no DELETE, UPDATE, MERGE or overwrite), so
+each is created ``delta.appendOnly`` and keeps its Delta history for the audit window, long enough for
+``fedstream audit --as-of`` to read any version inside it after VACUUM or predictive optimization. In a catalog
+each table also gets an auditor's view without its binary blobs (update payloads, raw rejected bytes, model
+parameters), which is what auditors are granted instead of the tables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,18 +120,88 @@ CLIENT_KEYS_SCHEMA = StructType(
 
 @dataclass(frozen=True)
 class TableSpec:
-    """A Delta table: its name, Spark schema and the pydantic row model that describes one row."""
+    """A Delta table: its name, Spark schema and the pydantic row model that describes one row.
+
+    ``audit_columns`` (column name, SQL expression) replaces or adds columns in the auditor's view; binary
+    columns are left out of that view unless replaced here.
+    """
 
     name: str
     schema: StructType
     row_model: type[BaseModel]
+    append_only: bool = True
+    audit_columns: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def audit_view(self) -> str:
+        """Name of the auditor's view of this table: the table's name with ``_audit``."""
+        return f"{self.name}_audit"
+
+    def audit_select(self) -> list[str]:
+        """The auditor's view's select list: every column but the binary blobs, with ``audit_columns`` applied."""
+        replaced = dict(self.audit_columns)
+        selected = []
+        for field in self.schema.fields:
+            if field.name in replaced:
+                selected.append(f"{replaced.pop(field.name)} AS `{field.name}`")
+            elif not isinstance(field.dataType, BinaryType):
+                selected.append(f"`{field.name}`")
+        selected.extend(f"{expression} AS `{name}`" for name, expression in replaced.items())
+        return selected
+
+
+_REDACTED_DP_SEED = """regexp_replace(config_json, '"dp_seed": *-?[0-9]+', '"dp_seed": "redacted"')"""
+"""``config_json`` without the DP noise seed: with it, an auditor who also saw a version could subtract the noise."""
 
 UPDATES = TableSpec("updates", UPDATES_SCHEMA, UpdateRow)
 REJECTED_UPDATES = TableSpec("rejected_updates", REJECTED_UPDATES_SCHEMA, RejectedUpdateRow)
-MODEL_VERSIONS = TableSpec("model_versions", MODEL_VERSIONS_SCHEMA, ModelVersionRow)
-CLIENT_KEYS = TableSpec("client_keys", CLIENT_KEYS_SCHEMA, ClientKeyRow)
+MODEL_VERSIONS = TableSpec(
+    "model_versions", MODEL_VERSIONS_SCHEMA, ModelVersionRow, audit_columns=(("config_json", _REDACTED_DP_SEED),)
+)
+CLIENT_KEYS = TableSpec(
+    "client_keys", CLIENT_KEYS_SCHEMA, ClientKeyRow, audit_columns=(("public_key_sha256", "sha2(public_key, 256)"),)
+)
 ALL_TABLES = (UPDATES, REJECTED_UPDATES, MODEL_VERSIONS, CLIENT_KEYS)
+
+DEFAULT_AUDIT_WINDOW_DAYS = 90
+"""Days of Delta history every table keeps (``--audit-window-days``): ``audit --as-of`` works this far back."""
+MINIMUM_AUDIT_WINDOW_DAYS = 7
+"""Delta's own floor for VACUUM: files a running reader may still need are never removed sooner."""
+
+
+def table_properties(table: TableSpec, audit_window_days: int) -> dict[str, str]:
+    """Delta table properties of ``table`` for an audit window of ``audit_window_days`` days.
+
+    ``delta.logRetentionDuration`` keeps the transaction log (time travel needs it) and
+    ``delta.deletedFileRetentionDuration`` keeps the data files an older version reads from VACUUM, which
+    predictive optimization runs on its own; ``delta.appendOnly`` makes Delta refuse deletes and updates.
+    """
+    if isinstance(audit_window_days, bool) or not isinstance(audit_window_days, int):
+        raise TypeError(
+            f"audit_window_days must be an int, got {audit_window_days!r} ({type(audit_window_days).__name__})"
+        )
+    if audit_window_days < MINIMUM_AUDIT_WINDOW_DAYS:
+        raise ValueError(
+            f"audit_window_days must be at least {MINIMUM_AUDIT_WINDOW_DAYS} (Delta's VACUUM floor), "
+            f"got {audit_window_days}"
+        )
+    window = f"interval {audit_window_days} days"
+    properties = {"delta.logRetentionDuration": window, "delta.deletedFileRetentionDuration": window}
+    if table.append_only:
+        properties["delta.appendOnly"] = "true"
+    return properties
+
+
+def _sql_properties(properties: Mapping[str, str]) -> str:
+    return ", ".join(f"'{key}' = '{value}'" for key, value in properties.items())
+
+
+def _column_definitions(schema: StructType) -> str:
+    """``name type [NOT NULL], ...`` of ``schema`` for CREATE TABLE (array elements become nullable in SQL DDL)."""
+    return ", ".join(
+        f"`{field.name}` {field.dataType.simpleString()}{'' if field.nullable else ' NOT NULL'}"
+        for field in schema.fields
+    )
 
 
 @dataclass(frozen=True)
@@ -147,18 +223,66 @@ class TableLocations:
             return spark.read.table(self.identifier(table))
         return spark.read.format("delta").load(self.identifier(table))
 
-    def ensure(self, spark: SparkSession) -> None:
-        """Create every missing table, empty, with its schema; add the columns an older table lacks (idempotent)."""
-        from delta.tables import DeltaTable
+    def reference(self, table: TableSpec) -> str:
+        """How SQL names ``table``: ``catalog.schema.table``, or ``delta.`<folder>``` for a path."""
+        return self.identifier(table) if self.catalog_schema else f"delta.`{self.identifier(table)}`"
 
+    def audit_view(self, table: TableSpec) -> str:
+        """``catalog.schema.<table>_audit``: the auditor's view of ``table`` (only in a catalog)."""
+        if not self.catalog_schema:
+            raise ValueError(f"tables in folders ({self.root!r}) have no auditor's views; they need a catalog schema")
+        return f"{self.catalog_schema}.{table.audit_view}"
+
+    def ensure(self, spark: SparkSession, *, audit_window_days: int | None = None) -> None:
+        """Create every missing table, empty, with its schema and properties; add the columns an older table lacks.
+
+        A table named in a catalog is created with SQL (``CREATE TABLE IF NOT EXISTS``), which open-source Delta
+        and Unity Catalog both accept for three-part names; a folder with ``DeltaTable.createIfNotExists``. In a
+        catalog the auditor's views are created, or brought in line with the tables' columns. With
+        ``audit_window_days`` (the job passes its setting) the retention and append-only properties of tables
+        that already exist are brought in line too; without it (one-off commands) existing tables keep theirs and
+        new ones get :data:`DEFAULT_AUDIT_WINDOW_DAYS`. Idempotent: nothing is written when nothing differs.
+        """
+        window = DEFAULT_AUDIT_WINDOW_DAYS if audit_window_days is None else audit_window_days
         for table in ALL_TABLES:
-            builder = DeltaTable.createIfNotExists(spark).addColumns(table.schema)
+            properties = table_properties(table, window)
             if self.catalog_schema:
-                builder = builder.tableName(self.identifier(table))
+                spark.sql(
+                    f"CREATE TABLE IF NOT EXISTS {self.identifier(table)} ({_column_definitions(table.schema)}) "
+                    f"USING DELTA TBLPROPERTIES ({_sql_properties(properties)})"
+                )
             else:
-                builder = builder.location(self.identifier(table))
-            builder.execute()
+                from delta.tables import DeltaTable
+
+                builder = DeltaTable.createIfNotExists(spark).addColumns(table.schema).location(self.identifier(table))
+                for key, value in properties.items():
+                    builder = builder.property(key, value)
+                builder.execute()
             self._add_missing_columns(spark, table)
+            if audit_window_days is not None:
+                self._set_properties(spark, table, properties)
+            if self.catalog_schema:
+                self._ensure_audit_view(spark, table)
+
+    def properties(self, spark: SparkSession, table: TableSpec) -> dict[str, str]:
+        """The stored table's properties (``SHOW TBLPROPERTIES``)."""
+        return {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {self.reference(table)}").collect()}
+
+    def _set_properties(self, spark: SparkSession, table: TableSpec, wanted: Mapping[str, str]) -> None:
+        """``ALTER TABLE ... SET TBLPROPERTIES`` for the properties that differ (no commit when none do)."""
+        present = self.properties(spark, table)
+        differing = {key: value for key, value in wanted.items() if present.get(key) != value}
+        if differing:
+            spark.sql(f"ALTER TABLE {self.reference(table)} SET TBLPROPERTIES ({_sql_properties(differing)})")
+
+    def _ensure_audit_view(self, spark: SparkSession, table: TableSpec) -> None:
+        """Create the auditor's view, or redefine it (``ALTER VIEW``, which keeps its grants) when columns changed."""
+        view, query = self.audit_view(table), f"SELECT {', '.join(table.audit_select())} FROM {self.identifier(table)}"
+        if not spark.catalog.tableExists(view):
+            comment = f"fedstream: {table.name} without binary blobs, for auditors"
+            spark.sql(f"CREATE VIEW IF NOT EXISTS {view} COMMENT '{comment}' AS {query}")
+        elif spark.read.table(view).columns != spark.sql(query).columns:
+            spark.sql(f"ALTER VIEW {view} AS {query}")
 
     def _add_missing_columns(self, spark: SparkSession, table: TableSpec) -> None:
         """``ALTER TABLE ... ADD COLUMNS`` for the nullable columns of ``table.schema`` the stored table lacks."""
@@ -172,9 +296,8 @@ class TableLocations:
             )
         if not missing:
             return
-        reference = self.identifier(table) if self.catalog_schema else f"delta.`{self.identifier(table)}`"
         columns = ", ".join(f"{field.name} {field.dataType.simpleString()}" for field in missing)
-        spark.sql(f"ALTER TABLE {reference} ADD COLUMNS ({columns})")
+        spark.sql(f"ALTER TABLE {self.reference(table)} ADD COLUMNS ({columns})")
 
     def append(
         self,
