@@ -49,6 +49,7 @@ from producers.updates import build_update, model_delta
 
 __all__ = [
     "CurvePoint",
+    "JobCadence",
     "NetworkSpeeds",
     "SimulationResult",
     "Simulator",
@@ -81,6 +82,33 @@ class NetworkSpeeds:
             raise ValueError(f"median_bytes_per_second must be > 0 or None, got {self.median_bytes_per_second!r}")
         if not self.sigma >= 0:
             raise ValueError(f"sigma must be >= 0, got {self.sigma!r}")
+
+
+@dataclass(frozen=True)
+class JobCadence:
+    """How the streaming job sees updates, for a simulation that predicts the pipeline.
+
+    The job reads ``fl.updates`` in micro-batches every ``trigger_seconds``: every update that arrived since
+    the last batch is judged in one go, in arrival order, against the version current at that moment, so a
+    burst can make several versions from updates that were all computed from the same base. A version
+    reaches clients only when the batch that made it has been written and published, ``publish_seconds``
+    after the batch began; until then clients keep training from the last published version. A batch that
+    overruns delays the next one (Spark starts it as soon as the previous ends).
+    """
+
+    trigger_seconds: float = 1.0
+    publish_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        """Reject a non-positive trigger or a negative publishing time."""
+        if not self.trigger_seconds > 0:
+            raise ValueError(f"trigger_seconds must be > 0, got {self.trigger_seconds!r}")
+        if not self.publish_seconds >= 0:
+            raise ValueError(f"publish_seconds must be >= 0, got {self.publish_seconds!r}")
+
+    def next_batch_at(self, arrived_at: float, job_free_at: float) -> float:
+        """When the batch that takes an update arrived at ``arrived_at`` begins."""
+        return max(math.floor(arrived_at / self.trigger_seconds + 1) * self.trigger_seconds, job_free_at)
 
 
 @dataclass(frozen=True)
@@ -146,6 +174,8 @@ class SimulationResult:
     """What ``epsilon`` rests on (see ``schemas.rows.ModelVersionRow.epsilon_assumption``)."""
     privacy_budget_exhausted: bool = False
     """True when ``dp_epsilon_budget`` refused a version: the run stopped making versions there."""
+    version_stalenesses: list[tuple[int, ...]] = field(default_factory=list)
+    """Per version made, the staleness of each update in it (what ``model_versions.update_staleness`` holds)."""
 
     def time_to_accuracy(self, target: float) -> tuple[float, int] | None:
         """First ``(virtual seconds, updates)`` at which held-out accuracy reached ``target``, else None."""
@@ -190,14 +220,24 @@ class Simulator:
         jitter_sigma: float = 0.3,
         seed: int = 0,
         update_transform: UpdateTransform | None = None,
+        cadence: JobCadence | None = None,
+        seconds_per_step: float = 0.0,
     ) -> None:
-        """``update_transform`` rewrites each client's delta before it is sent (attacks); ``None``: honest."""
+        """``update_transform`` rewrites each client's delta before it is sent (attacks); ``None``: honest.
+
+        ``cadence``: deliver updates and versions as the streaming job does (asynchronous strategies only);
+        ``None``: each arrival is judged and each version published at once. ``seconds_per_step``: compute
+        time of one local training step, added to a device's delay, so a client's work grows with its samples
+        and epochs (0: the delay alone).
+        """
         if not clients:
             raise ValueError("the simulator needs at least one client")
         if strategy.concurrency > len(clients):
             raise ValueError(f"concurrency {strategy.concurrency} exceeds the {len(clients)} clients")
         if jitter_sigma < 0:
             raise ValueError(f"jitter_sigma must be >= 0, got {jitter_sigma!r}")
+        if not seconds_per_step >= 0:
+            raise ValueError(f"seconds_per_step must be >= 0, got {seconds_per_step!r}")
         self.model_name = model_name
         self.client_ids = sorted(clients)
         self.clients = [clients[client_id] for client_id in self.client_ids]
@@ -227,12 +267,16 @@ class Simulator:
         self.aggregation = strategy.aggregation.with_enrolled_population(len(self.clients)).with_secret_dp_seed()
         self.server = AsyncServer(self.aggregation, self.shared)
         self.update_transform = update_transform
+        self.cadence = cadence
+        self.seconds_per_step = seconds_per_step
+        self._published: tuple[int, Weights] = (0, self.shared)
+        """The version clients can fetch, and its shared weights (newest made, without a cadence)."""
 
     # ------------------------------------------------------------------ client side
 
-    def _duration(self, client: int) -> float:
+    def _duration(self, client: int, steps: int) -> float:
         jitter = math.exp(self.jitter_sigma * float(self._jitter.standard_normal())) if self.jitter_sigma else 1.0
-        return self.compute_seconds[client] * jitter + self.upload_seconds[client]
+        return self.compute_seconds[client] * jitter + steps * self.seconds_per_step + self.upload_seconds[client]
 
     def _train(self, client: int) -> tuple[Weights, int, int]:
         """Train ``client`` from the current shared global plus its personal layers: Δ_shared, samples, steps."""
@@ -251,13 +295,14 @@ class Simulator:
             seed=(config.seed * 1_000_003 + self.seed * 10_007 + client * 101 + count) % (2**31),
             num_threads=config.num_threads,
         )
-        start = merge_weights(self.shared, self.personal[client])
+        base = self._published[1]
+        start = merge_weights(base, self.personal[client])
         load_model_weights(self.model, start)
         report = train_locally(self.model, data.train_features, data.train_labels, training, start)
         local = model_weights(self.model)
         local_shared, local_personal = split_weights(local, self.strategy.personal_prefixes)
         self.personal[client] = local_personal
-        delta = model_delta(local_shared, self.shared)
+        delta = model_delta(local_shared, base)
         if self.update_transform is not None:
             delta = self.update_transform(self.client_ids[client], delta)
         return delta, report.sample_count, report.steps
@@ -273,7 +318,11 @@ class Simulator:
         result = SimulationResult(strategy=self.strategy.name)
         self._record(result, 0.0, 0, 0)
         if self.strategy.is_synchronous:
+            if self.cadence is not None:
+                raise ValueError("a job cadence applies to asynchronous strategies; synchronous rounds wait anyway")
             self._run_synchronous(result, total_updates, eval_every_updates)
+        elif self.cadence is not None:
+            self._run_micro_batches(result, total_updates, eval_every_updates, self.cadence)
         else:
             self._run_asynchronous(result, total_updates, eval_every_updates)
         self._record(result, result.virtual_seconds, result.updates, result.versions)
@@ -300,9 +349,12 @@ class Simulator:
 
     def _made(self, result: SimulationResult, versions: Sequence[NewVersion]) -> None:
         """Take the server's new versions as the global model; note a budget refusal in ``result``."""
+        result.version_stalenesses += [version.stalenesses for version in versions]
         if versions:
             self.shared = versions[-1].parameters
             result.versions = versions[-1].version
+            if self.cadence is None:
+                self._published = (versions[-1].version, self.shared)
         if self.server.privacy_refusal is not None:
             result.privacy_budget_exhausted = True
 
@@ -343,7 +395,7 @@ class Simulator:
             durations = []
             for position, client in enumerate(cohort):
                 delta, sample_count, steps = self._train(client)
-                durations.append(self._duration(client))
+                durations.append(self._duration(client, steps))
                 server.receive(
                     PendingUpdate(
                         update_id=f"{self.client_ids[client]}-{result.updates + position}",
@@ -387,7 +439,13 @@ class Simulator:
                 heapq.heappush(
                     arrivals,
                     _Arrival(
-                        now + self._duration(client), sequence, client, server.version, delta, sample_count, steps
+                        now + self._duration(client, steps),
+                        sequence,
+                        client,
+                        server.version,
+                        delta,
+                        sample_count,
+                        steps,
                     ),
                 )
                 sequence += 1
@@ -438,6 +496,91 @@ class Simulator:
                 idle = [client for client in range(len(self.clients)) if client not in busy]
                 start(self._sample(idle, min(len(finished), len(idle))))
         self._made(result, server.drain())  # the final model uses every accepted update
+
+    def _run_micro_batches(
+        self, result: SimulationResult, total_updates: int, eval_every: int, cadence: JobCadence
+    ) -> None:
+        """The asynchronous loop with the job's cadence: updates judged per micro-batch, versions seen late.
+
+        A client that finishes starts again at once from the version published at that moment (as a device
+        fetches ``fl.models`` after sending), while its update waits for the next micro-batch.
+        """
+        server = self.server
+        arrivals: list[_Arrival] = []
+        inbox: list[_Arrival] = []
+        publications: list[tuple[float, int, Weights]] = []
+        sequence = started = 0
+        job_free_at = 0.0
+        next_eval = eval_every
+        now = 0.0
+
+        def start(clients: Sequence[int]) -> None:
+            nonlocal sequence, started
+            for client in clients:
+                if started >= total_updates or result.privacy_budget_exhausted:
+                    return
+                delta, sample_count, steps = self._train(client)
+                started += 1
+                at = now + self._duration(client, steps)
+                base = self._published[0]
+                heapq.heappush(arrivals, _Arrival(at, sequence, client, base, delta, sample_count, steps))
+                sequence += 1
+
+        def next_batch() -> float:
+            deadline = server.deadline()
+            waiting = [inbox[0].at] if inbox else []
+            if deadline is not None and not result.privacy_budget_exhausted:
+                waiting.append((deadline - _EPOCH).total_seconds())
+            return cadence.next_batch_at(min(waiting), job_free_at) if waiting else math.inf
+
+        start(self._sample(range(len(self.clients)), self.strategy.concurrency))
+        while arrivals or inbox or publications or next_batch() < math.inf:
+            batch_at = next_batch()
+            now = min(arrivals[0].at if arrivals else math.inf, publications[0][0] if publications else math.inf)
+            now = min(now, batch_at)
+            while publications and publications[0][0] <= now:
+                _, version, weights = publications.pop(0)
+                self._published = (version, weights)
+            finished = []
+            while arrivals and arrivals[0].at <= now and arrivals[0].at < batch_at:
+                arrival = heapq.heappop(arrivals)
+                inbox.append(arrival)
+                finished.append(arrival.client)
+                result.updates += 1
+                result.bytes_sent += self.message_bytes
+            if batch_at <= now:
+                self._judge_batch(result, inbox, _EPOCH + timedelta(seconds=batch_at))
+                inbox.clear()
+                job_free_at = batch_at + cadence.publish_seconds
+                if server.version > self._published[0] and (not publications or publications[-1][1] < server.version):
+                    publications.append((job_free_at, server.version, self.shared))
+            result.virtual_seconds = now
+            if result.updates >= next_eval:
+                self._record(result, now, result.updates, result.versions)
+                next_eval = result.updates + eval_every
+            start(finished)
+        self._made(result, server.drain())  # the final model uses every accepted update
+
+    def _judge_batch(self, result: SimulationResult, batch: Sequence[_Arrival], moment: datetime) -> None:
+        """One micro-batch as the job's intake runs it: in order, a full buffer aggregates at once; then deadlines."""
+        server = self.server
+        for arrival in batch:
+            if not server.admits(arrival.base_version):
+                result.rejected += 1
+                continue
+            server.receive(
+                PendingUpdate(
+                    update_id=f"{self.client_ids[arrival.client]}-{arrival.sequence}",
+                    delta=arrival.delta,
+                    base_version=arrival.base_version,
+                    sample_count=arrival.sample_count,
+                    received_at=moment,
+                    client_id=self.client_ids[arrival.client],
+                    training_steps=arrival.training_steps,
+                )
+            )
+            self._made(result, server.ready_versions(moment, deadline=False))
+        self._made(result, server.ready_versions(moment))
 
     # ------------------------------------------------------------------ per-client evaluation
 

@@ -3,7 +3,7 @@ import pytest
 
 import producers.data.heart  # noqa: F401  (registers heart-mlp, a fast model for these tests)
 from aggregator import AggregationConfig
-from fedstream.simulator import NetworkSpeeds, Simulator, StrategyConfig
+from fedstream.simulator import JobCadence, NetworkSpeeds, Simulator, StrategyConfig
 from producers.client import LocalData
 from producers.fleet import DeviceSpeeds
 from producers.training import Evaluation, LocalTrainingConfig
@@ -121,3 +121,47 @@ def test_invalid_configuration_is_rejected() -> None:
             StrategyConfig("x", AggregationConfig(), TRAINING, 2, personal_prefixes=("head.",)),
             speeds=EQUAL,
         )
+
+
+def _burst_run(cadence: JobCadence | None) -> object:
+    strategy = _fedbuff(concurrency=4)
+    simulator = Simulator(
+        MODEL, _clients(), strategy, speeds=EQUAL, network=NO_NETWORK, jitter_sigma=0.0, cadence=cadence
+    )
+    return simulator.run(8, eval_every_updates=4)
+
+
+def test_the_job_cadence_makes_clients_train_from_the_last_published_version() -> None:
+    """Four equal clients finish together: a burst. The job sees it at its next trigger and publishes later."""
+    immediate = _burst_run(None)
+    batched = _burst_run(JobCadence(trigger_seconds=1.0, publish_seconds=0.5))
+    # without a cadence the restarted clients train from version 2 at once; with it they restart at t=2 from
+    # version 0, because the burst is judged at t=3 and published at t=3.5
+    assert immediate.version_stalenesses == [(0, 0), (1, 1), (0, 0), (1, 1)]  # type: ignore[attr-defined]
+    assert batched.version_stalenesses == [(0, 0), (1, 1), (2, 2), (3, 3)]  # type: ignore[attr-defined]
+    # the second burst arrives at t=4, is judged at t=5 and on fl.models at t=5.5
+    assert batched.virtual_seconds == pytest.approx(5.5)  # type: ignore[attr-defined]
+
+
+def test_a_batch_that_overruns_delays_the_next_one() -> None:
+    cadence = JobCadence(trigger_seconds=1.0, publish_seconds=2.5)
+    assert cadence.next_batch_at(2.0, job_free_at=0.0) == 3.0
+    assert cadence.next_batch_at(2.4, job_free_at=5.5) == 5.5
+    assert cadence.next_batch_at(0.0, job_free_at=0.0) == 1.0
+    with pytest.raises(ValueError, match="trigger_seconds"):
+        JobCadence(trigger_seconds=0.0)
+    with pytest.raises(ValueError, match="publish_seconds"):
+        JobCadence(publish_seconds=-1.0)
+
+
+def test_a_clients_time_grows_with_its_local_steps() -> None:
+    sync = StrategyConfig("fedavg", AggregationConfig(mode="fedavg", max_wait_seconds=None), TRAINING, concurrency=4)
+    _, result = _run(sync, speeds=EQUAL, network=NO_NETWORK, jitter_sigma=0.0, seconds_per_step=0.75)
+    # 16 training samples in batches of 8 for one epoch: 2 steps on top of the 2 s device delay
+    assert result.round_seconds == pytest.approx([2.0 + 2 * 0.75] * 3)  # type: ignore[attr-defined]
+
+
+def test_a_cadence_is_refused_for_synchronous_rounds() -> None:
+    sync = StrategyConfig("fedavg", AggregationConfig(mode="fedavg", max_wait_seconds=None), TRAINING, concurrency=4)
+    with pytest.raises(ValueError, match="cadence"):
+        _run(sync, speeds=EQUAL, cadence=JobCadence())
