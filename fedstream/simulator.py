@@ -472,17 +472,7 @@ class Simulator:
                 if not server.admits(arrival.base_version):
                     result.rejected += 1
                 else:
-                    server.receive(
-                        PendingUpdate(
-                            update_id=f"{self.client_ids[arrival.client]}-{arrival.sequence}",
-                            delta=arrival.delta,
-                            base_version=arrival.base_version,
-                            sample_count=arrival.sample_count,
-                            received_at=moment,
-                            client_id=self.client_ids[arrival.client],
-                            training_steps=arrival.training_steps,
-                        )
-                    )
+                    server.receive(self._pending_update(arrival, moment))
                 self._made(result, server.ready_versions(moment))
             if deadline_at <= now:
                 self._made(result, server.ready_versions(moment))
@@ -561,6 +551,17 @@ class Simulator:
             start(finished)
         self._made(result, server.drain())  # the final model uses every accepted update
 
+    def _pending_update(self, arrival: _Arrival, moment: datetime) -> PendingUpdate:
+        return PendingUpdate(
+            update_id=f"{self.client_ids[arrival.client]}-{arrival.sequence}",
+            delta=arrival.delta,
+            base_version=arrival.base_version,
+            sample_count=arrival.sample_count,
+            received_at=moment,
+            client_id=self.client_ids[arrival.client],
+            training_steps=arrival.training_steps,
+        )
+
     def _judge_batch(self, result: SimulationResult, batch: Sequence[_Arrival], moment: datetime) -> None:
         """One micro-batch as the job's intake runs it: in order, a full buffer aggregates at once; then deadlines."""
         server = self.server
@@ -568,17 +569,7 @@ class Simulator:
             if not server.admits(arrival.base_version):
                 result.rejected += 1
                 continue
-            server.receive(
-                PendingUpdate(
-                    update_id=f"{self.client_ids[arrival.client]}-{arrival.sequence}",
-                    delta=arrival.delta,
-                    base_version=arrival.base_version,
-                    sample_count=arrival.sample_count,
-                    received_at=moment,
-                    client_id=self.client_ids[arrival.client],
-                    training_steps=arrival.training_steps,
-                )
-            )
+            server.receive(self._pending_update(arrival, moment))
             self._made(result, server.ready_versions(moment, deadline=False))
         self._made(result, server.ready_versions(moment))
 
