@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         "--dp-noise-multiplier", type=float, help="client-level DP: Gaussian noise sigma (off unless given)"
     )
     demo.add_argument("--dp-clip-norm", type=float, default=0.5, help="client-level DP: L2 clip norm C")
+    demo.add_argument("--buffer-size", type=int, help="FedBuff K: updates per version (default 10)")
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -237,6 +238,8 @@ def _demo(args: argparse.Namespace) -> int:
     from fedstream.demo import DemoSettings, private_aggregation, run_demo
 
     settings = DemoSettings(duration_seconds=60 * args.minutes, seed=args.seed)
+    if args.buffer_size is not None:
+        settings = dataclasses.replace(settings, aggregation={**settings.aggregation, "buffer_size": args.buffer_size})
     if args.dp_noise_multiplier is not None:
         aggregation = private_aggregation(settings, args.dp_noise_multiplier, args.dp_clip_norm)
         settings = dataclasses.replace(settings, aggregation=aggregation)

@@ -222,13 +222,16 @@ class Simulator:
         update_transform: UpdateTransform | None = None,
         cadence: JobCadence | None = None,
         seconds_per_step: float = 0.0,
+        training_slots: int | None = None,
     ) -> None:
         """``update_transform`` rewrites each client's delta before it is sent (attacks); ``None``: honest.
 
         ``cadence``: deliver updates and versions as the streaming job does (asynchronous strategies only);
         ``None``: each arrival is judged and each version published at once. ``seconds_per_step``: compute
         time of one local training step, added to a device's delay, so a client's work grows with its samples
-        and epochs (0: the delay alone).
+        and epochs (0: the delay alone). ``training_slots`` (with a cadence): how many clients can compute
+        at once, as when one machine drives a simulated fleet (the demo trains its devices one at a time:
+        1); ``None``: every client has its own device.
         """
         if not clients:
             raise ValueError("the simulator needs at least one client")
@@ -238,6 +241,8 @@ class Simulator:
             raise ValueError(f"jitter_sigma must be >= 0, got {jitter_sigma!r}")
         if not seconds_per_step >= 0:
             raise ValueError(f"seconds_per_step must be >= 0, got {seconds_per_step!r}")
+        if training_slots is not None and (cadence is None or training_slots < 1):
+            raise ValueError(f"training_slots must be >= 1 and needs a cadence, got {training_slots!r}")
         self.model_name = model_name
         self.client_ids = sorted(clients)
         self.clients = [clients[client_id] for client_id in self.client_ids]
@@ -269,14 +274,19 @@ class Simulator:
         self.update_transform = update_transform
         self.cadence = cadence
         self.seconds_per_step = seconds_per_step
+        self.training_slots = training_slots
         self._published: tuple[int, Weights] = (0, self.shared)
         """The version clients can fetch, and its shared weights (newest made, without a cadence)."""
 
     # ------------------------------------------------------------------ client side
 
     def _duration(self, client: int, steps: int) -> float:
+        return self._delay(client) + steps * self.seconds_per_step
+
+    def _delay(self, client: int) -> float:
+        """The device's own delay and its upload: everything but the training steps."""
         jitter = math.exp(self.jitter_sigma * float(self._jitter.standard_normal())) if self.jitter_sigma else 1.0
-        return self.compute_seconds[client] * jitter + steps * self.seconds_per_step + self.upload_seconds[client]
+        return self.compute_seconds[client] * jitter + self.upload_seconds[client]
 
     def _train(self, client: int) -> tuple[Weights, int, int]:
         """Train ``client`` from the current shared global plus its personal layers: Δ_shared, samples, steps."""
@@ -503,6 +513,7 @@ class Simulator:
         job_free_at = 0.0
         next_eval = eval_every
         now = 0.0
+        slots_free_at = [0.0] * (self.training_slots or 0)
 
         def start(clients: Sequence[int]) -> None:
             nonlocal sequence, started
@@ -511,7 +522,12 @@ class Simulator:
                     return
                 delta, sample_count, steps = self._train(client)
                 started += 1
-                at = now + self._duration(client, steps)
+                if slots_free_at:  # the client waits for a free slot, then computes, then its own delay
+                    computed = max(now, heapq.heappop(slots_free_at)) + steps * self.seconds_per_step
+                    heapq.heappush(slots_free_at, computed)
+                    at = computed + self._delay(client)
+                else:
+                    at = now + self._duration(client, steps)
                 base = self._published[0]
                 heapq.heappush(arrivals, _Arrival(at, sequence, client, base, delta, sample_count, steps))
                 sequence += 1

@@ -165,3 +165,17 @@ def test_a_cadence_is_refused_for_synchronous_rounds() -> None:
     sync = StrategyConfig("fedavg", AggregationConfig(mode="fedavg", max_wait_seconds=None), TRAINING, concurrency=4)
     with pytest.raises(ValueError, match="cadence"):
         _run(sync, speeds=EQUAL, cadence=JobCadence())
+
+
+def test_one_training_slot_makes_clients_queue_for_it() -> None:
+    """Four clients, one trainer taking 1.5 s each (2 steps at 0.75 s): they finish 1.5 s apart, plus their delay."""
+    simulator = Simulator(
+        MODEL, _clients(), _fedbuff(concurrency=4), speeds=EQUAL, network=NO_NETWORK, jitter_sigma=0.0,
+        cadence=JobCadence(trigger_seconds=0.5, publish_seconds=0.0), seconds_per_step=0.75, training_slots=1,
+    )  # fmt: skip
+    result = simulator.run(4, eval_every_updates=4)
+    # arrivals at 3.5, 5.0, 6.5, 8.0 (1.5 s of training each, one at a time, then the 2 s delay); the last batch
+    # is judged at the next 0.5 s trigger after 8.0
+    assert result.virtual_seconds == pytest.approx(8.5)
+    with pytest.raises(ValueError, match="training_slots"):
+        Simulator(MODEL, _clients(), _fedbuff(), speeds=EQUAL, training_slots=1)

@@ -1,0 +1,194 @@
+"""Does the simulator predict the pipeline? ``make demo`` against the simulator at the demo's settings.
+
+    .venv/bin/python -m bench.cadence [--buffer-sizes 5 10] [--minutes 3] [--seed 0]
+
+For each FedBuff K it runs the real demo (devices → Kafka → Spark job → Delta → ``fl.models``, HAPT, six
+subjects held out) and reads what it reached: held-out accuracy at the end, versions, accepted updates, and
+the job's median micro-batch time (from its log). Then it runs the simulator over the same clients, model,
+local training and device delays, for the same number of accepted updates, twice:
+
+- "per arrival" (the simulator's default): each update judged the moment it lands, each version seen at once;
+- "job cadence": :class:`fedstream.simulator.JobCadence` with the job's trigger (1 s) and the demo's measured
+  batch time as the publishing delay, and one training slot with the measured time per local step, since
+  the demo's fleet trains its devices one at a time on one core.
+
+The time per local step is measured here, on this machine, before the runs. A table goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedstream.demo import DEFAULT_AGGREGATION, DEFAULT_HELD_OUT, DemoSettings
+
+MODEL = "har-cnn"
+TRIGGER_SECONDS = 1.0
+_BATCH_SECONDS = re.compile(r"batch \d+: BatchOutcome\(.*?seconds=(\{[^}]*\})")
+
+
+@dataclass
+class DemoRun:
+    """What one ``fedstream demo`` reached."""
+
+    buffer_size: int
+    accuracy: float
+    versions: int
+    accepted: int
+    median_batch_seconds: float
+
+
+def run_demo(buffer_size: int, minutes: float, seed: int) -> DemoRun:
+    """Run the demo in its own process and read its run folder."""
+    command = [sys.executable, "-m", "fedstream.cli", "demo", "--buffer-size", str(buffer_size)]
+    command += ["--minutes", str(minutes), "--seed", str(seed)]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"the demo failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
+    found = re.search(r"run folder (\S+)", completed.stdout)
+    if found is None:
+        raise RuntimeError(f"no run folder in the demo's output:\n{completed.stdout[-2000:]}")
+    folder = Path(found.group(1))
+    with (folder / "accuracy.csv").open() as handle:
+        last = list(csv.DictReader(handle))[-1]
+    status = json.loads((folder / "job-status.json").read_text())
+    batch_seconds = [
+        sum(json.loads(match.replace("'", '"')).values())
+        for log in sorted(folder.glob("job-*.log"))
+        for match in _BATCH_SECONDS.findall(log.read_text(errors="replace"))
+    ]
+    return DemoRun(
+        buffer_size=buffer_size,
+        accuracy=float(last["held_out_accuracy"]),
+        versions=int(last["version"]),
+        accepted=int(status.get("accepted", 0)),
+        median_batch_seconds=statistics.median(batch_seconds) if batch_seconds else TRIGGER_SECONDS,
+    )
+
+
+def _clients_and_evaluator() -> tuple[dict[str, Any], Any]:
+    from producers.client import LocalData
+    from producers.data.hapt import load_hapt_clients
+    from producers.evaluation import HeldOutEvaluator
+    from producers.models import build_model
+
+    clients = load_hapt_clients()
+    held_out = {subject: clients.pop(subject) for subject in DEFAULT_HELD_OUT}
+    local = {
+        f"subject-{subject:02d}": LocalData(d.train.windows, d.train.labels, d.validation.windows, d.validation.labels)
+        for subject, d in sorted(clients.items())
+    }
+    return local, HeldOutEvaluator(build_model(MODEL, 0), held_out)
+
+
+def _training(settings: DemoSettings) -> Any:
+    from producers.training import LocalTrainingConfig
+
+    return LocalTrainingConfig(
+        epochs=settings.local_epochs, learning_rate=settings.local_learning_rate, seed=settings.seed, num_threads=1
+    )
+
+
+def measure_seconds_per_step(clients: dict[str, Any], settings: DemoSettings, samples: int = 4) -> float:
+    """Wall seconds of one local training step of the demo's model and training on this machine."""
+    from producers.models import build_model, model_weights
+    from producers.training import train_locally
+
+    model = build_model(MODEL, settings.seed)
+    start = model_weights(model)
+    seconds = steps = 0.0
+    for data in list(clients.values())[:samples]:
+        began = time.perf_counter()
+        report = train_locally(model, data.train_features, data.train_labels, _training(settings), start)
+        seconds += time.perf_counter() - began
+        steps += report.steps
+    return seconds / steps
+
+
+def simulate(
+    clients: dict[str, Any],
+    evaluator: Any,
+    demo: DemoRun,
+    settings: DemoSettings,
+    *,
+    cadence: Any,
+    seconds_per_step: float,
+) -> tuple[float, int]:
+    """Held-out accuracy and versions of one simulator run at the demo's settings."""
+    from aggregator import AggregationConfig
+    from fedstream.simulator import NetworkSpeeds, Simulator, StrategyConfig
+    from producers.fleet import DeviceSpeeds
+
+    aggregation = AggregationConfig.from_dict({**DEFAULT_AGGREGATION, "buffer_size": demo.buffer_size})
+    strategy = StrategyConfig(
+        f"fedbuff-k{demo.buffer_size}", aggregation, _training(settings), concurrency=len(clients)
+    )
+    simulator = Simulator(
+        MODEL,
+        clients,
+        strategy,
+        speeds=DeviceSpeeds(median_seconds=settings.device_delay_median_seconds, seed=settings.seed),
+        network=NetworkSpeeds(median_bytes_per_second=None),
+        evaluator=lambda weights: evaluator.evaluate(dict(weights)),
+        seed=settings.seed,
+        cadence=cadence,
+        seconds_per_step=seconds_per_step,
+        training_slots=1 if cadence is not None else None,
+    )
+    result = simulator.run(max(demo.accepted, 1), eval_every_updates=max(demo.accepted, 1))
+    return result.curve[-1].accuracy, result.versions
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo and the simulator for each K and print the comparison."""
+    parser = argparse.ArgumentParser(prog="python -m bench.cadence", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--buffer-sizes", type=int, nargs="+", default=[5, 10])
+    parser.add_argument("--minutes", type=float, default=3.0, help="how long the demo's devices train")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from fedstream.simulator import JobCadence
+
+    torch.set_num_threads(1)
+    settings = DemoSettings(seed=args.seed)
+    clients, evaluator = _clients_and_evaluator()
+    seconds_per_step = measure_seconds_per_step(clients, settings)
+    print(f"one local training step: {seconds_per_step * 1000:.1f} ms (measured here, one thread)", flush=True)
+    rows = []
+    for buffer_size in args.buffer_sizes:
+        print(f"running the demo with K={buffer_size} for {args.minutes:g} min ...", flush=True)
+        demo = run_demo(buffer_size, args.minutes, args.seed)
+        cadence = JobCadence(trigger_seconds=TRIGGER_SECONDS, publish_seconds=demo.median_batch_seconds)
+        immediate = simulate(clients, evaluator, demo, settings, cadence=None, seconds_per_step=seconds_per_step)
+        batched = simulate(clients, evaluator, demo, settings, cadence=cadence, seconds_per_step=seconds_per_step)
+        rows.append((demo, immediate, batched))
+        print(
+            f"  K={buffer_size}: demo {demo.accuracy:.1%}, simulator {immediate[0]:.1%} / {batched[0]:.1%}", flush=True
+        )
+    print()
+    print(
+        f"{'K':>3} {'updates':>8} {'batch s':>8} | {'demo acc':>9} {'versions':>8} | "
+        f"{'sim per-arrival':>15} {'versions':>8} | {'sim job cadence':>15} {'versions':>8}"
+    )
+    for demo, (immediate_accuracy, immediate_versions), (batched_accuracy, batched_versions) in rows:
+        print(
+            f"{demo.buffer_size:>3} {demo.accepted:>8} {demo.median_batch_seconds:>8.2f} | "
+            f"{demo.accuracy:>9.1%} {demo.versions:>8} | {immediate_accuracy:>15.1%} {immediate_versions:>8} | "
+            f"{batched_accuracy:>15.1%} {batched_versions:>8}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
