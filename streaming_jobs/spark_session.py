@@ -12,6 +12,8 @@ from streaming_jobs.jars import resolve
 
 CONNECTORS_POM = "spark-connectors.pom.xml"
 """The Kafka source and Delta for local Spark (Databricks has both built in), beside this module."""
+CONNECTORS_POM_VARIABLE = "FEDSTREAM_SPARK_CONNECTORS_POM"
+"""Another ``*.pom.xml`` for another local Spark (``make test-runtime`` runs Spark 4.0 with its own)."""
 
 
 def on_databricks() -> bool:
@@ -56,7 +58,9 @@ def connector_jars() -> list[Path]:
 
     bundled = {path.name for path in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
     jars = []
-    for jar in resolve(resources.files("streaming_jobs") / CONNECTORS_POM):
+    override = os.environ.get(CONNECTORS_POM_VARIABLE)
+    pom = Path(override) if override else resources.files("streaming_jobs") / CONNECTORS_POM
+    for jar in resolve(pom):
         already_in_spark = any(
             name.startswith(f"{jar.artifact_id}-")
             and name[len(jar.artifact_id) + 1 : len(jar.artifact_id) + 2].isdigit()
