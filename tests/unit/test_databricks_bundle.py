@@ -22,6 +22,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from fedstream import cli
 from schemas.kafka_settings import SHADED_KAFKA_CLASS_PACKAGE
@@ -36,6 +38,10 @@ DOCS = ROOT / "docs" / "databricks.md"
 USER = "someone@example.com"
 BOOTSTRAP = "broker-1.example.com:9096"
 MLFLOW_VARIABLES = {"MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"}
+RUNTIME_OWN = {"pyspark", "delta-spark", "mlflow"}
+"""Spark and Delta are the runtime's; MLflow on the cluster is the runtime's mlflow-skinny (pinned in the bundle)."""
+RUNTIME_PREINSTALLED_COMPATIBLE = {"numpy", "pydantic", "pandas", "pyarrow"}
+"""Preinstalled on Databricks Runtime 17.3 LTS at versions fedstream's requirements allow; never replaced."""
 REFERENCE = re.compile(r"\$\{([a-z_]+(?:\.[A-Za-z_]+)+)\}")
 
 
@@ -210,12 +216,63 @@ def test_no_jar_resolution_and_no_spark_from_pypi() -> None:
     assert not names & {"pyspark", "delta-spark"}, "the runtime's own pyspark and Delta must not be replaced"
 
 
-def test_the_cluster_installs_every_server_extra_the_runtime_lacks() -> None:
-    server = PYPROJECT["project"]["optional-dependencies"]["server"]
+def bundle_pins() -> dict[str, str]:
+    """``name: version`` of every PyPI library of the job's task."""
+    pins = {}
+    for library in the_task()["libraries"]:
+        if "pypi" in library:
+            name, _, version = library["pypi"]["package"].partition("==")
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_every_pypi_library_is_pinned_to_one_version() -> None:
+    """A range installs whatever PyPI has at each cluster start: the job would change under a running deployment."""
     packages = [library["pypi"]["package"] for library in the_task()["libraries"] if "pypi" in library]
-    for name in ("kafka-python", "cryptography", "crc32c", "dp-accounting"):
-        wanted = next(requirement for requirement in server if requirement.startswith(name))
-        assert wanted.split("#")[0].strip().replace(" ", "") in packages, f"{name} missing from the job cluster"
+    assert packages
+    for package in packages:
+        requirement = Requirement(package)
+        (specifier,) = requirement.specifier
+        assert specifier.operator == "==" and "*" not in specifier.version, f"{package!r} is not pinned with =="
+        assert not requirement.extras and requirement.marker is None and requirement.url is None, package
+    assert len(bundle_pins()) == len(packages), "a library is listed twice"
+
+
+def test_the_cluster_installs_every_server_extra_the_runtime_lacks_at_a_version_it_allows() -> None:
+    server = [Requirement(requirement) for requirement in PYPROJECT["project"]["optional-dependencies"]["server"]]
+    core = [Requirement(requirement) for requirement in PYPROJECT["project"]["dependencies"]]
+    pins = bundle_pins()
+    for requirement in [*server, *core]:
+        name = canonicalize_name(requirement.name)
+        if name in RUNTIME_OWN or name in RUNTIME_PREINSTALLED_COMPATIBLE:
+            continue
+        assert name in pins, f"{name} missing from the job cluster"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"{name}=={pins[name]} not in {requirement}"
+        )
+
+
+def test_pins_of_preinstalled_libraries_are_the_runtimes_own_versions() -> None:
+    """Pinning a preinstalled library to another version would replace the runtime's copy at every start."""
+    preinstalled = {
+        canonicalize_name(line.split("==")[0]): line.split("==")[1].strip()
+        for line in (ROOT / "databricks-runtime" / "preinstalled-17.3.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    pins = bundle_pins()
+    replaced = {name: (pins[name], preinstalled[name]) for name in pins.keys() & preinstalled.keys()}
+    assert {"cryptography", "mlflow-skinny"} <= replaced.keys()
+    replaced = {name: versions for name, versions in replaced.items() if versions[0] != versions[1]}
+    assert replaced == {"attrs": ("23.2.0", "24.3.0")}, "only attrs is replaced (dp-accounting needs attrs<24)"
+    for name in RUNTIME_PREINSTALLED_COMPATIBLE:
+        requirement = next(
+            Requirement(r)
+            for r in [*PYPROJECT["project"]["dependencies"], *PYPROJECT["project"]["optional-dependencies"]["server"]]
+            if canonicalize_name(Requirement(r).name) == name
+        )
+        assert requirement.specifier.contains(preinstalled[name]), (
+            f"the runtime's {name} {preinstalled[name]} ∉ {requirement}"
+        )
 
 
 def test_the_wheel_library_is_the_artifact_built_here() -> None:
