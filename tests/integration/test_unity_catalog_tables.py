@@ -53,6 +53,20 @@ def catalog_schema(spark, tmp_path: Path) -> Iterator[str]:  # type: ignore[no-u
         spark.sql(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
 
+@pytest.fixture(scope="module")
+def filled(spark, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TableLocations]:  # type: ignore[no-untyped-def]
+    """One schema made as the job makes it (a 30-day window), with a few rows in every table; tests only read it."""
+    name = f"spark_catalog.fedstream_uc_{uuid.uuid4().hex[:10]}"
+    spark.sql(f"CREATE SCHEMA {name} LOCATION '{tmp_path_factory.mktemp('filled') / 'schema'}'")
+    locations = TableLocations(str(tmp_path_factory.mktemp("unused") / "tables"), name)
+    try:
+        locations.ensure(spark, audit_window_days=30)
+        _fill(spark, locations)
+        yield locations
+    finally:
+        spark.sql(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
 def _commits(spark, locations: TableLocations, table) -> int:  # type: ignore[no-untyped-def]
     return int(spark.sql(f"DESCRIBE HISTORY {locations.reference(table)}").count())
 
@@ -140,30 +154,27 @@ def _fill(spark, locations: TableLocations) -> None:  # type: ignore[no-untyped-
 # ── tables ───────────────────────────────────────────────────────────────────────────────────────────────────────
 
 
-def test_ensure_creates_every_table_by_its_three_part_name(spark, catalog_schema: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    locations = TableLocations(str(tmp_path / "unused"), catalog_schema)
-    locations.ensure(spark, audit_window_days=30)
+def test_ensure_creates_every_table_by_its_three_part_name(spark, filled: TableLocations) -> None:  # type: ignore[no-untyped-def]
+    catalog_schema = str(filled.catalog_schema)
     schema = catalog_schema.split(".")[1]
     assert {row.tableName for row in spark.sql(f"SHOW TABLES IN {catalog_schema}").collect()} >= {
         table.name for table in ALL_TABLES
     }
     for table in ALL_TABLES:
-        stored = locations.read(spark, table).schema
+        stored = filled.read(spark, table).schema
         assert stored.fieldNames() == table.schema.fieldNames(), table.name
         assert [field.nullable for field in stored.fields] == [field.nullable for field in table.schema.fields]
-        detail = spark.sql(f"DESCRIBE DETAIL {locations.identifier(table)}").first()
+        detail = spark.sql(f"DESCRIBE DETAIL {filled.identifier(table)}").first()
         assert detail.format == "delta" and detail.name.endswith(f"{schema}.{table.name}")
-        assert locations.properties(spark, table).items() >= table_properties(table, 30).items()
-    assert not (tmp_path / "unused").exists(), "named tables must not be written as folders"
+        assert filled.properties(spark, table).items() >= table_properties(table, 30).items()
+    assert not Path(filled.root).exists(), "named tables must not be written as folders"
 
 
-def test_ensure_is_idempotent_and_writes_no_commit_when_nothing_differs(spark, catalog_schema: str) -> None:  # type: ignore[no-untyped-def]
-    locations = TableLocations("unused", catalog_schema)
-    locations.ensure(spark, audit_window_days=30)
-    before = {table.name: _commits(spark, locations, table) for table in ALL_TABLES}
-    locations.ensure(spark, audit_window_days=30)
-    locations.ensure(spark)
-    assert {table.name: _commits(spark, locations, table) for table in ALL_TABLES} == before
+def test_ensure_is_idempotent_and_writes_no_commit_when_nothing_differs(spark, filled: TableLocations) -> None:  # type: ignore[no-untyped-def]
+    before = {table.name: _commits(spark, filled, table) for table in ALL_TABLES}
+    filled.ensure(spark, audit_window_days=30)
+    filled.ensure(spark)
+    assert {table.name: _commits(spark, filled, table) for table in ALL_TABLES} == before
 
 
 def test_the_job_brings_existing_tables_to_its_audit_window_and_one_off_commands_leave_it(  # type: ignore[no-untyped-def]
@@ -229,10 +240,8 @@ def test_folder_tables_get_the_same_properties(spark, tmp_path: Path) -> None:  
 # ── auditor's views and saved queries ───────────────────────────────────────────────────────────────────────────
 
 
-def test_the_views_leave_out_the_blobs_and_return_the_rows(spark, catalog_schema: str) -> None:  # type: ignore[no-untyped-def]
-    locations = TableLocations("unused", catalog_schema)
-    locations.ensure(spark, audit_window_days=30)
-    _fill(spark, locations)
+def test_the_views_leave_out_the_blobs_and_return_the_rows(spark, filled: TableLocations) -> None:  # type: ignore[no-untyped-def]
+    locations = filled
     for table in ALL_TABLES:
         view = spark.read.table(locations.audit_view(table))
         blobs = {field.name for field in table.schema.fields if isinstance(field.dataType, BinaryType)}
@@ -282,10 +291,8 @@ def _bind(query: str, parameters: dict[str, object]) -> str:
     return re.sub(r"(?<!:):([a-z_]+)", literal, code)
 
 
-def test_the_saved_audit_queries_run_on_the_views_and_find_the_rows(spark, catalog_schema: str) -> None:  # type: ignore[no-untyped-def]
-    locations = TableLocations("unused", catalog_schema)
-    locations.ensure(spark, audit_window_days=30)
-    _fill(spark, locations)
+def test_the_saved_audit_queries_run_on_the_views_and_find_the_rows(spark, filled: TableLocations) -> None:  # type: ignore[no-untyped-def]
+    catalog_schema = str(filled.catalog_schema)
     queries = _saved_queries()
     assert len(queries) == 7
     for query in queries:
