@@ -50,7 +50,7 @@ bench-quality: $(STAMP)
 bench-quality-quick: $(STAMP)
 	$(BIN)/python -m bench.quality --quick
 
-.PHONY: bench-privacy bench-robustness bench-faults bench-pipeline
+.PHONY: bench-privacy bench-robustness bench-faults bench-pipeline bench-cadence
 bench-privacy: $(STAMP)
 	$(BIN)/python -m bench.privacy $(BENCH_ARGS)
 
@@ -88,3 +88,6 @@ test-runtime: $(STAMP)
 	$(RUNTIME_VENV)/bin/python -m pip check
 	FEDSTREAM_SPARK_CONNECTORS_POM=$(CURDIR)/databricks-runtime/spark-connectors-4.0.pom.xml \
 		PYSPARK_PYTHON=$(CURDIR)/$(RUNTIME_VENV)/bin/python $(RUNTIME_VENV)/bin/pytest -p no:cacheprovider $(RUNTIME_TESTS) $(PYTEST_ARGS)
+
+bench-cadence: $(STAMP)
+	$(BIN)/python -m bench.cadence $(BENCH_ARGS)
