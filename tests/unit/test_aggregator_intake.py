@@ -32,7 +32,10 @@ def _decoded(index: int, base_version: int = 0, client: str = "clinic-a", **metr
     return decoded
 
 
-def _message(index: int, decoded: DecodedUpdate | Rejection, sent_at: datetime = NOW) -> IntakeMessage[int]:
+def _message(index: int, decoded: DecodedUpdate | Rejection, sent_at: datetime | None = None) -> IntakeMessage[int]:
+    """The message as the broker stamped it: by default at the moment the client created it."""
+    if sent_at is None:
+        sent_at = decoded.header.created_at if isinstance(decoded, DecodedUpdate) else NOW
     return IntakeMessage(index, decoded, sent_at)
 
 
@@ -114,9 +117,10 @@ def test_authenticity_and_the_replay_window_come_first() -> None:
         return Rejection(RejectionReason.UNKNOWN_CLIENT, decoded.header.client_id)
 
     intake = _intake(authenticate=only_clinic_a, replay_window_seconds=60.0)
-    late = NOW + timedelta(minutes=5)
+    replayed = _decoded(1)
+    late = replayed.header.created_at + timedelta(minutes=5)
     outcome = intake.step(
-        [_message(0, _decoded(0, client="clinic-b")), _message(1, _decoded(1), sent_at=late), _message(2, _decoded(2))],
+        [_message(0, _decoded(0, client="clinic-b")), _message(1, replayed, sent_at=late), _message(2, _decoded(2))],
         _record,
         now=NOW,
     )
