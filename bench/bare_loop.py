@@ -5,7 +5,7 @@ job's own intake step (``aggregator.intake.Intake``: signature, duplicate, conte
 against the same server the job runs (``aggregator.AsyncServer``), which makes a version whenever its buffer
 policy says so; each new version is published on ``fl.models`` (acknowledged) framed as the job frames it.
 Nothing is persisted: this is the cost of the decode, validate, aggregate and publish work alone. It writes
-a status file shaped like the job's (``current_version``, totals and ``last_batch.seconds``), so the
+a status file shaped like the job's (``current_version``, totals, ``recent_batches``), so the
 benchmark follows both the same way.
 
 Run as ``python -m bench.bare_loop --initial-model FILE --status-file FILE``; SIGTERM stops it.
@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,9 @@ from schemas.rejections import Rejection, RejectionReason
 from schemas.tensors import Tensors, decode_tensors, parameter_hash
 from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
 from schemas.wire import DecodedUpdate, decode_update
+
+FETCH_BYTES = 256 * 2**20
+"""Most bytes one poll fetches: the job's default batch byte budget."""
 
 
 class BareLoop:
@@ -68,9 +72,16 @@ class BareLoop:
         self.parameter_hash = parameter_hash(parameters)
         self.totals = {"batches": 0, "messages": 0, "accepted": 0, "rejected": 0, "versions": 0}
         self.rejected_by_reason: dict[str, int] = {}
-        self.first_batch_started_at: float | None = None
-        # check_crcs=False: the job's JVM consumer verifies CRCs at hardware speed; kafka-python's check is Python.
-        self._consumer = KafkaConsumer(**kafka.consumer_options(), enable_auto_commit=False, check_crcs=False)
+        self.recent_batches: deque[dict[str, object]] = deque(maxlen=100)
+        # CRCs are checked as the job's consumer checks them (kafka-python uses the crc32c package); fetches are
+        # as large as the job's batch budget, so a poll can hold ``max_records`` updates as a micro-batch does.
+        self._consumer = KafkaConsumer(
+            **kafka.consumer_options(),
+            enable_auto_commit=False,
+            check_crcs=True,
+            fetch_max_bytes=FETCH_BYTES,
+            max_partition_fetch_bytes=FETCH_BYTES,
+        )
         partitions = _partitions(self._consumer)
         self._consumer.assign(partitions)
         self._consumer.seek_to_beginning(*partitions)
@@ -87,8 +98,6 @@ class BareLoop:
             records = [record for partition in sorted(polled, key=str) for record in polled[partition]]
             if not records:
                 continue
-            if self.first_batch_started_at is None:
-                self.first_batch_started_at = started_at
             read = time.perf_counter()
             versions, accepted = self._handle(records)
             handled = time.perf_counter()
@@ -99,7 +108,7 @@ class BareLoop:
                 "validate_aggregate": round(handled - read, 4),
                 "publish": round(published - handled, 4),
             }
-            self._record(batch_id, len(records), accepted, len(versions), seconds)
+            self._record(batch_id, started_at, len(records), accepted, len(versions), seconds)
             batch_id += 1
 
     def _handle(self, records: Sequence[Any]) -> tuple[list[bytes], int]:
@@ -136,20 +145,38 @@ class BareLoop:
             self._producer.send(MODELS_TOPIC, key=self.model_name.encode(), value=value)
         self._producer.flush(timeout=60)
 
-    def _record(self, batch_id: int, messages: int, accepted: int, versions: int, seconds: dict[str, float]) -> None:
+    def _record(
+        self, batch_id: int, started_at: float, messages: int, accepted: int, versions: int, seconds: dict[str, float]
+    ) -> None:
+        finished_at = time.time()
         self.totals["batches"] += 1
         self.totals["messages"] += messages
         self.totals["accepted"] += accepted
         self.totals["rejected"] += messages - accepted
         self.totals["versions"] += versions
+        self.recent_batches.append(
+            {
+                "sequence": self.totals["batches"],
+                "batch_id": batch_id,
+                "started_at": started_at,
+                "finished_at": finished_at,
+                "messages": messages,
+                "accepted": accepted,
+                "new_versions": versions,
+                "current_version": self.server.version,
+                "pending": len(self.server.pending),
+                "seconds": seconds,
+            }
+        )
         document = {
             **self.totals,
             "rejected_by_reason": self.rejected_by_reason,
             "current_version": self.server.version,
             "pending": len(self.server.pending),
-            "first_batch_started_at": self.first_batch_started_at,
             "last_batch": {"batch_id": batch_id, "messages": messages, "accepted": accepted, "seconds": seconds},
-            "updated_at": datetime.now(UTC).isoformat(),
+            "batches_recorded": self.totals["batches"],
+            "recent_batches": list(self.recent_batches),
+            "updated_at": datetime.fromtimestamp(finished_at, UTC).isoformat(),
             "pid": os.getpid(),
         }
         temporary = self.status_file.with_suffix(".tmp")

@@ -35,12 +35,12 @@ MIB = 2**20
 class BenchSettings:
     """What to run; the defaults are the issue's workload, ``quick()`` a smaller one."""
 
-    backlog: int = 300
+    backlog: int = 500
     backlog_factor: int = 10
     latency_repeats: int = 20
     buffer_size: int = 10
-    max_offsets: int = 500
-    extra_max_offsets: int | None = 100
+    max_offsets: int = 100
+    extra_max_offsets: int | None = 250
     """A second ``--max-offsets-per-trigger`` tried on the small backlog (job only); None skips it."""
     trigger_seconds: float = 1.0
     register_every: int = 10
@@ -51,7 +51,11 @@ class BenchSettings:
     @classmethod
     def quick(cls) -> BenchSettings:
         """A run of a few minutes: smaller backlogs, fewer bursts, no second trigger size."""
-        return cls(backlog=100, latency_repeats=10, extra_max_offsets=None)
+        return cls(backlog=200, latency_repeats=10, extra_max_offsets=None)
+
+    def warmup(self, max_offsets: int) -> int:
+        """Updates pre-loaded ahead of the measured backlog: one full batch, drained before timing starts."""
+        return max_offsets
 
     @property
     def aggregation(self) -> dict[str, object]:
@@ -64,8 +68,12 @@ class BenchSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "latency_repeats" else 1):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.backlog % self.buffer_size:
-            raise ValueError(f"backlog {self.backlog} must be a multiple of buffer_size {self.buffer_size}")
+        for name in ("backlog", "max_offsets", "extra_max_offsets"):
+            value = getattr(self, name)
+            if value and value % self.buffer_size:
+                raise ValueError(f"{name} {value} must be a multiple of buffer_size {self.buffer_size}")
+        if self.backlog < 2 * self.max_offsets:
+            raise ValueError(f"backlog {self.backlog} must span at least two batches of {self.max_offsets}")
 
 
 @dataclass
@@ -75,17 +83,24 @@ class BacklogRun:
     runner: str
     max_offsets: int
     backlog: int
+    warmup: int
     publish_seconds: float
     startup_seconds: float
+    """Process start to the end of the warm-up batch (JVM, Spark session, tables, the first cold batch)."""
     seconds: float
+    """End of the warm-up batch to the status that shows the last version: every second the backlog waited."""
+    measured_updates: int
+    """Updates drained within ``seconds`` (the backlog less what the warm-up batch took beyond its share)."""
     batches: list[BatchStatus]
     peak: RssSample | None
     reported_batches: int
+    highest_load: float
+    """The highest one-minute load average sampled during the drain."""
 
     @property
     def updates_per_second(self) -> float:
-        """Updates aggregated per second, first micro-batch to the last version."""
-        return self.backlog / self.seconds
+        """Updates accepted per second after warm-up, everything the user waits for included."""
+        return self.measured_updates / self.seconds
 
     @property
     def peak_mib(self) -> float:
@@ -209,41 +224,52 @@ class Bench:
     def backlog(
         self, kind: str, backlog: int, max_offsets: int, latency_repeats: int
     ) -> tuple[BacklogRun, LatencyRun | None]:
-        """Pre-load ``backlog`` updates, start the runner, time the drain; then, optionally, the bursts."""
+        """Pre-load a warm-up batch and ``backlog`` updates, start the runner, time the drain after warm-up.
+
+        The window runs from the status of the batch that completed the warm-up to the status that shows the
+        last version, so Spark's planning, the trigger waits and every phase in between are inside it.
+        """
         label = f"{kind}-b{backlog}-m{max_offsets}"
+        warmup = self.settings.warmup(max_offsets)
         self.reset()
-        size = backlog * self.factory.message_bytes / MIB
-        self.say(f"{label}: publishing a backlog of {backlog} updates ({size:,.0f} MiB) ...")
-        publish_seconds = publish_backlog(self.kafka, self.factory, backlog)
+        size = (warmup + backlog) * self.factory.message_bytes / MIB
+        self.say(f"{label}: publishing {warmup} warm-up and {backlog} measured updates ({size:,.0f} MiB) ...")
+        publish_seconds = publish_backlog(self.kafka, self.factory, warmup + backlog)
         self.say(f"{label}: backlog on fl.updates in {publish_seconds:.1f}s; starting the {kind} ...")
         runner = self.runner(kind, max_offsets, label)
         runner.start()
         try:
-            target = backlog // self.settings.buffer_size
+            target = (warmup + backlog) // self.settings.buffer_size
             done = runner.wait_for_version(target, timeout_seconds=300 + 0.5 * backlog)
             follower, sampler = runner.follower, runner.sampler
             if follower is None or sampler is None:
                 raise RuntimeError("runner not started")
-            batches = follower.ordered(until=done.finished_at)
-            first = batches[0]
+            follower.read()
+            if follower.missed:
+                raise RunnerFailedError(f"{label}: the status of batches {sorted(follower.missed)} was never seen")
             if follower.latest.get("rejected"):
                 raise RunnerFailedError(f"{label} rejected updates: {follower.latest.get('rejected_by_reason')}")
+            batches = follower.ordered(until=done.finished_at)
+            warm, taken = warm_up_batch(batches, warmup)
+            measured = [batch for batch in batches if batch.sequence > warm.sequence]
             run = BacklogRun(
                 runner=kind,
                 max_offsets=max_offsets,
                 backlog=backlog,
+                warmup=warmup,
                 publish_seconds=publish_seconds,
-                startup_seconds=first.started_at - runner.started_at,
-                seconds=done.finished_at - first.started_at,
-                batches=batches,
+                startup_seconds=warm.finished_at - runner.started_at,
+                seconds=done.finished_at - warm.finished_at,
+                measured_updates=warmup + backlog - taken,
+                batches=measured,
                 peak=sampler.peak(until=done.finished_at),
-                reported_batches=done.batch_id + 1,
+                reported_batches=done.sequence - warm.sequence,
+                highest_load=sampler.highest_load(warm.finished_at, done.finished_at),
             )
-            if len(batches) != run.reported_batches:
-                self.say(f"{label}: WARNING phases of {len(batches)} of {run.reported_batches} batches were seen")
             self.say(
-                f"{label}: {backlog} updates in {run.seconds:.1f}s = {run.updates_per_second:.1f}/s "
-                f"({len(batches)} batches, start-up {run.startup_seconds:.1f}s, peak RSS {run.peak_mib:,.0f} MiB)"
+                f"{label}: {run.measured_updates} updates in {run.seconds:.1f}s = {run.updates_per_second:.1f}/s "
+                f"({len(measured)} batches after warm-up, start-up {run.startup_seconds:.1f}s, "
+                f"peak RSS {run.peak_mib:,.0f} MiB)"
             )
             latency = self.latency(kind, runner, latency_repeats) if latency_repeats else None
         finally:
@@ -319,6 +345,16 @@ class Bench:
         run = ClientRun(subject=subject, peak_rss_kib=usage.ru_maxrss, report=report)
         self.say(f"client: peak RSS {run.peak_rss_kib / 1024:,.0f} MiB, {report}")
         return run
+
+
+def warm_up_batch(batches: list[BatchStatus], warmup: int) -> tuple[BatchStatus, int]:
+    """The batch whose updates completed the warm-up, and how many updates had been accepted by then."""
+    accepted = 0
+    for batch in batches:
+        accepted += batch.accepted
+        if accepted >= warmup:
+            return batch, accepted
+    raise RunnerFailedError(f"the runner never accepted its {warmup} warm-up updates")
 
 
 def run_benchmark(settings: BenchSettings, say: Callable[[str], None]) -> Report:

@@ -19,7 +19,9 @@ from bench.processes import BatchStatus
 RESULTS = REPOSITORY / "bench" / "results"
 
 TARGET_UPDATES_PER_SECOND = 100.0
-TARGET_P50_LATENCY_SECONDS = 3.0
+TARGET_RATIO_VS_BARE = 0.5
+TARGET_P50_LATENCY_SECONDS = 1.5
+TARGET_P95_LATENCY_SECONDS = 3.0
 TARGET_PEAK_RISE_PERCENT = 20.0
 
 
@@ -53,14 +55,18 @@ def summary_rows(report: Report) -> list[Row]:
     for backlog, max_offsets in throughput_runs:
         job, bare = report.backlog_run("job", backlog, max_offsets), report.backlog_run("bare", backlog)
         job_rate = job.updates_per_second if job else None
+        bare_rate = bare.updates_per_second if bare else None
+        met = None
+        if job_rate is not None and bare_rate:
+            met = job_rate >= TARGET_UPDATES_PER_SECOND and job_rate / bare_rate >= TARGET_RATIO_VS_BARE
         rows.append(
             Row(
                 f"throughput, backlog {backlog}, max offsets {max_offsets}",
                 "updates/s",
                 job_rate,
-                bare.updates_per_second if bare else None,
-                f">= {TARGET_UPDATES_PER_SECOND:g}",
-                None if job_rate is None else job_rate >= TARGET_UPDATES_PER_SECOND,
+                bare_rate,
+                f">= {TARGET_UPDATES_PER_SECOND:g} and ratio >= {TARGET_RATIO_VS_BARE:g}",
+                met,
             )
         )
     job_latency, bare_latency = report.latency("job"), report.latency("bare")
@@ -68,8 +74,9 @@ def summary_rows(report: Report) -> list[Row]:
     for name, fraction in (("p50", 0.5), ("p95", 0.95)):
         job_value = job_latency.percentile(fraction) if job_latency else None
         bare_value = bare_latency.percentile(fraction) if bare_latency else None
-        target = f"< {TARGET_P50_LATENCY_SECONDS:g}" if name == "p50" else ""
-        met = None if not target or job_value is None else job_value < TARGET_P50_LATENCY_SECONDS
+        limit = TARGET_P50_LATENCY_SECONDS if name == "p50" else TARGET_P95_LATENCY_SECONDS
+        target = f"<= {limit:g}"
+        met = None if job_value is None else job_value <= limit
         measure = f"latency {name}, burst of K={settings.buffer_size} ({count} bursts)"
         rows.append(Row(measure, "s", job_value, bare_value, target, met))
     peaks: dict[str, list[float | None]] = {}
@@ -90,8 +97,8 @@ def summary_rows(report: Report) -> list[Row]:
             "%",
             job_rise,
             bare_rise,
-            f"< {TARGET_PEAK_RISE_PERCENT:g}",
-            None if job_rise is None else job_rise < TARGET_PEAK_RISE_PERCENT,
+            f"<= {TARGET_PEAK_RISE_PERCENT:g}",
+            None if job_rise is None else job_rise <= TARGET_PEAK_RISE_PERCENT,
         )
     )
     if report.client is not None:
@@ -110,13 +117,14 @@ def run_rows(report: Report) -> list[dict[str, object]]:
             {
                 "run": f"{run.runner} backlog {run.backlog} max offsets {run.max_offsets}",
                 "batches": len(run.batches),
-                "messages_per_batch": round(run.backlog / max(1, len(run.batches)), 1),
+                "messages_per_batch": round(run.measured_updates / max(1, len(run.batches)), 1),
                 "startup_seconds": round(run.startup_seconds, 1),
                 "drain_seconds": round(run.seconds, 1),
                 "updates_per_second": round(run.updates_per_second, 1),
                 "peak_mib": round(run.peak_mib),
                 "peak_java_mib": round(java / MIB),
                 "peak_other_mib": round(run.peak_mib - java / MIB),
+                "highest_load": round(run.highest_load, 1),
             }
         )
     return rows
@@ -192,10 +200,12 @@ def format_summary(rows: Sequence[Row]) -> str:
 
 def format_runs(rows: Sequence[dict[str, object]]) -> str:
     """The per-run details as text."""
-    header = ("run", "batches", "msgs/batch", "start-up s", "drain s", "updates/s", "peak MiB", "java", "other")
+    header = (
+        "run", "batches", "msgs/batch", "start-up s", "drain s", "updates/s", "peak MiB", "java", "other", "load",
+    )  # fmt: skip
     keys = (
         "run", "batches", "messages_per_batch", "startup_seconds", "drain_seconds", "updates_per_second", "peak_mib",
-        "peak_java_mib", "peak_other_mib",
+        "peak_java_mib", "peak_other_mib", "highest_load",
     )  # fmt: skip
     return _table(header, [tuple(f"{row[key]:,}" if key != "run" else str(row[key]) for key in keys) for row in rows])
 
@@ -253,13 +263,53 @@ def write_results(
         paths.append(path)
     raw_path = RESULTS / f"pipeline-{stamp}.json"
     raw_path.write_text(json.dumps(_raw(report), indent=1))
-    return [*paths, raw_path]
+    latest_path = RESULTS / "pipeline-latest.json"
+    latest_path.write_text(json.dumps(headline(report), indent=1) + "\n")
+    return [*paths, raw_path, latest_path]
+
+
+def headline(report: Report) -> dict[str, object]:
+    """The figures the targets are judged on (``pipeline-latest.json``), from the large backlog and the bursts."""
+    settings = report.settings
+    large = settings.backlog * settings.backlog_factor
+    job, bare = report.backlog_run("job", large, settings.max_offsets), report.backlog_run("bare", large)
+    small_job = report.backlog_run("job", settings.backlog, settings.max_offsets)
+    latency = report.latency("job")
+    throughput = job.updates_per_second if job else None
+    bare_throughput = bare.updates_per_second if bare else None
+    rise = _rise(small_job.peak_mib if small_job else None, job.peak_mib if job else None)
+    return {
+        "started_at": report.started_at,
+        "model": "har-cnn",
+        "buffer_size": settings.buffer_size,
+        "max_offsets_per_trigger": settings.max_offsets,
+        "trigger_seconds": settings.trigger_seconds,
+        "backlog_updates": large,
+        "throughput_updates_per_s": throughput,
+        "bare_throughput_updates_per_s": bare_throughput,
+        "ratio_vs_bare": throughput / bare_throughput if throughput and bare_throughput else None,
+        "latency_p50_s": latency.percentile(0.5) if latency else None,
+        "latency_p95_s": latency.percentile(0.95) if latency else None,
+        "latency_bursts": len(latency.seconds) if latency else 0,
+        "memory_rise_fraction": None if rise is None else rise / 100.0,
+        "cpu_count": os.cpu_count(),
+        "load_average_highest": max((run.highest_load for run in report.backlogs), default=None),
+        "load_average_at_end": os.getloadavg(),
+    }
 
 
 def _raw(report: Report) -> dict[str, object]:
     def batches(items: Sequence[BatchStatus]) -> list[dict[str, object]]:
         return [
-            {"batch_id": b.batch_id, "messages": b.messages, "version": b.current_version, "seconds": b.seconds}
+            {
+                "sequence": b.sequence,
+                "batch_id": b.batch_id,
+                "started_at": b.started_at,
+                "finished_at": b.finished_at,
+                "messages": b.messages,
+                "version": b.current_version,
+                "seconds": b.seconds,
+            }
             for b in items
         ]
 
@@ -274,8 +324,11 @@ def _raw(report: Report) -> dict[str, object]:
                 "backlog": run.backlog,
                 "max_offsets": run.max_offsets,
                 "publish_seconds": run.publish_seconds,
+                "warmup": run.warmup,
                 "startup_seconds": run.startup_seconds,
                 "seconds": run.seconds,
+                "measured_updates": run.measured_updates,
+                "highest_load": run.highest_load,
                 "updates_per_second": run.updates_per_second,
                 "peak_rss_bytes": run.peak.total_bytes if run.peak else None,
                 "peak_rss_by_command": run.peak.by_command if run.peak else None,

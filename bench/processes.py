@@ -16,7 +16,6 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,8 @@ class RssSample:
     at: float
     total_bytes: int
     by_command: dict[str, int]
+    load_average: float = 0.0
+    """The machine's one-minute load average at that moment."""
 
 
 def tree_rss(root: int) -> RssSample:
@@ -62,7 +63,7 @@ def tree_rss(root: int) -> RssSample:
         if parent is not None and parent[0] == executable and parent[1] != command:
             continue  # forked, not yet exec'd
         by_command[command] += resident
-    return RssSample(time.time(), sum(by_command.values()), dict(by_command))
+    return RssSample(time.time(), sum(by_command.values()), dict(by_command), os.getloadavg()[0])
 
 
 class RssSampler:
@@ -88,6 +89,10 @@ class RssSampler:
         window = [sample for sample in self.samples if since <= sample.at <= until]
         return max(window, key=lambda sample: sample.total_bytes, default=None)
 
+    def highest_load(self, since: float = 0.0, until: float = float("inf")) -> float:
+        """The highest one-minute load average sampled within ``[since, until]``."""
+        return max((s.load_average for s in self.samples if since <= s.at <= until), default=os.getloadavg()[0])
+
     def stop(self) -> None:
         """Stop sampling."""
         self._stop.set()
@@ -96,12 +101,17 @@ class RssSampler:
 
 @dataclass(frozen=True)
 class BatchStatus:
-    """One micro-batch as the runner's status file described it right after the batch."""
+    """One micro-batch as the runner's status file described it (its ``recent_batches`` entry)."""
 
+    sequence: int
+    """1, 2, ... since the runner started (the job's deadline flushes included)."""
     batch_id: int
+    started_at: float
+    """When the runner's handler began the batch, epoch seconds."""
     finished_at: float
-    """``updated_at`` of the status file, epoch seconds."""
+    """When the batch's status was written, epoch seconds."""
     messages: int
+    accepted: int
     current_version: int
     pending: int
     seconds: dict[str, float]
@@ -111,22 +121,19 @@ class BatchStatus:
         """Sum of the batch's measured phases."""
         return sum(self.seconds.values())
 
-    @property
-    def started_at(self) -> float:
-        """When the measured phases began (the finish minus their sum)."""
-        return self.finished_at - self.busy_seconds
-
 
 class StatusFollower:
-    """Reads a runner's status file every ``interval_seconds`` and keeps each micro-batch once.
+    """Reads a runner's status file every ``interval_seconds`` and keeps every micro-batch once.
 
-    Batches are told apart by ``updated_at``: the job's buffer-deadline flushes all carry ``batch_id`` -1.
+    The file lists the runner's recent batches by ``sequence``; a sequence number that is never seen (the
+    runner ran more batches between two reads than the file keeps) is recorded in :attr:`missed`.
     """
 
     def __init__(self, status_file: Path, interval_seconds: float = 0.05) -> None:
         self.status_file = status_file
         self.interval_seconds = interval_seconds
-        self.batches: dict[str, BatchStatus] = {}
+        self.batches: dict[int, BatchStatus] = {}
+        self.missed: set[int] = set()
         self.latest: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="status", daemon=True)
@@ -144,28 +151,33 @@ class StatusFollower:
         except (FileNotFoundError, json.JSONDecodeError):
             return
         self.latest = document
-        batch = document.get("last_batch") or {}
-        batch_id, updated_at = batch.get("batch_id"), document.get("updated_at")
-        if batch_id is None or updated_at is None or updated_at in self.batches:
-            return
-        self.batches[updated_at] = BatchStatus(
-            batch_id=int(batch_id),
-            finished_at=datetime.fromisoformat(updated_at).timestamp(),
-            messages=int(batch.get("messages", 0)),
-            current_version=int(document["current_version"]),
-            pending=int(document.get("pending", 0)),
-            seconds={name: float(value) for name, value in batch.get("seconds", {}).items()},
-        )
+        for entry in document.get("recent_batches") or []:
+            sequence = int(entry["sequence"])
+            if sequence in self.batches:
+                continue
+            self.missed.discard(sequence)
+            self.batches[sequence] = BatchStatus(
+                sequence=sequence,
+                batch_id=int(entry["batch_id"]),
+                started_at=float(entry.get("started_at") or entry["finished_at"]),
+                finished_at=float(entry["finished_at"]),
+                messages=int(entry.get("messages", 0)),
+                accepted=int(entry.get("accepted", 0)),
+                current_version=int(entry["current_version"]),
+                pending=int(entry.get("pending", 0)),
+                seconds={name: float(value) for name, value in (entry.get("seconds") or {}).items()},
+            )
+        recorded = int(document.get("batches_recorded", 0))
+        self.missed.update(set(range(1, recorded + 1)) - set(self.batches))
 
     def ordered(self, since: float = 0.0, until: float = float("inf")) -> list[BatchStatus]:
-        """Batches that finished within ``[since, until]``, in the order they finished."""
-        finished = sorted(self.batches.values(), key=lambda batch: batch.finished_at)
-        return [batch for batch in finished if since <= batch.finished_at <= until]
+        """Batches that finished within ``[since, until]``, in the order they ran."""
+        return [self.batches[key] for key in sorted(self.batches) if since <= self.batches[key].finished_at <= until]
 
     @property
     def reported_batches(self) -> int:
         """How many batches the runner says it has run (to check that none was missed)."""
-        return int(self.latest.get("batches", 0))
+        return int(self.latest.get("batches_recorded", 0))
 
     def stop(self) -> None:
         """Stop following."""

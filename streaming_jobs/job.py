@@ -11,13 +11,14 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from pyspark.sql import SparkSession
+from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F  # noqa: N812
 
 from aggregator import BudgetCheck
@@ -25,7 +26,7 @@ from schemas.rows import ModelVersionRow
 from schemas.tensors import decode_tensors
 from schemas.topics import UPDATES_TOPIC
 from streaming_jobs.checkpoint_identity import resolve_checkpoint_identity, spark_starting_offsets
-from streaming_jobs.global_state import MissingInitialVersionError, initial_version_row, load_global_state
+from streaming_jobs.global_state import MissingInitialVersionError, initial_version_row
 from streaming_jobs.intake_limits import intake_limits
 from streaming_jobs.publisher import VersionPublisher
 from streaming_jobs.settings import JobSettings
@@ -51,11 +52,22 @@ def bootstrap_initial_version(spark: SparkSession, settings: JobSettings) -> boo
     return True
 
 
+RECENT_BATCHES_KEPT = 100
+MLFLOW_START_WAIT_SECONDS = 30.0
+"""How long a start waits for MLflow to take what an unclean stop left out, before the stream starts anyway."""
+
+
 class JobProgress:
-    """Counts since start, written as JSON after every batch so operators (and the demo) can watch."""
+    """Counts since start, written as JSON after every batch so operators (and the demo) can watch.
+
+    ``recent_batches`` holds the last :data:`RECENT_BATCHES_KEPT` batches, each with its ``sequence`` (1, 2, ...
+    since start, deadline flushes included), so a reader polling the file can tell whether it missed one.
+    """
 
     def __init__(self, status_file: Path | None) -> None:
         self.status_file = status_file
+        self.recent_batches: deque[dict[str, object]] = deque(maxlen=RECENT_BATCHES_KEPT)
+        self.sequence = 0
         self.totals = {"batches": 0, "messages": 0, "accepted": 0, "rejected": 0, "versions": 0}
         self.rejected_by_reason: dict[str, int] = {}
         self.last: BatchOutcome | None = None
@@ -71,6 +83,22 @@ class JobProgress:
     ) -> None:
         """Add one batch's outcome (the versions it made, a budget refusal) and rewrite the status file."""
         self.last = outcome
+        self.sequence += 1
+        finished_at = time.time()
+        self.recent_batches.append(
+            {
+                "sequence": self.sequence,
+                "batch_id": outcome.batch_id,
+                "started_at": outcome.started_at or None,
+                "finished_at": finished_at,
+                "messages": outcome.messages,
+                "accepted": outcome.accepted,
+                "new_versions": len(outcome.new_versions),
+                "current_version": outcome.current_version,
+                "pending": outcome.pending,
+                "seconds": outcome.seconds,
+            }
+        )
         self.largest_batch_message_bytes = max(self.largest_batch_message_bytes, outcome.message_bytes)
         if versions and versions[-1].epsilon is not None:
             self.epsilon = versions[-1].epsilon
@@ -92,7 +120,9 @@ class JobProgress:
                 "privacy": self.privacy,
                 "largest_batch_message_bytes": self.largest_batch_message_bytes,
                 "last_batch": asdict(outcome),
-                "updated_at": datetime.now(UTC).isoformat(),
+                "batches_recorded": self.sequence,
+                "recent_batches": list(self.recent_batches),
+                "updated_at": datetime.fromtimestamp(finished_at, UTC).isoformat(),
                 "pid": os.getpid(),
             }
             temporary = self.status_file.with_suffix(".tmp")
@@ -207,17 +237,27 @@ def run_job(
 
 
 def _republish_newest(spark: SparkSession, settings: JobSettings, publisher: VersionPublisher) -> ModelVersionRow:
-    """Publish the newest version again on start: a crash may have come between its Delta write and Kafka."""
+    """Publish the newest version again on start: a crash may have come between its Delta write and Kafka.
+
+    MLflow is caught up too: the versions an unclean stop left unlogged or unregistered are queued for it.
+    """
     locations = TableLocations(settings.tables_root, settings.catalog_schema)
-    state = load_global_state(spark, locations, settings.model_name, settings.aggregation)
-    newest = (
-        locations.read(spark, MODEL_VERSIONS)
-        .where((F.col("model_name") == settings.model_name) & (F.col("version") == state.version))
-        .collect()[0]
-    )
-    row = ModelVersionRow.model_validate({**newest.asDict(), **_aware_times(newest.asDict())})
-    publisher.publish([row])
+    versions = locations.read(spark, MODEL_VERSIONS).where(F.col("model_name") == settings.model_name)
+    row = _version_row(versions.orderBy(F.col("version").desc()).limit(1).collect()[0])
+
+    def newer_than(logged: int | None, registered: int | None) -> list[ModelVersionRow]:
+        oldest_missing = min(-1 if logged is None else logged, -1 if registered is None else registered)
+        return [_version_row(found) for found in versions.where(F.col("version") > oldest_missing).collect()]
+
+    publisher.backfill_mlflow(newer_than)
+    if not publisher.mlflow.wait_until_idle(MLFLOW_START_WAIT_SECONDS):
+        logger.warning("MLflow not caught up after %ss: the stream starts, MLflow follows", MLFLOW_START_WAIT_SECONDS)
+    publisher.send([row])
     return row
+
+
+def _version_row(found: Row) -> ModelVersionRow:
+    return ModelVersionRow.model_validate({**found.asDict(), **_aware_times(found.asDict())})
 
 
 def _partition_count(settings: JobSettings) -> int:

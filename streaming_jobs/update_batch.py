@@ -15,12 +15,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from pyspark.sql import DataFrame, Row, SparkSession
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F  # noqa: N812
-from pyspark.sql.types import LongType, StructField, StructType
 
 from aggregator import PendingUpdate
 from aggregator.intake import Intake, IntakeMessage, internal_error
@@ -59,6 +59,28 @@ class BatchOutcome:
     """Where the batch's time went, by phase."""
     message_bytes: int = 0
     """Bytes of the messages brought into Python (oversized ones never are): bounded by the batch budget."""
+    started_at: float = 0.0
+    """When the handler began, epoch seconds (Spark's planning of the batch comes just before)."""
+
+
+@dataclass(frozen=True)
+class KafkaMessage:
+    """One ``fl.updates`` record as the batch read it (``value`` is None for an oversized one)."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp: datetime
+    size: int
+    sha256: str | None
+    """SHA-256 of an oversized message's value (computed in Spark); None for every other message."""
+
+
+def _kafka_messages(table: pa.Table) -> list[KafkaMessage]:
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    return [KafkaMessage(**dict(zip(columns, values, strict=True))) for values in zip(*columns.values(), strict=True)]
 
 
 @dataclass(frozen=True)
@@ -127,10 +149,12 @@ class UpdateBatchProcessor:
         Only a failure of the platform (Spark, Delta, Kafka) raises: a message whose processing raises
         becomes an ``internal_error`` rejection and the batch goes on, so no message can stop the job.
         """
+        started_at = time.time()
         batch_id = self.identity.table_batch_id(spark_batch_id)
         with self._lock:
             try:
                 outcome, versions = self._process(batch, batch_id)
+                outcome = replace(outcome, started_at=started_at)
             except BaseException:
                 self._state = None  # the next attempt starts again from what Delta holds
                 raise
@@ -147,6 +171,7 @@ class UpdateBatchProcessor:
         with self._lock:
             if self._state is None or not self._state.pending:
                 return []
+            started_at = time.time()
             clock = _PhaseClock()
             try:
                 versions = aggregate_ready_versions(self._state, now=datetime.now(UTC), batch_id=-1, time_trigger=True)
@@ -176,6 +201,7 @@ class UpdateBatchProcessor:
                     current_version=self._state.version,
                     pending=len(self._state.pending),
                     seconds=clock.laps,
+                    started_at=started_at,
                 )
                 logger.info("buffer deadline: %s", outcome)
                 self.on_versions(versions, outcome)
@@ -183,38 +209,34 @@ class UpdateBatchProcessor:
 
     def _process(self, batch: DataFrame, batch_id: int) -> tuple[BatchOutcome, list[ModelVersionRow]]:
         clock = _PhaseClock()
+        messages, oversized = self._read_messages(batch)
+        clock.lap("read_kafka")
+        return self._process_messages(messages, oversized, batch_id, clock)
+
+    def _read_messages(self, batch: DataFrame) -> tuple[list[KafkaMessage], list[KafkaMessage]]:
+        """The batch's messages that can be updates, and the oversized ones as metadata (size and SHA-256).
+
+        One pass over the batch, brought to Python as Arrow: an oversized message's bytes are dropped in Spark
+        (only its size and hash come back), so they never reach Python.
+        """
         size = F.coalesce(F.length("value"), F.lit(0))
-        batch = batch.select(
+        fits = size <= self.limits.max_update_bytes
+        table = batch.select(
             F.substring("key", 1, MAX_KEY_BYTES).alias("key"),
-            "value",
+            F.when(fits, F.col("value")).alias("value"),
             "topic",
             "partition",
             "offset",
             "timestamp",
             size.alias("size"),
-        ).persist()
-        try:
-            return self._process_persisted(batch, batch_id, clock)
-        finally:
-            batch.unpersist()
+            F.when(~fits, F.sha2("value", 256)).alias("sha256"),
+        ).toArrow()
+        read = sorted(_kafka_messages(table), key=_kafka_order)
+        return [m for m in read if m.sha256 is None], [m for m in read if m.sha256 is not None]
 
-    def _read_messages(self, batch: DataFrame) -> tuple[list[Row], list[Row]]:
-        """The batch's messages that can be updates, and the oversized ones as metadata (size and SHA-256).
-
-        Oversized messages are told apart in Spark: their bytes never reach Python.
-        """
-        limit = self.limits.max_update_bytes
-        coordinates = ["key", "topic", "partition", "offset", "timestamp", "size"]
-        messages = batch.where(F.col("size") <= limit).select(*coordinates, "value").collect()
-        oversized = batch.where(F.col("size") > limit).select(*coordinates, F.sha2("value", 256).alias("sha256"))
-        order = _kafka_order
-        return sorted(messages, key=order), sorted(oversized.collect(), key=order)
-
-    def _process_persisted(
-        self, batch: DataFrame, batch_id: int, clock: _PhaseClock
+    def _process_messages(
+        self, messages: list[KafkaMessage], oversized: list[KafkaMessage], batch_id: int, clock: _PhaseClock
     ) -> tuple[BatchOutcome, list[ModelVersionRow]]:
-        messages, oversized = self._read_messages(batch)
-        clock.lap("read_kafka")
         decoded_messages = [self._decode(message) for message in messages]
         clock.lap("decode")
         state = self.state
@@ -229,7 +251,7 @@ class UpdateBatchProcessor:
         clock.lap("lookup_duplicates")
         now = datetime.now(UTC)
         kept = self.limits.rejected_bytes_kept
-        fresh: list[IntakeMessage[Row]] = []
+        fresh: list[IntakeMessage[KafkaMessage]] = []
         already_recorded = 0
         for message, decoded in zip(messages, decoded_messages, strict=True):
             if _recorded_here(message, decoded, recorded):
@@ -238,7 +260,9 @@ class UpdateBatchProcessor:
             fresh.append(IntakeMessage(message, decoded, _aware(message.timestamp)))
         aggregate = MODEL_VERSIONS.name not in already_written
 
-        def update_row(message: IntakeMessage[Row], decoded: DecodedUpdate, update: PendingUpdate) -> UpdateRow:
+        def update_row(
+            message: IntakeMessage[KafkaMessage], decoded: DecodedUpdate, update: PendingUpdate
+        ) -> UpdateRow:
             return _update_row(message.source, decoded, now, batch_id)
 
         judged = self.intake.step(fresh, update_row, now=now, aggregate=aggregate)
@@ -253,10 +277,7 @@ class UpdateBatchProcessor:
         clock.lap("validate_aggregate")
         if versions:
             crash_point("during_aggregation")
-        if UPDATES.name not in already_written:
-            self.locations.append_frame(
-                UPDATES, self._updates_frame(batch, accepted), app_id=self.identity.writer_id, batch_id=batch_id
-            )
+        self._append(UPDATES.name, accepted, already_written, batch_id)
         self._append(REJECTED_UPDATES.name, rejected, already_written, batch_id)
         if accepted:
             crash_point("after_updates_write")
@@ -281,7 +302,7 @@ class UpdateBatchProcessor:
         )
         return outcome, versions
 
-    def _decode(self, message: Row) -> DecodedUpdate | Rejection:
+    def _decode(self, message: KafkaMessage) -> DecodedUpdate | Rejection:
         try:
             return decode_update(_bytes(message.value), _bytes(message.key), self.limits.max_update_bytes)
         except Exception as error:  # decoding is meant never to raise; if it does, only this message fails
@@ -307,31 +328,6 @@ class UpdateBatchProcessor:
             if self.locations.read(self.spark, table).where(F.col("batch_id") == batch_id).limit(1).count():
                 written.add(table.name)
         return written
-
-    def _updates_frame(self, batch: DataFrame, rows: Sequence[UpdateRow]) -> DataFrame | None:
-        """The accepted rows with their payloads cut from the message bytes Spark already holds.
-
-        Only metadata crosses from Python to the JVM; the payloads (most of the bytes) never make the trip.
-        """
-        if not rows:
-            return None
-        metadata_fields = [field for field in UPDATES.schema.fields if field.name != "payload"]
-        metadata = self.spark.createDataFrame(
-            [
-                (*(row.model_dump(exclude={"payload"})[field.name] for field in metadata_fields), len(row.payload))
-                for row in rows
-            ],
-            schema=StructType([*metadata_fields, StructField("payload_length", LongType(), False)]),
-        )
-        values = batch.select(
-            F.col("topic").alias("kafka_topic"),
-            F.col("partition").alias("kafka_partition"),
-            F.col("offset").alias("kafka_offset"),
-            "value",
-        )
-        joined = metadata.join(values, on=["kafka_topic", "kafka_partition", "kafka_offset"])
-        payload = F.expr("substring(value, length(value) - payload_length + 1, payload_length)").alias("payload")
-        return joined.select(*[payload if field.name == "payload" else F.col(field.name) for field in UPDATES.schema])
 
     def _all_update_ids(self) -> set[str]:
         """Every ``update_id`` in ``updates`` (all models): read once per state load, then kept up to date."""
@@ -366,7 +362,7 @@ def _bytes(value: bytearray | bytes | None) -> bytes | None:
     return None if value is None else bytes(value)
 
 
-def _kafka_fields(message: Row) -> dict[str, object]:
+def _kafka_fields(message: KafkaMessage) -> dict[str, object]:
     return {
         "kafka_topic": message.topic,
         "kafka_partition": message.partition,
@@ -379,7 +375,7 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _update_row(message: Row, decoded: DecodedUpdate, now: datetime, batch_id: int) -> UpdateRow:
+def _update_row(message: KafkaMessage, decoded: DecodedUpdate, now: datetime, batch_id: int) -> UpdateRow:
     header = decoded.header
     return UpdateRow(
         **_kafka_fields(message),  # type: ignore[arg-type]
@@ -402,19 +398,19 @@ def _update_row(message: Row, decoded: DecodedUpdate, now: datetime, batch_id: i
     )
 
 
-def _recorded_here(message: Row, decoded: DecodedUpdate | Rejection, recorded: dict[str, _Recorded]) -> bool:
+def _recorded_here(message: KafkaMessage, decoded: DecodedUpdate | Rejection, recorded: dict[str, _Recorded]) -> bool:
     """Whether an earlier attempt of this batch already accepted this very message (same id, same offset)."""
     if not isinstance(decoded, DecodedUpdate):
         return False
     return recorded.get(decoded.header.update_id) == _Recorded(message.partition, message.offset)
 
 
-def _kafka_order(message: Row) -> tuple[int, int]:
+def _kafka_order(message: KafkaMessage) -> tuple[int, int]:
     return message.partition, message.offset
 
 
 def _rejected_row(
-    message: Row,
+    message: KafkaMessage,
     problems: Sequence[Rejection],
     decoded: DecodedUpdate | None,
     now: datetime,
@@ -443,7 +439,7 @@ def _rejected_row(
     )
 
 
-def _oversized_row(message: Row, limit: int, now: datetime, batch_id: int) -> RejectedUpdateRow:
+def _oversized_row(message: KafkaMessage, limit: int, now: datetime, batch_id: int) -> RejectedUpdateRow:
     """An oversized message, recognised in Spark: its size and SHA-256 are kept, never its bytes."""
     return RejectedUpdateRow(
         **_kafka_fields(message),  # type: ignore[arg-type]

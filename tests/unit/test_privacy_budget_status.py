@@ -7,7 +7,7 @@ from pathlib import Path
 from aggregator import AggregationConfig, BudgetCheck
 from schemas.rows import ModelVersionRow
 from streaming_jobs.job import JobProgress
-from streaming_jobs.publisher import _MlflowRecorder
+from streaming_jobs.mlflow_recorder import MlflowRecorder
 from streaming_jobs.settings import JobSettings
 from streaming_jobs.update_batch import BatchOutcome
 
@@ -95,7 +95,7 @@ class _FakeClient:
 
 
 def test_mlflow_gets_the_assumption_the_exhausted_marker_and_the_refusal() -> None:
-    recorder = object.__new__(_MlflowRecorder)
+    recorder = object.__new__(MlflowRecorder)
     recorder.client = _FakeClient()  # type: ignore[assignment]
     recorder.run_id = "run"
     config = AggregationConfig(weight_by_sample_count=False, dp_noise_multiplier=1.0, dp_epsilon_budget=8.0)
