@@ -121,14 +121,12 @@ class Intake:
         record: Callable[[IntakeMessage[Source], DecodedUpdate, PendingUpdate], Record],
         *,
         now: datetime,
-        aggregate: bool = True,
     ) -> IntakeOutcome[Source, Record]:
         """Judge ``messages`` in order; buffer the accepted ones and make the versions a full buffer calls for.
 
         ``record`` makes the driver's record of an accepted message; it runs as part of judging, so if it
         raises the message is rejected instead. ``now`` is the receive time of every message.
-        ``aggregate=False`` judges and buffers without making versions (a replayed batch whose versions
-        are already written). The buffer's wait limit is the driver's to check (``server.ready_versions``).
+        The buffer's wait limit is the driver's to check (``server.ready_versions``).
         """
         check_aware("now", now)
         accepted: list[Accepted[Source, Record]] = []
@@ -140,8 +138,7 @@ class Intake:
                 rejected.append(verdict)
                 continue
             accepted.append(verdict)
-            if aggregate:
-                versions += self.server.ready_versions(now, deadline=False)
+            versions += self.server.ready_versions(now, deadline=False)
         return IntakeOutcome(tuple(accepted), tuple(rejected), tuple(versions))
 
     def _judge_isolated(

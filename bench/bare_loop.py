@@ -75,13 +75,8 @@ class BareLoop:
         self.recent_batches: deque[dict[str, object]] = deque(maxlen=100)
         # CRCs are checked as the job's consumer checks them (kafka-python uses the crc32c package); fetches are
         # as large as the job's batch budget, so a poll can hold ``max_records`` updates as a micro-batch does.
-        self._consumer = KafkaConsumer(
-            **kafka.consumer_options(),
-            enable_auto_commit=False,
-            check_crcs=True,
-            fetch_max_bytes=FETCH_BYTES,
-            max_partition_fetch_bytes=FETCH_BYTES,
-        )
+        options = {**kafka.consumer_options(), "fetch_max_bytes": FETCH_BYTES, "max_partition_fetch_bytes": FETCH_BYTES}
+        self._consumer = KafkaConsumer(**options, enable_auto_commit=False, check_crcs=True)
         partitions = _partitions(self._consumer)
         self._consumer.assign(partitions)
         self._consumer.seek_to_beginning(*partitions)

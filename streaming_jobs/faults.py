@@ -1,9 +1,10 @@
 """Crash points for fault-injection tests: inert unless ``FEDSTREAM_FAULT_INJECTION`` names one.
 
 ``FEDSTREAM_FAULT_INJECTION=after_updates_write@2`` makes the job SIGKILL itself (and its Spark JVM) the
-second time it passes that point, exactly as a power cut would. Points: ``during_aggregation`` (versions
-computed, nothing written), ``after_updates_write`` (updates and rejections in Delta, versions not),
-``after_versions_write`` (versions in Delta, not yet on Kafka or MLflow).
+second time it passes that point, exactly as a power cut would. Points, in the order a batch passes them:
+``during_aggregation`` (versions computed, nothing written), ``after_versions_write`` (versions in Delta, not
+yet on Kafka, MLflow, or in ``updates``), ``after_updates_write`` (versions published, updates in Delta,
+rejections not).
 ``FEDSTREAM_FAIL_UPDATE_ID=<update_id>`` makes the processing of that one update raise instead.
 """
 
@@ -15,7 +16,7 @@ import signal
 FAULT_VARIABLE = "FEDSTREAM_FAULT_INJECTION"
 FAILING_UPDATE_VARIABLE = "FEDSTREAM_FAIL_UPDATE_ID"
 """Names an ``update_id`` whose processing raises, to show that one message's failure ends no batch."""
-CRASH_POINTS = ("during_aggregation", "after_updates_write", "after_versions_write")
+CRASH_POINTS = ("during_aggregation", "after_versions_write", "after_updates_write")
 _passes: dict[str, int] = {}
 
 

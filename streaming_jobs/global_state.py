@@ -53,10 +53,23 @@ class GlobalState:
 
 
 def load_global_state(
-    spark: SparkSession, locations: TableLocations, model_name: str, config: AggregationConfig
+    spark: SparkSession,
+    locations: TableLocations,
+    model_name: str,
+    config: AggregationConfig,
+    *,
+    before_batch: int | None = None,
 ) -> GlobalState:
-    """Rebuild the state from Delta; raises ``MissingInitialVersionError`` before version 0 exists."""
+    """Rebuild the state from Delta; raises ``MissingInitialVersionError`` before version 0 exists.
+
+    ``before_batch``: the state as it was before micro-batch ``before_batch`` wrote anything (its versions and
+    its updates left out), to replay that batch after a crash.
+    """
     versions = locations.read(spark, MODEL_VERSIONS).where(F.col("model_name") == model_name)
+    updates = locations.read(spark, UPDATES).where(F.col("model_name") == model_name)
+    if before_batch is not None:
+        versions = versions.where(F.col("batch_id") != before_batch)
+        updates = updates.where(F.col("batch_id") != before_batch)
     newest = versions.orderBy(F.col("version").desc()).limit(1).collect()
     if not newest:
         raise MissingInitialVersionError(
@@ -66,9 +79,7 @@ def load_global_state(
     row = newest[0]
     aggregated = versions.select(F.explode("update_ids").alias("update_id"))
     pending_rows = (
-        locations.read(spark, UPDATES)
-        .where(F.col("model_name") == model_name)
-        .join(aggregated, on="update_id", how="left_anti")
+        updates.join(aggregated, on="update_id", how="left_anti")
         .orderBy("batch_id", "kafka_partition", "kafka_offset")
         .collect()
     )

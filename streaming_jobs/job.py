@@ -178,14 +178,10 @@ def run_job(
     publisher = VersionPublisher(settings)
     progress = JobProgress(status_file)
 
-    def announce(versions: Sequence[ModelVersionRow], outcome: BatchOutcome) -> None:
-        started = time.perf_counter()
-        if versions:
-            publisher.publish(versions)
+    def report(versions: Sequence[ModelVersionRow], outcome: BatchOutcome) -> None:
         refusal = processor.state.privacy_refusal  # the budget held the buffer: say so in MLflow and the status
         if refusal is not None:
             publisher.record_budget_refusal(refusal)
-        outcome.seconds["publish"] = round(time.perf_counter() - started, 4)
         progress.record(outcome, versions, refusal)
 
     newest = _republish_newest(spark, settings, publisher)
@@ -205,7 +201,7 @@ def run_job(
         partition_count=lambda: _partition_count(settings),
     )
     logger.info("intake limits %s; checkpoint identity %s", limits, identity)
-    processor = UpdateBatchProcessor(spark, settings, identity, limits, on_versions=announce)
+    processor = UpdateBatchProcessor(spark, settings, identity, limits, publish=publisher.publish, on_batch=report)
     stop = stop or threading.Event()
     _stop_on_signals(stop)
     query = (

@@ -35,11 +35,14 @@ from streaming_jobs.faults import crash_point, inject_message_failure
 from streaming_jobs.global_state import GlobalState, load_global_state
 from streaming_jobs.intake_limits import MAX_KEY_BYTES, IntakeLimits
 from streaming_jobs.settings import JobSettings
-from streaming_jobs.tables import MODEL_VERSIONS, REJECTED_UPDATES, UPDATES, TableLocations
+from streaming_jobs.tables import MODEL_VERSIONS, REJECTED_UPDATES, UPDATES, TableLocations, TableSpec
 
 logger = logging.getLogger(__name__)
 
-VersionsCallback = Callable[[Sequence[ModelVersionRow], "BatchOutcome"], None]
+PublishCallback = Callable[[Sequence[ModelVersionRow]], None]
+"""Announces versions as soon as they are durable in ``model_versions`` (before the batch's other writes)."""
+BatchCallback = Callable[[Sequence[ModelVersionRow], "BatchOutcome"], None]
+"""Told of every finished batch (and deadline flush) with the versions it made."""
 
 
 @dataclass(frozen=True)
@@ -83,14 +86,6 @@ def _kafka_messages(table: pa.Table) -> list[KafkaMessage]:
     return [KafkaMessage(**dict(zip(columns, values, strict=True))) for values in zip(*columns.values(), strict=True)]
 
 
-@dataclass(frozen=True)
-class _Recorded:
-    """An update id already in ``updates`` and where it was read from."""
-
-    kafka_partition: int
-    kafka_offset: int
-
-
 class UpdateBatchProcessor:
     """Holds the job's state between micro-batches; rebuilds it from Delta on start and after any failure."""
 
@@ -100,14 +95,16 @@ class UpdateBatchProcessor:
         settings: JobSettings,
         identity: CheckpointIdentity,
         limits: IntakeLimits,
-        on_versions: VersionsCallback | None = None,
+        publish: PublishCallback | None = None,
+        on_batch: BatchCallback | None = None,
     ) -> None:
         self.spark = spark
         self.settings = settings
         self.identity = identity
         self.limits = limits
         self.locations = TableLocations(settings.tables_root, settings.catalog_schema)
-        self.on_versions = on_versions
+        self.publish = publish
+        self.on_batch = on_batch
         self._state: GlobalState | None = None
         self._intake: Intake | None = None
         self._fresh_state = True
@@ -122,18 +119,25 @@ class UpdateBatchProcessor:
     def state(self) -> GlobalState:
         """The current state, loaded from Delta on first use (with every update id ``updates`` holds)."""
         if self._state is None:
-            self._fresh_state = True
-            state = load_global_state(self.spark, self.locations, self.settings.model_name, self.settings.aggregation)
-            self._intake = Intake(
-                state.server,
-                self.settings.model_name,
-                known_update_ids=self._all_update_ids(),
-                authenticate=None if self.registry is None else self.registry.check,
-                replay_window_seconds=self.settings.replay_window_seconds,
-                before_judging=inject_message_failure,
-            )
-            self._state = state
+            self._load_state()
+        assert self._state is not None
         return self._state
+
+    def _load_state(self, before_batch: int | None = None) -> None:
+        """Load the state (before ``before_batch`` wrote anything, to replay it) and the intake judging against it."""
+        self._fresh_state = True
+        state = load_global_state(
+            self.spark, self.locations, self.settings.model_name, self.settings.aggregation, before_batch=before_batch
+        )
+        self._intake = Intake(
+            state.server,
+            self.settings.model_name,
+            known_update_ids=self._all_update_ids(before_batch),
+            authenticate=None if self.registry is None else self.registry.check,
+            replay_window_seconds=self.settings.replay_window_seconds,
+            before_judging=inject_message_failure,
+        )
+        self._state = state
 
     @property
     def intake(self) -> Intake:
@@ -159,8 +163,8 @@ class UpdateBatchProcessor:
                 self._state = None  # the next attempt starts again from what Delta holds
                 raise
             logger.info("batch %s: %s", batch_id, outcome)
-            if self.on_versions is not None:
-                self.on_versions(versions, outcome)
+            if self.on_batch is not None:
+                self.on_batch(versions, outcome)
 
     def flush_overdue(self) -> list[ModelVersionRow]:
         """Aggregate a buffer whose oldest update waited ``max_wait_seconds``, when no micro-batch comes.
@@ -185,11 +189,15 @@ class UpdateBatchProcessor:
                         app_id=f"{self.identity.writer_id}:deadline",
                         batch_id=versions[-1].version,
                     )
-                clock.lap("write_delta")
+                    crash_point("after_versions_write")
+                clock.lap("write_versions")
+                if versions and self.publish is not None:
+                    self.publish(versions)
+                clock.lap("publish")
             except BaseException:
                 self._state = None
                 raise
-            if versions and self.on_versions is not None:
+            if versions and self.on_batch is not None:
                 outcome = BatchOutcome(
                     batch_id=-1,
                     messages=0,
@@ -204,7 +212,7 @@ class UpdateBatchProcessor:
                     started_at=started_at,
                 )
                 logger.info("buffer deadline: %s", outcome)
-                self.on_versions(versions, outcome)
+                self.on_batch(versions, outcome)
             return versions
 
     def _process(self, batch: DataFrame, batch_id: int) -> tuple[BatchOutcome, list[ModelVersionRow]]:
@@ -237,63 +245,84 @@ class UpdateBatchProcessor:
     def _process_messages(
         self, messages: list[KafkaMessage], oversized: list[KafkaMessage], batch_id: int, clock: _PhaseClock
     ) -> tuple[BatchOutcome, list[ModelVersionRow]]:
+        """Judge, aggregate, then write: versions first (and publish them), then updates and rejections.
+
+        Crash ordering. Each table's append is idempotent (Delta ``txnAppId``/``txnVersion``), and a batch that an
+        earlier attempt began (any table holds rows of it) is replayed from the state *before* it: its versions
+        and updates are left out of the loaded state, its messages judged again in the same order, and only the
+        tables still missing its rows are written. Judging is deterministic given that state, so the replay
+        accepts the same updates and makes the same versions. Where ``model_versions`` already holds the batch's
+        versions they are the record, published or not: every update they name is written to ``updates`` even
+        if the replay would now judge it otherwise (a key revoked between the attempts, say), and the state is
+        reloaded from Delta after the batch.
+        """
         decoded_messages = [self._decode(message) for message in messages]
         clock.lap("decode")
-        state = self.state
         # A micro-batch is replayed only after a restart or a failure, and both reload the state.
-        already_written = self._tables_written_by(batch_id) if self._fresh_state else set()
+        written = self._tables_written_by(batch_id) if self._state is None or self._fresh_state else set()
+        if written:
+            self._load_state(before_batch=batch_id)
+        state = self.state
         self._fresh_state = False
         if self.registry is not None:
             self.registry.refresh_if_due()
         clock.lap("load_state")
-        # Only a replayed batch can hold messages already accepted (by its earlier attempt): look up where.
-        recorded = self._recorded_update_ids(decoded_messages) if UPDATES.name in already_written else {}
-        clock.lap("lookup_duplicates")
         now = datetime.now(UTC)
         kept = self.limits.rejected_bytes_kept
-        fresh: list[IntakeMessage[KafkaMessage]] = []
-        already_recorded = 0
-        for message, decoded in zip(messages, decoded_messages, strict=True):
-            if _recorded_here(message, decoded, recorded):
-                already_recorded += 1  # this very message was accepted by an earlier attempt of the batch
-                continue
-            fresh.append(IntakeMessage(message, decoded, _aware(message.timestamp)))
-        aggregate = MODEL_VERSIONS.name not in already_written
+        fresh = [
+            IntakeMessage(message, decoded, _aware(message.timestamp))
+            for message, decoded in zip(messages, decoded_messages, strict=True)
+        ]
 
         def update_row(
             message: IntakeMessage[KafkaMessage], decoded: DecodedUpdate, update: PendingUpdate
         ) -> UpdateRow:
             return _update_row(message.source, decoded, now, batch_id)
 
-        judged = self.intake.step(fresh, update_row, now=now, aggregate=aggregate)
+        judged = self.intake.step(fresh, update_row, now=now)
         accepted = [item.record for item in judged.accepted]
         rejected = [_oversized_row(message, self.limits.max_update_bytes, now, batch_id) for message in oversized]
-        rejected += [
-            _rejected_row(item.source, item.problems, item.decoded, now, batch_id, kept) for item in judged.rejected
-        ]
         versions = version_rows(state, judged.versions, now=now, batch_id=batch_id)
-        if aggregate:
-            versions += aggregate_ready_versions(state, now=datetime.now(UTC), batch_id=batch_id, time_trigger=True)
+        versions += aggregate_ready_versions(state, now=now, batch_id=batch_id, time_trigger=True)
+        recorded_ids = self._recorded_version_update_ids(batch_id) if MODEL_VERSIONS.name in written else None
+        for item in judged.rejected:
+            if recorded_ids is not None and item.decoded is not None and item.decoded.header.update_id in recorded_ids:
+                logger.error(
+                    "batch %s replay: update %s is in a recorded version but was judged %s now; it is kept",
+                    batch_id,
+                    item.decoded.header.update_id,
+                    "; ".join(str(problem) for problem in item.problems),
+                )
+                accepted.append(_update_row(item.source, item.decoded, now, batch_id))
+                continue
+            rejected.append(_rejected_row(item.source, item.problems, item.decoded, now, batch_id, kept))
         clock.lap("validate_aggregate")
         if versions:
             crash_point("during_aggregation")
-        self._append(UPDATES.name, accepted, already_written, batch_id)
-        self._append(REJECTED_UPDATES.name, rejected, already_written, batch_id)
+        if recorded_ids is None:
+            self._append(MODEL_VERSIONS, versions, batch_id)
+            if versions:
+                crash_point("after_versions_write")
+            clock.lap("write_versions")
+            if versions and self.publish is not None:
+                self.publish(versions)
+            clock.lap("publish")
+        else:
+            versions = []  # recorded by the earlier attempt; the start re-published the newest
+        self._append(UPDATES, accepted, batch_id)
         if accepted:
             crash_point("after_updates_write")
-        self._append(MODEL_VERSIONS.name, versions, already_written, batch_id)
-        if versions:
-            crash_point("after_versions_write")
-        clock.lap("write_delta")
-        if not aggregate:
-            self._state = None  # versions of this batch were written by an earlier attempt: reload them
+        self._append(REJECTED_UPDATES, rejected, batch_id)
+        clock.lap("write_updates")
+        if written:
+            self._state = None  # a replay: take the state as Delta now holds it
         outcome = BatchOutcome(
             batch_id=batch_id,
             messages=len(messages) + len(oversized),
             accepted=len(accepted),
             rejected=len(rejected),
             rejected_by_reason=dict(Counter(row.reason for row in rejected)),
-            already_recorded=already_recorded,
+            already_recorded=len(accepted) if UPDATES.name in written else 0,
             new_versions=tuple(row.version for row in versions),
             current_version=self.state.version,
             pending=len(self.state.pending),
@@ -310,16 +339,10 @@ class UpdateBatchProcessor:
             return internal_error(error)
 
     def _append(
-        self,
-        table_name: str,
-        rows: Sequence[UpdateRow | RejectedUpdateRow | ModelVersionRow],
-        already_written: set[str],
-        batch_id: int,
+        self, table: TableSpec, rows: Sequence[UpdateRow | RejectedUpdateRow | ModelVersionRow], batch_id: int
     ) -> None:
-        if table_name in already_written:
-            return
-        table = {UPDATES.name: UPDATES, REJECTED_UPDATES.name: REJECTED_UPDATES, MODEL_VERSIONS.name: MODEL_VERSIONS}
-        self.locations.append(self.spark, table[table_name], rows, app_id=self.identity.writer_id, batch_id=batch_id)
+        """Append the batch's rows to ``table`` once: Delta skips a ``(writer, batch)`` it already committed."""
+        self.locations.append(self.spark, table, rows, app_id=self.identity.writer_id, batch_id=batch_id)
 
     def _tables_written_by(self, batch_id: int) -> set[str]:
         """Tables that already hold rows of ``batch_id`` (a replay after a crash); empty in normal running."""
@@ -329,22 +352,28 @@ class UpdateBatchProcessor:
                 written.add(table.name)
         return written
 
-    def _all_update_ids(self) -> set[str]:
-        """Every ``update_id`` in ``updates`` (all models): read once per state load, then kept up to date."""
-        table = self.locations.read(self.spark, UPDATES).select("update_id").toArrow()
+    def _all_update_ids(self, before_batch: int | None = None) -> set[str]:
+        """Every ``update_id`` in ``updates`` (all models; without this model's ``before_batch`` rows when given).
+
+        Read once per state load, then kept up to date by the intake.
+        """
+        updates = self.locations.read(self.spark, UPDATES)
+        if before_batch is not None:
+            updates = updates.where(
+                (F.col("batch_id") != before_batch) | (F.col("model_name") != self.settings.model_name)
+            )
+        table = updates.select("update_id").toArrow()
         return set(table.column("update_id").to_pylist())
 
-    def _recorded_update_ids(self, decoded_messages: Sequence[DecodedUpdate | Rejection]) -> dict[str, _Recorded]:
-        candidate_ids = [decoded.header.update_id for decoded in decoded_messages if isinstance(decoded, DecodedUpdate)]
-        if not candidate_ids:
-            return {}
+    def _recorded_version_update_ids(self, batch_id: int) -> set[str]:
+        """The update ids named by the versions ``model_versions`` already holds for ``batch_id``."""
         found = (
-            self.locations.read(self.spark, UPDATES)
-            .where(F.col("update_id").isin(candidate_ids))
-            .select("update_id", "kafka_partition", "kafka_offset")
-            .collect()
+            self.locations.read(self.spark, MODEL_VERSIONS)
+            .where((F.col("model_name") == self.settings.model_name) & (F.col("batch_id") == batch_id))
+            .select(F.explode("update_ids").alias("update_id"))
+            .toArrow()
         )
-        return {row.update_id: _Recorded(row.kafka_partition, row.kafka_offset) for row in found}
+        return set(found.column("update_id").to_pylist())
 
 
 class _PhaseClock:
@@ -396,13 +425,6 @@ def _update_row(message: KafkaMessage, decoded: DecodedUpdate, now: datetime, ba
         received_at=now,
         batch_id=batch_id,
     )
-
-
-def _recorded_here(message: KafkaMessage, decoded: DecodedUpdate | Rejection, recorded: dict[str, _Recorded]) -> bool:
-    """Whether an earlier attempt of this batch already accepted this very message (same id, same offset)."""
-    if not isinstance(decoded, DecodedUpdate):
-        return False
-    return recorded.get(decoded.header.update_id) == _Recorded(message.partition, message.offset)
 
 
 def _kafka_order(message: KafkaMessage) -> tuple[int, int]:

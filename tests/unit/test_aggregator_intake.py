@@ -131,13 +131,6 @@ def test_authenticity_and_the_replay_window_come_first() -> None:
     assert [item.source for item in outcome.accepted] == [2]
 
 
-def test_without_aggregation_a_replayed_batch_is_judged_and_buffered_but_makes_no_version() -> None:
-    intake = _intake(known_update_ids={f"{0:032x}"})
-    outcome = intake.step([_message(index, _decoded(index)) for index in range(3)], _record, now=NOW, aggregate=False)
-    assert [item.reason for item in outcome.rejected] == [RejectionReason.DUPLICATE_UPDATE]
-    assert outcome.versions == () and len(intake.server.pending) == 2
-
-
 def test_now_must_be_timezone_aware() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         _intake().step([], _record, now=datetime(2025, 1, 1))

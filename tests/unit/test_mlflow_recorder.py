@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -20,18 +19,21 @@ from streaming_jobs.settings import JobSettings
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-@pytest.fixture
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
-    monkeypatch.setenv("FEDSTREAM_HOME", str(tmp_path))
-    yield uri
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One SQLite store for the module (each test has its own experiment and registered model)."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_REGISTRY_URI", uri)
+        patch.setenv("FEDSTREAM_HOME", str(folder))
+        yield uri
 
 
 def _row(version: int) -> ModelVersionRow:
     return ModelVersionRow(
-        model_name="heart",
+        model_name="heart",  # the recorder names runs and registered models by its settings' model
         version=version,
         parent_version=version - 1 if version else None,
         parent_parameter_hash=None,
@@ -57,7 +59,7 @@ def _row(version: int) -> ModelVersionRow:
 
 
 def _settings(experiment: str) -> JobSettings:
-    return JobSettings(model_name="heart", mlflow_experiment=experiment, register_every=2)
+    return JobSettings(model_name=f"heart-{experiment}", mlflow_experiment=experiment, register_every=2)
 
 
 def _steps(experiment: str) -> list[int]:
