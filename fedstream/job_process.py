@@ -6,6 +6,7 @@ The demo, the fault benchmark and the tests start, SIGKILL, restart and stop the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -107,15 +108,19 @@ class JobProcess:
             return None
 
     def stop(self, timeout_seconds: float = 90.0) -> None:
-        """SIGTERM: the job finishes its batch and exits; SIGKILL if it has not after ``timeout_seconds``."""
+        """SIGTERM to the job: it finishes its batch and exits; then SIGKILL whatever is left of its group.
+
+        Only the job's own process gets SIGTERM: Spark's JVM (in the same process group) would die at once on
+        it, cancelling the batch's writes half-way. After ``timeout_seconds`` the whole group is SIGKILLed.
+        """
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
+        self.process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout_seconds)
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        self.process.wait()
 
     def log(self, tail_characters: int = 4000) -> str:
         """The tail of every start's log, oldest first."""

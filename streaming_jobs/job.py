@@ -223,9 +223,13 @@ def run_job(
         while query.isActive and not stop.is_set():
             query.awaitTermination(1)
             processor.flush_overdue()
+        if stop.is_set():
+            processor.finish_current_batch()  # stopping the query would cancel a batch's writes half-way
         failure = query.exception()
-        if failure is not None:
+        if failure is not None and not stop.is_set():
             raise RuntimeError(f"the streaming query failed: {failure}")
+        if failure is not None:
+            logger.info("stopped; the query ended with: %s", str(failure).splitlines()[0])
     finally:
         if query.isActive:
             query.stop()

@@ -196,7 +196,7 @@ class BackgroundRecorder:
                 if recorder.registers(row.version) and (registered is None or row.version > registered):
                     recorder.register(row)
             if rows:
-                logger.info("MLflow backfilled %d versions after an unclean stop", len(rows))
+                logger.info("MLflow caught up with %d versions it had not recorded", len(rows))
 
         self._put(work)
 

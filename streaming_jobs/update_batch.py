@@ -45,6 +45,10 @@ BatchCallback = Callable[[Sequence[ModelVersionRow], "BatchOutcome"], None]
 """Told of every finished batch (and deadline flush) with the versions it made."""
 
 
+class JobStoppingError(RuntimeError):
+    """A micro-batch that began after the job was told to stop; it is processed on the next start."""
+
+
 @dataclass(frozen=True)
 class BatchOutcome:
     """What one micro-batch did."""
@@ -109,6 +113,7 @@ class UpdateBatchProcessor:
         self._intake: Intake | None = None
         self._fresh_state = True
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self.registry = (
             ClientRegistry(spark, self.locations, settings.registry_refresh_seconds)
             if settings.require_signatures
@@ -155,7 +160,9 @@ class UpdateBatchProcessor:
         """
         started_at = time.time()
         batch_id = self.identity.table_batch_id(spark_batch_id)
+        self._refuse_when_stopping(batch_id)
         with self._lock:
+            self._refuse_when_stopping(batch_id)
             try:
                 outcome, versions = self._process(batch, batch_id)
                 outcome = replace(outcome, started_at=started_at)
@@ -165,6 +172,20 @@ class UpdateBatchProcessor:
             logger.info("batch %s: %s", batch_id, outcome)
             if self.on_batch is not None:
                 self.on_batch(versions, outcome)
+
+    def finish_current_batch(self) -> None:
+        """Let the batch in progress finish and refuse any later one: call before stopping the query.
+
+        A refused batch raises :class:`JobStoppingError` before it reads anything, so Spark does not commit its
+        offsets and the next start processes it.
+        """
+        self._stopping.set()
+        with self._lock:
+            pass
+
+    def _refuse_when_stopping(self, batch_id: int) -> None:
+        if self._stopping.is_set():
+            raise JobStoppingError(f"the job is stopping: batch {batch_id} is left for the next start")
 
     def flush_overdue(self) -> list[ModelVersionRow]:
         """Aggregate a buffer whose oldest update waited ``max_wait_seconds``, when no micro-batch comes.
@@ -285,8 +306,10 @@ class UpdateBatchProcessor:
         versions = version_rows(state, judged.versions, now=now, batch_id=batch_id)
         versions += aggregate_ready_versions(state, now=now, batch_id=batch_id, time_trigger=True)
         recorded_ids = self._recorded_version_update_ids(batch_id) if MODEL_VERSIONS.name in written else None
+        unaccepted = (recorded_ids or set()) - {row.update_id for row in accepted}
         for item in judged.rejected:
-            if recorded_ids is not None and item.decoded is not None and item.decoded.header.update_id in recorded_ids:
+            if item.decoded is not None and item.decoded.header.update_id in unaccepted:
+                unaccepted.discard(item.decoded.header.update_id)  # the first copy only; a second is a duplicate
                 logger.error(
                     "batch %s replay: update %s is in a recorded version but was judged %s now; it is kept",
                     batch_id,
