@@ -37,15 +37,15 @@ from bench.pipeline_report import (
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="backlogs 100 and 1,000, 10 bursts (a few minutes)")
-    parser.add_argument("--backlog", type=int, help="B, the small backlog (default 300; quick 100)")
+    parser.add_argument("--quick", action="store_true", help="backlogs 200 and 2,000, 10 bursts (a few minutes)")
+    parser.add_argument("--backlog", type=int, help="B, the small backlog (default 500; quick 200)")
     parser.add_argument("--backlog-factor", type=int, help="the large backlog is B times this (default 10)")
     parser.add_argument("--latency-repeats", type=int, help="bursts per runner (default 20; quick 10)")
-    parser.add_argument("--max-offsets", type=int, help="--max-offsets-per-trigger of the job (default 500)")
+    parser.add_argument("--max-offsets", type=int, help="--max-offsets-per-trigger of the job (default 100)")
     parser.add_argument(
-        "--extra-max-offsets", type=int, help="a second value tried on the small backlog (default 100; 0 skips)"
+        "--extra-max-offsets", type=int, help="a second value tried on the small backlog (default 250; 0 skips)"
     )
-    parser.add_argument("--trigger-seconds", type=float, help="the job's trigger interval (default 1.0, its own)")
+    parser.add_argument("--trigger-seconds", type=float, help="the job's trigger interval (default 0.5, its own)")
     parser.add_argument("--register-every", type=int, help="the job's MLflow registration period (default 10)")
     parser.add_argument("--port", type=int, help="the benchmark broker's port (default 29092)")
     parser.add_argument("--no-client", action="store_true", help="skip the client-process measurement")

@@ -42,7 +42,7 @@ class BenchSettings:
     max_offsets: int = 100
     extra_max_offsets: int | None = 250
     """A second ``--max-offsets-per-trigger`` tried on the small backlog (job only); None skips it."""
-    trigger_seconds: float = 1.0
+    trigger_seconds: float = 0.5
     register_every: int = 10
     port: int = 29092
     client_subject: int | None = 1

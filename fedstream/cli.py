@@ -265,7 +265,7 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
         default=256 * 1024 * 1024,
         help="most message bytes one micro-batch brings into the driver (lowers --max-offsets-per-trigger)",
     )
-    parser.add_argument("--trigger-seconds", type=float, default=1.0)
+    parser.add_argument("--trigger-seconds", type=float, default=0.5)
     parser.add_argument(
         "--audit-window-days",
         type=int,

@@ -87,7 +87,7 @@ class JobSettings(BaseModel):
     """Most message bytes one micro-batch brings into the driver's Python (see ``streaming_jobs.intake_limits``)."""
     rejected_bytes_kept: int = Field(default=64 * 1024, ge=0)
     """Leading bytes of a rejected message kept in ``rejected_updates.raw_value`` (its size and hash always)."""
-    trigger_interval_seconds: float = Field(default=1.0, ge=0)
+    trigger_interval_seconds: float = Field(default=0.5, ge=0)
     register_every: int = Field(default=10, ge=0)
     """Register the global model in the MLflow registry every N versions (0: never)."""
     mlflow_experiment: str = "fedstream"

@@ -28,6 +28,7 @@ def get_spark(app_name: str = "fedstream", *, shuffle_partitions: int = 2) -> Sp
 
         session = SparkSession.builder.getOrCreate()
         refuse_spark_connect(session)
+        session.conf.set(DELTA_TRANSACTIONS_IN_CHECKSUM, "true")
         return session
     builder = (
         SparkSession.builder.appName(app_name)
@@ -48,8 +49,14 @@ def get_spark(app_name: str = "fedstream", *, shuffle_partitions: int = 2) -> Sp
         )
     )
     spark = builder.getOrCreate()
+    spark.conf.set(DELTA_TRANSACTIONS_IN_CHECKSUM, "true")
     spark.sparkContext.setLogLevel(os.environ.get("FEDSTREAM_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+DELTA_TRANSACTIONS_IN_CHECKSUM = "spark.databricks.delta.setTransactionsInCrc.writeOnCommit"
+"""Delta keeps the tables' ``txnAppId`` versions in each commit's checksum file, so an idempotent append reads
+them from there instead of reconstructing the table's state: ~0.3 s less per commit (``bench.delta_commits``)."""
 
 
 def connector_jars() -> list[Path]:

@@ -38,11 +38,20 @@ WRITES_THAT_ARE_NOT_APPENDS = {
 
 @pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
 def test_every_table_keeps_its_history_for_the_audit_window_and_is_append_only(table: TableSpec) -> None:
-    assert table_properties(table, 400) == {
-        "delta.logRetentionDuration": "interval 400 days",
-        "delta.deletedFileRetentionDuration": "interval 400 days",
-        "delta.appendOnly": "true",
-    }
+    properties = table_properties(table, 400)
+    assert properties["delta.logRetentionDuration"] == "interval 400 days"
+    assert properties["delta.deletedFileRetentionDuration"] == "interval 400 days"
+    assert properties["delta.appendOnly"] == "true"
+    assert properties["delta.checkpointInterval"] == "100", "a log written every second checkpoints every 100 commits"
+
+
+@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+def test_statistics_are_kept_on_existing_columns_only_and_never_on_blobs(table: TableSpec) -> None:
+    columns = {field.name: field for field in table.schema.fields}
+    stats = table_properties(table, 400).get("delta.dataSkippingStatsColumns")
+    named = stats.split(",") if stats else []
+    assert named == list(table.stats_columns)
+    assert all(name in columns and not isinstance(columns[name].dataType, BinaryType) for name in named)
 
 
 def test_the_audit_window_is_checked_on_entry() -> None:
