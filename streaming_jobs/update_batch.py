@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -114,6 +115,7 @@ class UpdateBatchProcessor:
         self._fresh_state = True
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedstream-updates-writer")
         self.registry = (
             ClientRegistry(spark, self.locations, settings.registry_refresh_seconds)
             if settings.require_signatures
@@ -266,16 +268,18 @@ class UpdateBatchProcessor:
     def _process_messages(
         self, messages: list[KafkaMessage], oversized: list[KafkaMessage], batch_id: int, clock: _PhaseClock
     ) -> tuple[BatchOutcome, list[ModelVersionRow]]:
-        """Judge, aggregate, then write: versions first (and publish them), then updates and rejections.
+        """Judge, aggregate, then write: the versions (published as soon as they are durable) beside the updates.
 
-        Crash ordering. Each table's append is idempotent (Delta ``txnAppId``/``txnVersion``), and a batch that an
-        earlier attempt began (any table holds rows of it) is replayed from the state *before* it: its versions
-        and updates are left out of the loaded state, its messages judged again in the same order, and only the
-        tables still missing its rows are written. Judging is deterministic given that state, so the replay
-        accepts the same updates and makes the same versions. Where ``model_versions`` already holds the batch's
-        versions they are the record, published or not: every update they name is written to ``updates`` even
-        if the replay would now judge it otherwise (a key revoked between the attempts, say), and the state is
-        reloaded from Delta after the batch.
+        Crash ordering. The versions' append and the updates' and rejections' appends run side by side, so a
+        crash can leave any of them durable and the others not; the batch returns (and Spark commits its
+        offsets) only when all are. Each table's append is idempotent (Delta ``txnAppId``/``txnVersion``), and a
+        batch that an earlier attempt began (any table holds rows of it) is replayed from the state *before* it:
+        its versions and updates are left out of the loaded state, its messages judged again in the same order,
+        and only the tables still missing its rows are written. Judging is deterministic given that state, so
+        the replay accepts the same updates and makes the same versions. Where ``model_versions`` already holds
+        the batch's versions they are the record, published or not: every update they name is written to
+        ``updates`` even if the replay would now judge it otherwise (a key revoked between the attempts, say),
+        and the state is reloaded from Delta after the batch.
         """
         decoded_messages = [self._decode(message) for message in messages]
         clock.lap("decode")
@@ -322,20 +326,21 @@ class UpdateBatchProcessor:
         clock.lap("validate_aggregate")
         if versions:
             crash_point("during_aggregation")
-        if recorded_ids is None:
-            self._append(MODEL_VERSIONS, versions, batch_id)
-            if versions:
-                crash_point("after_versions_write")
-            clock.lap("write_versions")
-            if versions and self.publish is not None:
-                self.publish(versions)
-            clock.lap("publish")
-        else:
-            versions = []  # recorded by the earlier attempt; the start re-published the newest
-        self._append(UPDATES, accepted, batch_id)
-        if accepted:
-            crash_point("after_updates_write")
-        self._append(REJECTED_UPDATES, rejected, batch_id)
+        # The versions and the updates are appended side by side; the versions go out as soon as theirs is durable.
+        updates_written = self._writer.submit(self._append_updates, accepted, rejected, batch_id)
+        try:
+            if recorded_ids is None:
+                self._append(MODEL_VERSIONS, versions, batch_id)
+                if versions:
+                    crash_point("after_versions_write")
+                clock.lap("write_versions")
+                if versions and self.publish is not None:
+                    self.publish(versions)
+                clock.lap("publish")
+            else:
+                versions = []  # recorded by the earlier attempt; the start re-published the newest
+        finally:
+            updates_written.result()  # the batch ends only when its updates are durable too
         clock.lap("write_updates")
         if written:
             self._state = None  # a replay: take the state as Delta now holds it
@@ -360,6 +365,14 @@ class UpdateBatchProcessor:
         except Exception as error:  # decoding is meant never to raise; if it does, only this message fails
             logger.exception("decoding message %s/%s raised", message.partition, message.offset)
             return internal_error(error)
+
+    def _append_updates(
+        self, accepted: Sequence[UpdateRow], rejected: Sequence[RejectedUpdateRow], batch_id: int
+    ) -> None:
+        self._append(UPDATES, accepted, batch_id)
+        if accepted:
+            crash_point("after_updates_write")
+        self._append(REJECTED_UPDATES, rejected, batch_id)
 
     def _append(
         self, table: TableSpec, rows: Sequence[UpdateRow | RejectedUpdateRow | ModelVersionRow], batch_id: int

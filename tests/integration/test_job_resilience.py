@@ -95,47 +95,71 @@ def _rows(spark, job: JobProcess, table, model: str | None = None):  # type: ign
     return frame.where(F.col("model_name") == model).collect() if model else frame.collect()
 
 
-def test_a_message_whose_processing_raises_fails_alone_and_its_batch_goes_on(
+def test_a_raising_message_fails_alone_and_a_deleted_checkpoint_neither_skips_nor_repeats_a_write(
     spark, local_stack: RunningStack, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
+    """One job, three starts: a batch with a raising message and edge headers, then an operator's checkpoint reset."""
     model, job = _job(local_stack, tmp_path)
     updates = _signed_updates(model, 0, BUFFER_SIZE + 1, seed=1)
     failing_id = updates[2][0]
     ids = [update_id for update_id, _, _ in updates]
+    second = _signed_updates(model, 1, BUFFER_SIZE, seed=4)
+    faulty = {FAILING_UPDATE_VARIABLE: failing_id}
     publisher = UpdatePublisher(local_stack.kafka)
     try:
         # everything is on the topic before the job starts, so it all arrives in one micro-batch after the restart
-        job.start({FAILING_UPDATE_VARIABLE: failing_id})
+        job.start(faulty)
         job.wait_for_version(local_stack.kafka, 0)
         job.stop()
         for edge in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
             publisher.publish("clinic-a", _unsigned_with_created_at(model, edge))
         for _, client, value in updates:
             publisher.publish(client, value)
-        job.start({FAILING_UPDATE_VARIABLE: failing_id})
+        job.start(faulty)
         job.wait_for_version(local_stack.kafka, 1)
         wait_until(lambda: job.status().get("messages", 0) >= len(updates) + 2, 60, "every message handled")
         assert job.running(), "the job keeps running"
+        job.stop()
+        first_identity = json.loads((job.checkpoint / IDENTITY_FILE).read_text())
+        shutil.rmtree(job.checkpoint)  # an operator's reset: batch ids start again at 0 in Spark
+        job.start(faulty)  # were the raising message read again, it would be recorded twice
+        job.wait_for_version(local_stack.kafka, 1)
+        for _, client, value in second:
+            publisher.publish(client, value)
+        job.wait_for_version(local_stack.kafka, 2)
+        wait_until(lambda: job.status().get("accepted", 0) >= BUFFER_SIZE, 60, "the second round accepted")
     finally:
         job.stop()
         publisher.close()
 
     accepted = {row.update_id: row.batch_id for row in _rows(spark, job, UPDATES, model)}
-    assert sorted(accepted) == sorted(update_id for update_id in ids if update_id != failing_id)
+    first_ids = [update_id for update_id in ids if update_id != failing_id]
+    second_ids = [update_id for update_id, _, _ in second]
+    assert sorted(accepted) == sorted(first_ids + second_ids), "nothing skipped, nothing twice"
     rejected = _rows(spark, job, REJECTED_UPDATES)
     failing = [row for row in rejected if row.update_id == failing_id]
     assert len(failing) == 1 and failing[0].reason == "internal_error"
     assert "InjectedMessageError" in failing[0].detail and failing[0].raw_size > 0
-    assert failing[0].batch_id in set(accepted.values()), "rejected in the same batch as the others were accepted"
+    assert failing[0].batch_id == accepted[first_ids[0]], "rejected in the same batch as the others were accepted"
     edges = [
         row
         for row in rejected
         if row.reason == "invalid_header" and model in bytes(row.raw_value).decode(errors="replace")
     ]
     assert len(edges) == 2 and all("created_at" in row.detail for row in edges), [row.detail for row in edges]
-    versions = _rows(spark, job, MODEL_VERSIONS, model)
-    assert sorted(row.version for row in versions) == [0, 1]
-    assert verify_version(spark, TableLocations(str(job.tables)), model, 1).ok
+    assert not [row for row in rejected if row.reason == "duplicate_update" and row.update_id in ids], (
+        "the new checkpoint resumed after the tables"
+    )
+
+    second_identity = json.loads((job.checkpoint / IDENTITY_FILE).read_text())
+    assert second_identity["writer_id"] != first_identity["writer_id"]
+    assert min(accepted[update_id] for update_id in second_ids) > max(accepted[update_id] for update_id in first_ids)
+    assert second_identity["first_batch_id"] > max(accepted[update_id] for update_id in first_ids)
+    versions = sorted(_rows(spark, job, MODEL_VERSIONS, model), key=lambda row: row.version)
+    assert [row.version for row in versions] == [0, 1, 2]
+    assert sorted(versions[2].update_ids) == sorted(second_ids)
+    locations = TableLocations(str(job.tables))
+    assert verify_version(spark, locations, model, 1).ok and verify_version(spark, locations, model, 2).ok
 
 
 def test_messages_at_the_broker_limit_never_reach_python_and_updates_between_them_are_accepted(
@@ -184,46 +208,3 @@ def _peak_rss_bytes(job: JobProcess) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmHWM in /proc status")
-
-
-def test_a_deleted_checkpoint_neither_skips_nor_repeats_a_write(
-    spark, local_stack: RunningStack, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
-    model, job = _job(local_stack, tmp_path)
-    publisher = UpdatePublisher(local_stack.kafka)
-    first = _signed_updates(model, 0, BUFFER_SIZE, seed=3)
-    second = _signed_updates(model, 1, BUFFER_SIZE, seed=4)
-    try:
-        job.start()
-        job.wait_for_version(local_stack.kafka, 0)
-        for _, client, value in first:
-            publisher.publish(client, value)
-        job.wait_for_version(local_stack.kafka, 1)
-        job.stop()
-        first_identity = json.loads((job.checkpoint / IDENTITY_FILE).read_text())
-        shutil.rmtree(job.checkpoint)  # an operator's reset: batch ids start again at 0 in Spark
-        job.start()
-        job.wait_for_version(local_stack.kafka, 1)
-        for _, client, value in second:
-            publisher.publish(client, value)
-        job.wait_for_version(local_stack.kafka, 2)
-        wait_until(lambda: job.status().get("accepted", 0) >= BUFFER_SIZE, 60, "the second round accepted")
-    finally:
-        job.stop()
-        publisher.close()
-
-    second_identity = json.loads((job.checkpoint / IDENTITY_FILE).read_text())
-    assert second_identity["writer_id"] != first_identity["writer_id"]
-    updates = _rows(spark, job, UPDATES, model)
-    first_ids = [update_id for update_id, _, _ in first]
-    second_ids = [update_id for update_id, _, _ in second]
-    assert sorted(row.update_id for row in updates) == sorted(first_ids + second_ids), "nothing skipped, nothing twice"
-    batch_of = {row.update_id: row.batch_id for row in updates}
-    assert min(batch_of[update_id] for update_id in second_ids) > max(batch_of[update_id] for update_id in first_ids)
-    assert second_identity["first_batch_id"] > max(batch_of[update_id] for update_id in first_ids)
-    versions = sorted(_rows(spark, job, MODEL_VERSIONS, model), key=lambda row: row.version)
-    assert [row.version for row in versions] == [0, 1, 2]
-    assert sorted(versions[2].update_ids) == sorted(second_ids)
-    duplicates = [row for row in _rows(spark, job, REJECTED_UPDATES) if row.reason == "duplicate_update"]
-    assert not [row for row in duplicates if row.update_id in first_ids], "the new checkpoint resumed after the tables"
-    assert verify_version(spark, TableLocations(str(job.tables)), model, 2).ok
