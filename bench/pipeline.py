@@ -96,9 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_summary(rows))
     for note in report.notes:
         print(f"  note: {note}")
-    print("\nruns (start-up: process start to first micro-batch; drain: first micro-batch to version B/K):\n")
+    print("\nruns (start-up: process start to the end of the warm-up batch; drain: from there to the last version):\n")
     print(format_runs(run_rows(report)))
-    print("\nwhere the time goes (phases summed over micro-batches; 'outside the handler' = wall − their sum):\n")
+    print(
+        "\nwhere the time goes (phases summed over micro-batches; 'outside the handler' = wall − their sum; for the "
+        "latency bursts the wall is ack → fl.models, which write_updates follows, hence a negative rest):\n"
+    )
     print(format_phases(phases))
     paths = write_results(report, rows, run_rows(report), phases)
     print("\nwritten: " + ", ".join(str(path.relative_to(REPOSITORY)) for path in paths))
