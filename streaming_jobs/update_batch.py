@@ -381,10 +381,17 @@ class UpdateBatchProcessor:
         self.locations.append(self.spark, table, rows, app_id=self.identity.writer_id, batch_id=batch_id)
 
     def _tables_written_by(self, batch_id: int) -> set[str]:
-        """Tables that already hold rows of ``batch_id`` (a replay after a crash); empty in normal running."""
+        """Of ``updates`` and ``model_versions``, those holding this model's rows of ``batch_id`` (a replay).
+
+        Filtered by model: jobs of other models may share the tables and their batch ids. ``rejected_updates``
+        (rows without a model) needs no look-up: it changes no state, and Delta skips its replayed append.
+        """
         written = set()
-        for table in (UPDATES, REJECTED_UPDATES, MODEL_VERSIONS):
-            if self.locations.read(self.spark, table).where(F.col("batch_id") == batch_id).limit(1).count():
+        for table in (UPDATES, MODEL_VERSIONS):
+            rows = self.locations.read(self.spark, table).where(
+                (F.col("batch_id") == batch_id) & (F.col("model_name") == self.settings.model_name)
+            )
+            if rows.limit(1).count():
                 written.add(table.name)
         return written
 
