@@ -38,8 +38,9 @@ from schemas.rejections import Rejection, RejectionReason
 from schemas.tensors import Tensors, decode_tensors, parameter_hash
 from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
 from schemas.wire import DecodedUpdate, decode_update
+from streaming_jobs.intake_limits import DEFAULT_BATCH_BYTES_BUDGET
 
-FETCH_BYTES = 256 * 2**20
+FETCH_BYTES = DEFAULT_BATCH_BYTES_BUDGET
 """Most bytes one poll fetches: the job's default batch byte budget."""
 
 

@@ -247,6 +247,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    from streaming_jobs.intake_limits import DEFAULT_BATCH_BYTES_BUDGET
+
     parser.add_argument("--model-name", default="har-cnn")
     parser.add_argument("--initial-model", help="safetensors file of version 0 (used once, when no version exists)")
     parser.add_argument("--tables-root", help="folder of the Delta tables (default: <state>/tables)")
@@ -262,7 +264,7 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-bytes-budget",
         type=int,
-        default=256 * 1024 * 1024,
+        default=DEFAULT_BATCH_BYTES_BUDGET,
         help="most message bytes one micro-batch brings into the driver (lowers --max-offsets-per-trigger)",
     )
     parser.add_argument("--trigger-seconds", type=float, default=0.5)

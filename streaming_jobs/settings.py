@@ -15,6 +15,7 @@ from schemas.kafka_settings import KafkaSettings
 from schemas.messages import Identifier
 from schemas.paths import state_dir
 from streaming_jobs import databricks
+from streaming_jobs.intake_limits import DEFAULT_BATCH_BYTES_BUDGET
 from streaming_jobs.signing_key import SIGNING_KEY_FILE_VARIABLE, SIGNING_KEY_VARIABLE
 from streaming_jobs.tables import DEFAULT_AUDIT_WINDOW_DAYS, MINIMUM_AUDIT_WINDOW_DAYS
 
@@ -83,7 +84,7 @@ class JobSettings(BaseModel):
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     max_offsets_per_trigger: int = Field(default=500, gt=0)
     """Most messages per micro-batch; lowered at start so that ``batch_bytes_budget`` holds them all."""
-    batch_bytes_budget: int = Field(default=256 * 1024 * 1024, gt=0)
+    batch_bytes_budget: int = Field(default=DEFAULT_BATCH_BYTES_BUDGET, gt=0)
     """Most message bytes one micro-batch brings into the driver's Python (see ``streaming_jobs.intake_limits``)."""
     rejected_bytes_kept: int = Field(default=64 * 1024, ge=0)
     """Leading bytes of a rejected message kept in ``rejected_updates.raw_value`` (its size and hash always)."""
