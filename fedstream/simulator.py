@@ -96,7 +96,8 @@ class JobCadence:
     overruns delays the next one (Spark starts it as soon as the previous ends).
     """
 
-    trigger_seconds: float = 1.0
+    trigger_seconds: float = 0.5
+    """The job's default trigger interval."""
     publish_seconds: float = 1.0
 
     def __post_init__(self) -> None:
