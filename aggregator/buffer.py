@@ -4,9 +4,10 @@ Every driver (the streaming job, the simulator) asks :meth:`BufferPolicy.next_ve
 the next version takes, so contribution bounds hold wherever versions are made.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import ClassVar
 
 from aggregator._checks import check_aware, check_int, check_positive
 from aggregator.errors import InvalidBufferStateError, InvalidConfigError, InvalidUpdateError
@@ -43,6 +44,9 @@ class BufferPolicy:
 
     The wait limit keeps a quiet fleet from stalling the model; ``None`` disables it.
     """
+
+    JSON_KEYS: ClassVar[Mapping[str, str]] = {"buffer_size": "buffer_size", "max_wait_seconds": "max_wait_seconds"}
+    """Each field's key in the aggregation JSON (``config_json``)."""
 
     buffer_size: int
     max_wait_seconds: float | None = None

@@ -1,184 +1,102 @@
-"""The aggregation configuration the streaming job runs with and records on every model version."""
+"""The aggregation configuration the streaming job runs with and records on every model version.
+
+A configuration is a strategy's name plus the policies that already exist on their own, each validated by
+itself: the buffer (:class:`BufferPolicy`), staleness (:class:`StalenessPolicy`), the server optimizer
+(:class:`ServerOptimizerSettings`), robustness (:class:`RobustPolicy`) and differential privacy
+(:class:`PrivacyPolicy`). The configuration checks only what spans them, and asks the strategy what it
+accepts. Its JSON form (what an operator writes in ``--aggregation`` and what every version records in
+``config_json``) is one flat object whose keys each policy declares in its ``JSON_KEYS``.
+"""
 
 import dataclasses
 import secrets
+import types
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Protocol, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from aggregator._checks import check_fraction, check_int
 from aggregator.buffer import BufferPolicy
 from aggregator.errors import InvalidConfigError
-from aggregator.privacy import DpParticipation, PrivacyPolicy, PrivateServerOptimizer
-from aggregator.robust import RobustPolicy, RobustRule
-from aggregator.server_optimizers import SERVER_OPTIMIZERS, ServerOptimizer, make_server_optimizer
-from aggregator.staleness import StalenessFunctionName, StalenessPolicy
+from aggregator.privacy import PrivacyPolicy, PrivateServerOptimizer
+from aggregator.robust import RobustPolicy
+from aggregator.server_optimizers import ServerOptimizer, ServerOptimizerSettings
+from aggregator.staleness import StalenessPolicy
 from aggregator.strategies.registry import strategy_class, strategy_names
 
 JsonScalar = str | int | float | bool | None
 
-_OPTIONAL_FIELDS: Final = (
-    "robust_aggregation",
-    "trim_fraction",
-    "krum_byzantine",
-    "multi_krum_selected",
-    "max_update_norm",
-    "dp_noise_multiplier",
-    "dp_clip_norm",
-    "dp_adaptive_clipping",
-    "dp_target_quantile",
-    "dp_clip_learning_rate",
-    "dp_clip_count_noise_multiplier",
-    "dp_population",
-    "dp_delta",
-    "dp_seed",
-    "dp_participation",
-    "dp_epsilon_budget",
-)
-"""Robustness and DP fields: ``to_dict`` writes them only when they differ from their defaults."""
 
-_FLOAT_FIELDS: Final = frozenset(
-    {
-        "max_wait_seconds",
-        "staleness_exponent",
-        "hinge_a",
-        "server_learning_rate",
-        "server_momentum",
-        "server_beta1",
-        "server_beta2",
-        "server_tau",
-        "mixing",
-        "trim_fraction",
-        "max_update_norm",
-        "dp_noise_multiplier",
-        "dp_clip_norm",
-        "dp_delta",
-        "dp_target_quantile",
-        "dp_clip_learning_rate",
-        "dp_clip_count_noise_multiplier",
-        "dp_epsilon_budget",
-    }
-)
+class _Section(Protocol):
+    """A policy that is one part of the configuration: a frozen dataclass naming its JSON keys."""
+
+    JSON_KEYS: ClassVar[Mapping[str, str]]
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+
+SectionT = TypeVar("SectionT", bound=_Section)
+
+DEFAULT_BUFFER: Final = BufferPolicy(buffer_size=10, max_wait_seconds=60.0)
+DEFAULT_STALENESS: Final = StalenessPolicy("polynomial", exponent=0.5, max_staleness=20)
+DEFAULT_OPTIMIZER: Final = ServerOptimizerSettings()
+NO_ROBUST_RULE: Final = RobustPolicy()
 
 
 @dataclass(frozen=True)
 class AggregationConfig:
     """Everything that decides how updates become a new global version; validated on construction.
 
-    ``mode`` names a registered strategy (:mod:`aggregator.strategies`; ``from_dict`` also takes the key
-    ``strategy``), which checks the fields it depends on. Built in:
-    ``fedbuff``: buffer of ``buffer_size`` staleness-weighted updates, then a server-optimizer step.
-    ``fedasync``: each update on its own (``buffer_size`` must be 1), mixed in with ``mixing * f(s)``.
-    ``fedavg``: synchronous rounds, plain averaging (server optimizer must be ``sgd`` with learning rate 1;
-    use ``fedbuff`` with ``max_staleness=0`` for synchronous rounds with another server optimizer).
-
-    Robustness (strategies that accept a robust combiner; see :mod:`aggregator.robust`): ``robust_aggregation``
-    picks the rule, ``trim_fraction``, ``krum_byzantine`` and ``multi_krum_selected`` its parameters,
-    ``max_update_norm`` clips every delta to that L2 norm. Differential privacy (strategies that accept it; see
-    :mod:`aggregator.privacy`) is on when ``dp_noise_multiplier`` is set; it needs
-    ``robust_aggregation="none"`` and ``weight_by_sample_count=False``, and takes at most one update per
-    client into a version (:attr:`bounds_contributions`). ``dp_participation`` says what epsilon may assume:
-    ``"arbitrary"`` (no sampling amplification) or ``"random_check_in"`` (Poisson subsampling at
-    ``q = buffer_size / dp_population``; the population can be left for the driver to derive, see
-    :meth:`with_enrolled_population`). ``dp_epsilon_budget`` stops versions before epsilon passes it. Leave
-    ``dp_seed`` unset outside tests and simulations: the job draws a secret one when it starts
-    (:meth:`with_secret_dp_seed`). Every new option defaults to off.
+    ``strategy`` names a registered strategy (:mod:`aggregator.strategies`), which checks what it needs
+    (:meth:`aggregator.strategies.base.Strategy.check_config`) and declares whether it accepts a robust
+    combiner and differential privacy. ``weight_by_sample_count`` weighs updates by their client-reported
+    sample counts; ``mixing`` is FedAsync's ``alpha``. ``robust`` left at its default changes nothing;
+    ``privacy`` is ``None`` with DP off. With DP on, every version takes at most one update per client
+    (:attr:`bounds_contributions`) and the strategy must weigh without sample counts and without a robust
+    rule. Leave the DP seed unset outside tests and simulations: drivers draw a secret one when they start
+    (:meth:`with_secret_dp_seed`).
     """
 
-    mode: str = "fedbuff"
-    buffer_size: int = 10
-    max_wait_seconds: float | None = 60.0
-    staleness_function: StalenessFunctionName = "polynomial"
-    staleness_exponent: float = 0.5
-    hinge_a: float = 10.0
-    hinge_b: int = 4
-    max_staleness: int | None = 20
+    strategy: str = "fedbuff"
+    buffer: BufferPolicy = DEFAULT_BUFFER
+    staleness: StalenessPolicy = DEFAULT_STALENESS
     weight_by_sample_count: bool = True
-    server_optimizer: str = "sgd"
-    server_learning_rate: float = 1.0
-    server_momentum: float = 0.0
-    server_beta1: float = 0.9
-    server_beta2: float = 0.99
-    server_tau: float = 1e-3
+    optimizer: ServerOptimizerSettings = DEFAULT_OPTIMIZER
     mixing: float = 0.5
-    robust_aggregation: RobustRule = "none"
-    trim_fraction: float = 0.1
-    krum_byzantine: int = 1
-    multi_krum_selected: int | None = None
-    max_update_norm: float | None = None
-    dp_noise_multiplier: float | None = None
-    dp_clip_norm: float = 1.0
-    dp_adaptive_clipping: bool = False
-    dp_target_quantile: float = 0.5
-    dp_clip_learning_rate: float = 0.2
-    dp_clip_count_noise_multiplier: float | None = None
-    dp_population: int | None = None
-    dp_delta: float = 1e-5
-    dp_seed: int | None = None
-    dp_participation: DpParticipation = "arbitrary"
-    dp_epsilon_budget: float | None = None
+    robust: RobustPolicy = NO_ROBUST_RULE
+    privacy: PrivacyPolicy | None = None
 
     def __post_init__(self) -> None:
-        """Validate on construction, so a config that exists can always be run (DP needs a seed first)."""
-        self.validate()
-
-    def with_secret_dp_seed(self) -> "AggregationConfig":
-        """The config with a secret ``dp_seed`` drawn from the operating system, when DP is on and none is set.
-
-        Anyone who knows the seed can regenerate the noise and subtract it from a published version, so a fixed
-        or default seed would void the guarantee. Drivers call this once when they start (the job in
-        ``streaming_jobs.job.run_job``); the seed is part of :meth:`to_dict`, hence of each version's recorded
-        ``config_json``, which is how an audit regenerates the noise. Other configs are returned as they are.
-        """
-        if self.dp_noise_multiplier is None or self.dp_seed is not None:
-            return self
-        return dataclasses.replace(self, dp_seed=secrets.randbits(63))
-
-    def validate(self) -> None:
-        """Raise ``InvalidConfigError`` naming the first field that is out of range or inconsistent."""
-        strategy = strategy_class(self.mode)
+        """Validate what spans the policies (each policy validated itself when it was built)."""
+        strategy = strategy_class(self.strategy)
         if not isinstance(self.weight_by_sample_count, bool):
             raise InvalidConfigError(f"weight_by_sample_count must be a bool, got {self.weight_by_sample_count!r}")
-        if self.server_optimizer not in SERVER_OPTIMIZERS:
-            raise InvalidConfigError(
-                f"server_optimizer must be one of {list(SERVER_OPTIMIZERS)}, got {self.server_optimizer!r}"
-            )
-        self.staleness_policy()
-        self.buffer_policy()
-        self._make_inner_optimizer()
         check_fraction("mixing", self.mixing)
         strategy.check_config(self)
-        robust = self.robust_policy()
-        if not robust.is_default and not strategy.accepts_robust_aggregation:
+        if not self.robust.is_default and not strategy.accepts_robust_aggregation:
             raise InvalidConfigError(
-                f"robust aggregation ({self.robust_aggregation!r}, max_update_norm {self.max_update_norm!r}) "
-                f"runs in mode {_modes_accepting('accepts_robust_aggregation')} only, got mode {self.mode!r}"
+                f"robust aggregation ({self.robust.rule!r}, max_update_norm {self.robust.max_update_norm!r}) "
+                f"runs in mode {_strategies_accepting('accepts_robust_aggregation')} only, got mode {self.strategy!r}"
             )
-        self._validate_privacy()
+        if self.privacy is not None:
+            self._check_privacy(self.privacy)
 
-    def _validate_privacy(self) -> None:
-        if self.dp_noise_multiplier is None:
-            if self.dp_epsilon_budget is not None or self.dp_participation != "arbitrary":
-                raise InvalidConfigError(
-                    f"dp_epsilon_budget ({self.dp_epsilon_budget!r}) and dp_participation "
-                    f"({self.dp_participation!r}) need differential privacy on (dp_noise_multiplier), got None"
-                )
-            return
-        if not strategy_class(self.mode).accepts_privacy:
+    def _check_privacy(self, privacy: PrivacyPolicy) -> None:
+        if not strategy_class(self.strategy).accepts_privacy:
             raise InvalidConfigError(
-                f"differential privacy runs in mode {_modes_accepting('accepts_privacy')} only, got mode {self.mode!r}"
+                f"differential privacy runs in mode {_strategies_accepting('accepts_privacy')} only, "
+                f"got mode {self.strategy!r}"
             )
-        if self.robust_aggregation != "none":
+        if self.robust.rule != "none":
             raise InvalidConfigError(
                 "differential privacy bounds one client's influence on a weighted sum; "
-                f"robust_aggregation {self.robust_aggregation!r} has no such bound, so it must be 'none'"
+                f"robust_aggregation {self.robust.rule!r} has no such bound, so it must be 'none'"
             )
         if self.weight_by_sample_count:
             raise InvalidConfigError(
                 "differential privacy needs weight_by_sample_count=False: client-reported sample counts "
                 "would give one client an unbounded share of the average"
             )
-        self._privacy_policy(0 if self.dp_seed is None else self.dp_seed)
+        privacy.check_buffer_size(self.buffer.buffer_size)
 
     @property
     def bounds_contributions(self) -> bool:
@@ -186,154 +104,179 @@ class AggregationConfig:
 
         Without DP a fast client may have several updates in one buffer, as in FedBuff.
         """
-        return self.dp_noise_multiplier is not None
+        return self.privacy is not None
+
+    def with_secret_dp_seed(self) -> "AggregationConfig":
+        """The config with a secret DP seed drawn from the operating system, when DP is on and none is set.
+
+        Anyone who knows the seed can regenerate the noise and subtract it from a published version, so a fixed
+        or default seed would void the guarantee. Drivers call this once when they start (the job in
+        ``streaming_jobs.job.run_job``); the seed is part of :meth:`to_dict`, hence of each version's recorded
+        ``config_json``, which is how an audit regenerates the noise. Other configs are returned as they are.
+        """
+        if self.privacy is None or self.privacy.seed is not None:
+            return self
+        return dataclasses.replace(self, privacy=dataclasses.replace(self.privacy, seed=secrets.randbits(63)))
 
     def with_enrolled_population(self, enrolled: int | None) -> "AggregationConfig":
         """The config with the population a sampling claim rests on, given the clients able to contribute.
 
-        Only ``dp_participation="random_check_in"`` uses a population (``q = buffer_size / population``):
-        without ``dp_population`` it becomes ``enrolled``, the clients who can sign an update (``None``:
-        unknown, which is refused); a ``dp_population`` above ``enrolled`` is refused, since only enrolled
-        clients contribute and the claimed ``q`` would understate the real one. Other configs are returned
-        as they are.
+        Only ``participation="random_check_in"`` uses a population (``q = buffer_size / population``):
+        without one it becomes ``enrolled``, the clients who can sign an update (``None``: unknown, which is
+        refused); a population above ``enrolled`` is refused, since only enrolled clients contribute and the
+        claimed ``q`` would understate the real one. Other configs are returned as they are.
         """
-        if self.dp_noise_multiplier is None or self.dp_participation != "random_check_in":
+        privacy = self.privacy
+        if privacy is None or privacy.participation != "random_check_in":
             return self
         if enrolled is not None:
             check_int("enrolled clients", enrolled, minimum=0)
-        if self.dp_population is None:
+        buffer_size = self.buffer.buffer_size
+        if privacy.population is None:
             if not enrolled:
                 raise InvalidConfigError(
                     "dp_participation 'random_check_in' needs dp_population and none can be derived "
                     f"(enrolled clients: {enrolled!r}); set dp_population or enrol the clients"
                 )
-            return dataclasses.replace(self, dp_population=enrolled)
-        if enrolled is not None and self.dp_population > enrolled:
+            return dataclasses.replace(self, privacy=dataclasses.replace(privacy, population=enrolled))
+        if enrolled is not None and privacy.population > enrolled:
             raise InvalidConfigError(
-                f"dp_population ({self.dp_population}) exceeds the {enrolled} enrolled, unrevoked clients: only they "
-                f"can contribute, so q = {self.buffer_size}/{self.dp_population} would understate the sampling rate"
+                f"dp_population ({privacy.population}) exceeds the {enrolled} enrolled, unrevoked clients: only they "
+                f"can contribute, so q = {buffer_size}/{privacy.population} would understate the sampling rate"
             )
         return self
 
-    def staleness_policy(self) -> StalenessPolicy:
-        """Return the staleness policy these fields describe."""
-        return StalenessPolicy(
-            function=self.staleness_function,
-            exponent=self.staleness_exponent,
-            hinge_a=self.hinge_a,
-            hinge_b=self.hinge_b,
-            max_staleness=self.max_staleness,
-        )
-
-    def buffer_policy(self) -> BufferPolicy:
-        """Return the buffer policy these fields describe."""
-        return BufferPolicy(buffer_size=self.buffer_size, max_wait_seconds=self.max_wait_seconds)
-
-    def robust_policy(self) -> RobustPolicy:
-        """Return the robust-aggregation policy these fields describe (``rule="none"``: plain average)."""
-        return RobustPolicy(
-            rule=self.robust_aggregation,
-            trim_fraction=self.trim_fraction,
-            krum_byzantine=self.krum_byzantine,
-            multi_krum_selected=self.multi_krum_selected,
-            max_update_norm=self.max_update_norm,
-        )
-
-    def privacy_policy(self) -> PrivacyPolicy | None:
-        """Return the DP policy, or ``None`` when ``dp_noise_multiplier`` is unset (DP off).
-
-        Raises ``InvalidConfigError`` while DP has no ``dp_seed``: draw one with :meth:`with_secret_dp_seed`.
-        """
-        if self.dp_noise_multiplier is None:
-            return None
-        if self.dp_seed is None:
-            raise InvalidConfigError(
-                "differential privacy needs a dp_seed; a driver draws a secret one when it starts "
-                "(AggregationConfig.with_secret_dp_seed)"
-            )
-        return self._privacy_policy(self.dp_seed)
-
-    def _privacy_policy(self, seed: int) -> PrivacyPolicy:
-        if self.dp_noise_multiplier is None:
-            raise InvalidConfigError("differential privacy is off (dp_noise_multiplier is None)")
-        return PrivacyPolicy(
-            noise_multiplier=self.dp_noise_multiplier,
-            clip_norm=self.dp_clip_norm,
-            population=self.dp_population,
-            buffer_size=self.buffer_size,
-            delta=self.dp_delta,
-            adaptive_clipping=self.dp_adaptive_clipping,
-            target_quantile=self.dp_target_quantile,
-            clip_learning_rate=self.dp_clip_learning_rate,
-            clip_count_noise_multiplier=self.dp_clip_count_noise_multiplier,
-            seed=seed,
-            participation=self.dp_participation,
-            epsilon_budget=self.dp_epsilon_budget,
-        )
-
     def make_optimizer(self) -> ServerOptimizer:
-        """Return a fresh server optimizer with these hyperparameters (its state is not config).
+        """Return a fresh server optimizer (its state is not config); with DP on, the private wrapper around it.
 
-        With DP on it is wrapped in a :class:`PrivateServerOptimizer`, whose state also carries the clip norm.
+        Raises ``InvalidConfigError`` while DP has no seed: draw one with :meth:`with_secret_dp_seed`.
         """
-        privacy = self.privacy_policy()
-        inner = self._make_inner_optimizer()
-        return inner if privacy is None else PrivateServerOptimizer(inner, privacy)
-
-    def _make_inner_optimizer(self) -> ServerOptimizer:
-        name = self.server_optimizer
-        kwargs: dict[str, float]
-        if name in ("sgd", "momentum"):
-            kwargs = {"momentum": self.server_momentum}
-        elif name == "adagrad":
-            kwargs = {"tau": self.server_tau}
-        else:
-            kwargs = {"beta1": self.server_beta1, "beta2": self.server_beta2, "tau": self.server_tau}
-        return make_server_optimizer(name, self.server_learning_rate, **kwargs)
+        inner = self.optimizer.make()
+        if self.privacy is None:
+            return inner
+        return PrivateServerOptimizer(inner, self.privacy, self.buffer.buffer_size)
 
     def to_dict(self) -> dict[str, JsonScalar]:
-        """Return the fields as JSON-safe scalars (floats as floats), in declaration order.
+        """Return the flat JSON form: ``mode``, then each policy's keys (floats as floats).
 
-        Robustness and DP fields appear only when they differ from their defaults, so the recorded
+        Robustness and privacy keys appear only when they differ from their defaults, so the recorded
         ``config_json`` of a job that does not use them is what it was before they existed.
         """
-        values: dict[str, JsonScalar] = asdict(self)
-        defaults = AggregationConfig.__dataclass_fields__
-        for name in _OPTIONAL_FIELDS:
-            if values[name] == defaults[name].default:
-                del values[name]
-        for name in _FLOAT_FIELDS & set(values):
-            value = values[name]
-            if value is not None and not isinstance(value, str):
-                values[name] = float(value)
-        return values
+        data: dict[str, JsonScalar] = {"mode": self.strategy}
+        data |= _section_to_dict(self.buffer)
+        data |= _section_to_dict(self.staleness)
+        data["weight_by_sample_count"] = self.weight_by_sample_count
+        data |= _section_to_dict(self.optimizer)
+        data["mixing"] = float(self.mixing)
+        data |= _section_to_dict(self.robust, only_changed=True)
+        if self.privacy is not None:
+            data |= _section_to_dict(self.privacy, only_changed=True)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "AggregationConfig":
-        """Build a config from ``to_dict`` output; missing keys take defaults, unknown keys are an error.
+        """Build a config from its flat JSON form; missing keys take defaults, unknown keys are an error.
 
         ``strategy`` is another name for ``mode`` (``{"strategy": "fednova"}``); giving both, they must agree.
+        Privacy keys (``dp_*``) need ``dp_noise_multiplier``; without it DP is off.
         """
-        kwargs = dict(data)
-        if "strategy" in kwargs:
-            strategy = kwargs.pop("strategy")
-            if "mode" in kwargs and kwargs["mode"] != strategy:
-                raise InvalidConfigError(
-                    f"strategy {strategy!r} and mode {kwargs['mode']!r} disagree; give one of them"
-                )
-            kwargs["mode"] = strategy
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise InvalidConfigError(f"unknown aggregation config keys {unknown}; known keys are {sorted(known)}")
-        for name in _FLOAT_FIELDS & set(kwargs):
-            value = kwargs[name]
-            if isinstance(value, int) and not isinstance(value, bool):
-                kwargs[name] = float(value)
-        return cls(**kwargs)
+        remaining = dict(data)
+        strategy = _strategy_name(remaining)
+        default = cls()
+        buffer = _section_from_dict(default.buffer, remaining)
+        staleness = _section_from_dict(default.staleness, remaining)
+        optimizer = _section_from_dict(default.optimizer, remaining)
+        robust = _section_from_dict(default.robust, remaining)
+        privacy = _privacy_from_dict(remaining)
+        weight_by_sample_count = remaining.pop("weight_by_sample_count", default.weight_by_sample_count)
+        mixing = _as_float(remaining.pop("mixing", default.mixing))
+        if remaining:
+            raise InvalidConfigError(
+                f"unknown aggregation config keys {sorted(remaining)}; known keys are {sorted(_known_keys())}"
+            )
+        return cls(
+            strategy=strategy,
+            buffer=buffer,
+            staleness=staleness,
+            weight_by_sample_count=weight_by_sample_count,
+            optimizer=optimizer,
+            mixing=mixing,
+            robust=robust,
+            privacy=privacy,
+        )
 
 
-def _modes_accepting(capability: str) -> str:
+def _strategy_name(remaining: dict[str, Any]) -> str:
+    """Pop ``mode`` / ``strategy`` (the same key under two names) from ``remaining``."""
+    mode = remaining.pop("mode", None)
+    strategy = remaining.pop("strategy", None)
+    if mode is not None and strategy is not None and mode != strategy:
+        raise InvalidConfigError(f"strategy {strategy!r} and mode {mode!r} disagree; give one of them")
+    name = strategy if strategy is not None else mode
+    return AggregationConfig.strategy if name is None else name
+
+
+def _known_keys() -> set[str]:
+    """Every key ``from_dict`` reads."""
+    sections = (BufferPolicy, StalenessPolicy, ServerOptimizerSettings, RobustPolicy, PrivacyPolicy)
+    return {"mode", "strategy", "weight_by_sample_count", "mixing"}.union(
+        *(section.JSON_KEYS.values() for section in sections)
+    )
+
+
+def _privacy_from_dict(remaining: dict[str, Any]) -> PrivacyPolicy | None:
+    """Pop the ``dp_*`` keys: a policy when ``dp_noise_multiplier`` is set, ``None`` when no key is."""
+    keys = PrivacyPolicy.JSON_KEYS
+    if remaining.get(keys["noise_multiplier"]) is None:
+        remaining.pop(keys["noise_multiplier"], None)
+        given = sorted(key for key in keys.values() if key in remaining)
+        if given:
+            raise InvalidConfigError(f"{given} need differential privacy on (dp_noise_multiplier), got None")
+        return None
+    values = {field: remaining.pop(key) for field, key in keys.items() if key in remaining}
+    return _build_section(PrivacyPolicy, values)
+
+
+def _section_from_dict(default: SectionT, remaining: dict[str, Any]) -> SectionT:
+    """Pop ``default``'s JSON keys from ``remaining`` and return ``default`` with those values."""
+    values = {field: remaining.pop(key) for field, key in default.JSON_KEYS.items() if key in remaining}
+    return _build_section(type(default), {**dataclasses.asdict(default), **values})
+
+
+def _build_section(section: type[SectionT], values: Mapping[str, Any]) -> SectionT:
+    """``section(**values)`` with integers given for float fields turned into floats (JSON writes 2.0 as 2)."""
+    hints = get_type_hints(section)
+    converted = {name: _as_float(value) if _is_float_field(hints[name]) else value for name, value in values.items()}
+    return section(**converted)
+
+
+def _section_to_dict(section: Any, *, only_changed: bool = False) -> dict[str, JsonScalar]:
+    """A policy's fields under their JSON keys; ``only_changed``: only those that differ from the defaults."""
+    hints = get_type_hints(type(section))
+    data: dict[str, JsonScalar] = {}
+    for field in dataclasses.fields(section):
+        value = getattr(section, field.name)
+        if only_changed and field.default is not dataclasses.MISSING and value == field.default:
+            continue
+        data[section.JSON_KEYS[field.name]] = _as_float(value) if _is_float_field(hints[field.name]) else value
+    return data
+
+
+def _is_float_field(hint: Any) -> bool:
+    """Whether a field's annotation is ``float`` or ``float | None``."""
+    if hint is float:
+        return True
+    return get_origin(hint) in (Union, types.UnionType) and float in get_args(hint)
+
+
+def _as_float(value: Any) -> Any:
+    """An ``int`` as a ``float``; anything else (``None``, a bool, a string to be refused) as it is."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _strategies_accepting(capability: str) -> str:
     """``'fedbuff'`` or ``'fedbuff' or 'other'``: the registered strategies with ``capability`` set."""
     names = [name for name in strategy_names() if getattr(strategy_class(name), capability)]
     return " or ".join(repr(name) for name in names) or "(none)"

@@ -40,7 +40,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final, Literal, get_args
+from typing import Any, ClassVar, Final, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -95,22 +95,38 @@ class PrivacyPolicy:
     ``clip_norm``: ``C`` (the starting value when ``adaptive_clipping``).
     ``target_quantile``, ``clip_learning_rate``: adaptive clipping's ``gamma`` and ``eta``.
     ``clip_count_noise_multiplier``: ``sigma_b``, noise on the count of unclipped updates (``None``: ``sigma``).
-    ``seed``: with the version number, seeds the noise. ``population``: clients that may take part (``None``:
-    unknown; ``random_check_in`` needs it before a version is accounted). ``delta``: the ``delta`` of the
-    reported ``(epsilon, delta)``. ``buffer_size``: updates per version. ``participation``: see the module
-    docstring. ``epsilon_budget``: the most epsilon the versions may spend (``None``: no limit).
+    ``seed``: with the version number, seeds the noise (``None`` until a driver draws a secret one, see
+    :meth:`aggregator.AggregationConfig.with_secret_dp_seed`). ``population``: clients that may take part
+    (``None``: unknown; ``random_check_in`` needs it before a version is accounted). ``delta``: the ``delta``
+    of the reported ``(epsilon, delta)``. ``participation``: see the module docstring. ``epsilon_budget``:
+    the most epsilon the versions may spend (``None``: no limit). The updates per version (``buffer_size``,
+    the sampling rate's numerator) belong to the buffer policy and are passed where they matter.
     """
 
+    JSON_KEYS: ClassVar[Mapping[str, str]] = {
+        "noise_multiplier": "dp_noise_multiplier",
+        "clip_norm": "dp_clip_norm",
+        "adaptive_clipping": "dp_adaptive_clipping",
+        "target_quantile": "dp_target_quantile",
+        "clip_learning_rate": "dp_clip_learning_rate",
+        "clip_count_noise_multiplier": "dp_clip_count_noise_multiplier",
+        "population": "dp_population",
+        "delta": "dp_delta",
+        "seed": "dp_seed",
+        "participation": "dp_participation",
+        "epsilon_budget": "dp_epsilon_budget",
+    }
+    """Each field's key in the aggregation JSON (``config_json``)."""
+
     noise_multiplier: float
-    clip_norm: float
-    population: int | None
-    buffer_size: int
+    clip_norm: float = 1.0
+    population: int | None = None
     delta: float = 1e-5
     adaptive_clipping: bool = False
     target_quantile: float = 0.5
     clip_learning_rate: float = 0.2
     clip_count_noise_multiplier: float | None = None
-    seed: int = 0
+    seed: int | None = None
     participation: DpParticipation = "arbitrary"
     epsilon_budget: float | None = None
 
@@ -118,15 +134,8 @@ class PrivacyPolicy:
         """Reject values that make the mechanism or the accountant meaningless, naming them."""
         check_positive("dp_noise_multiplier", self.noise_multiplier)
         check_positive("dp_clip_norm", self.clip_norm)
-        check_int("buffer_size", self.buffer_size, minimum=1)
         if self.population is not None:
             check_int("dp_population", self.population, minimum=1)
-            if self.buffer_size > self.population:
-                raise InvalidConfigError(
-                    f"buffer_size ({self.buffer_size}) exceeds dp_population ({self.population}): a version takes "
-                    f"at most one update per client, so it would need {self.buffer_size} of {self.population} "
-                    f"clients (sampling rate {self.buffer_size}/{self.population} > 1 is impossible)"
-                )
         if self.participation not in DP_PARTICIPATIONS:
             raise InvalidConfigError(
                 f"dp_participation must be one of {list(DP_PARTICIPATIONS)}, got {self.participation!r}"
@@ -142,7 +151,8 @@ class PrivacyPolicy:
         check_non_negative("dp_clip_learning_rate", self.clip_learning_rate)
         if self.clip_count_noise_multiplier is not None:
             check_positive("dp_clip_count_noise_multiplier", self.clip_count_noise_multiplier)
-        check_int("dp_seed", self.seed, minimum=0)
+        if self.seed is not None:
+            check_int("dp_seed", self.seed, minimum=0)
         if self.epsilon_budget is not None:
             check_positive("dp_epsilon_budget", self.epsilon_budget)
         if self.adaptive_clipping and 2 * self.count_noise_multiplier <= self.noise_multiplier:
@@ -151,8 +161,16 @@ class PrivacyPolicy:
                 f"dp_noise_multiplier ({self.noise_multiplier}) for adaptive clipping to fit its budget"
             )
 
-    @property
-    def sampling_rate(self) -> float:
+    def check_buffer_size(self, buffer_size: int) -> None:
+        """Refuse a buffer that needs more distinct clients than ``population`` (a sampling rate above 1)."""
+        if self.population is not None and buffer_size > self.population:
+            raise InvalidConfigError(
+                f"buffer_size ({buffer_size}) exceeds dp_population ({self.population}): a version takes "
+                f"at most one update per client, so it would need {buffer_size} of {self.population} "
+                f"clients (sampling rate {buffer_size}/{self.population} > 1 is impossible)"
+            )
+
+    def sampling_rate(self, buffer_size: int) -> float:
         """The ``q`` each version is accounted with: 1 (no amplification), or ``buffer_size / population``.
 
         Raises ``InvalidConfigError`` under ``random_check_in`` while the population is unknown.
@@ -164,12 +182,11 @@ class PrivacyPolicy:
                 "dp_participation 'random_check_in' accounts q = buffer_size / dp_population, but dp_population is "
                 "unknown: set it, or let the job derive it from the enrolled, unrevoked clients"
             )
-        return self.buffer_size / self.population
+        return buffer_size / self.population
 
-    @property
-    def assumption(self) -> str:
+    def assumption(self, buffer_size: int) -> str:
         """What the epsilon of a version made under this policy rests on (see :func:`describe_sampling`)."""
-        return describe_sampling(self.sampling_rate)
+        return describe_sampling(self.sampling_rate(buffer_size))
 
     @property
     def count_noise_multiplier(self) -> float:
@@ -183,9 +200,9 @@ class PrivacyPolicy:
             return self.noise_multiplier
         return float((self.noise_multiplier**-2 - (2 * self.count_noise_multiplier) ** -2) ** -0.5)
 
-    def epsilon(self, versions: int) -> float:
-        """``epsilon`` after ``versions`` versions all made under this policy (see :func:`epsilon_after`)."""
-        return epsilon_after(self.noise_multiplier, self.sampling_rate, versions, self.delta)
+    def epsilon(self, versions: int, buffer_size: int) -> float:
+        """``epsilon`` after ``versions`` versions of ``buffer_size`` updates each (see :func:`epsilon_after`)."""
+        return epsilon_after(self.noise_multiplier, self.sampling_rate(buffer_size), versions, self.delta)
 
 
 def describe_sampling(sampling_rate: float) -> str:
@@ -358,12 +375,19 @@ class PrivateServerOptimizer(ServerOptimizer):
     norm, an unknown version and an empty ledger.
     """
 
-    def __init__(self, inner: ServerOptimizer, policy: PrivacyPolicy) -> None:
+    def __init__(self, inner: ServerOptimizer, policy: PrivacyPolicy, buffer_size: int) -> None:
         if isinstance(inner, PrivateServerOptimizer):
             raise InvalidConfigError("a PrivateServerOptimizer cannot wrap another one")
+        if policy.seed is None:
+            raise InvalidConfigError(
+                "differential privacy needs a dp_seed; a driver draws a secret one when it starts "
+                "(AggregationConfig.with_secret_dp_seed)"
+            )
         super().__init__(inner.learning_rate)
         self.inner = inner
         self.policy = policy
+        self.seed: int = policy.seed
+        self.buffer_size = check_int("buffer_size", buffer_size, minimum=1)
         self._clip_norm = policy.clip_norm
         self._version: int | None = 0
         self._ledger = PrivacyLedger()
@@ -404,7 +428,9 @@ class PrivateServerOptimizer(ServerOptimizer):
 
     def epsilon_after_next(self) -> float:
         """``epsilon`` once the next version (under the current policy) is made too."""
-        return self._ledger.add(self.policy.noise_multiplier, self.policy.sampling_rate).epsilon(self.policy.delta)
+        return self._ledger.add(self.policy.noise_multiplier, self.policy.sampling_rate(self.buffer_size)).epsilon(
+            self.policy.delta
+        )
 
     def budget_check(self) -> BudgetCheck | None:
         """Whether the next version fits ``epsilon_budget``; ``None`` when the policy sets no budget."""
@@ -447,9 +473,11 @@ class PrivateServerOptimizer(ServerOptimizer):
         check_int("unclipped_count", unclipped_count, minimum=0)
         if unclipped_count > update_count:
             raise InvalidConfigError(f"unclipped_count {unclipped_count} exceeds update_count {update_count}")
-        sampling_rate = self.policy.sampling_rate  # raises before the step when it cannot be accounted
+        sampling_rate = self.policy.sampling_rate(
+            self.buffer_size
+        )  # raises before the step when it cannot be accounted
         stddev = self.policy.delta_noise_multiplier * self._clip_norm / update_count
-        noisy = add(clipped_weighted_sum, gaussian_noise(clipped_weighted_sum, stddev, self.policy.seed, version))
+        noisy = add(clipped_weighted_sum, gaussian_noise(clipped_weighted_sum, stddev, self.seed, version))
         new_params = self.inner.step(params, noisy)
         if self.policy.adaptive_clipping:
             self._clip_norm = self._next_clip_norm(update_count, unclipped_count, version)
@@ -458,7 +486,7 @@ class PrivateServerOptimizer(ServerOptimizer):
         return new_params
 
     def _next_clip_norm(self, update_count: int, unclipped_count: int, version: int) -> float:
-        generator = np.random.default_rng([self.policy.seed, version, 1])
+        generator = np.random.default_rng([self.seed, version, 1])
         noise = float(generator.standard_normal()) * self.policy.count_noise_multiplier
         fraction = (unclipped_count - update_count / 2 + noise) / update_count + 0.5
         return self._clip_norm * math.exp(-self.policy.clip_learning_rate * (fraction - self.policy.target_quantile))

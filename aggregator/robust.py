@@ -16,9 +16,9 @@ large step still counts, and a scaled attacker is reduced to the bound.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, get_args
+from typing import ClassVar, Final, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +54,15 @@ class RobustPolicy:
     ``multi_krum_selected``: ``m``, updates Multi-Krum keeps (``None``: ``n - f``).
     ``max_update_norm``: L2 bound; a larger delta is scaled down to it (``None``: no bound).
     """
+
+    JSON_KEYS: ClassVar[Mapping[str, str]] = {
+        "rule": "robust_aggregation",
+        "trim_fraction": "trim_fraction",
+        "krum_byzantine": "krum_byzantine",
+        "multi_krum_selected": "multi_krum_selected",
+        "max_update_norm": "max_update_norm",
+    }
+    """Each field's key in the aggregation JSON (``config_json``)."""
 
     rule: RobustRule = "none"
     trim_fraction: float = 0.1

@@ -86,8 +86,10 @@ class AsyncServer:
     ) -> None:
         self.config = config
         self.strategy: Strategy = make_strategy(config)
-        self.buffer_policy = config.buffer_policy()
-        self.intake_max_staleness: int | None = 0 if strategy_class(config.mode).synchronous else config.max_staleness
+        self.buffer_policy = config.buffer
+        self.intake_max_staleness: int | None = (
+            0 if strategy_class(config.strategy).synchronous else config.staleness.max_staleness
+        )
         """Updates staler than this are refused at intake (``None``: no limit); synchronous strategies take 0."""
         self.optimizer: ServerOptimizer = config.make_optimizer()
         if optimizer_state:

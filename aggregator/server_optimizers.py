@@ -10,7 +10,8 @@ Arithmetic runs in float64; parameters and optimizer state are stored as float32
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -315,3 +316,44 @@ def make_server_optimizer(name: str, learning_rate: float, **kwargs: float) -> S
     if name == "yogi":
         return ServerYogi(learning_rate, **kwargs)
     return ServerAdagrad(learning_rate, **kwargs)
+
+
+@dataclass(frozen=True)
+class ServerOptimizerSettings:
+    """Which server optimizer a job steps with, and its hyperparameters; validated on construction.
+
+    ``momentum`` is read by ``"sgd"`` (must be 0) and ``"momentum"``; ``beta1``, ``beta2`` and ``tau`` by the
+    adaptive optimizers (``"adagrad"`` reads ``tau`` only). :meth:`make` builds a fresh optimizer.
+    """
+
+    JSON_KEYS: ClassVar[Mapping[str, str]] = {
+        "name": "server_optimizer",
+        "learning_rate": "server_learning_rate",
+        "momentum": "server_momentum",
+        "beta1": "server_beta1",
+        "beta2": "server_beta2",
+        "tau": "server_tau",
+    }
+    """Each field's key in the aggregation JSON (``config_json``)."""
+
+    name: str = "sgd"
+    learning_rate: float = 1.0
+    momentum: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+
+    def __post_init__(self) -> None:
+        """Validate by building the optimizer once (its constructor checks every hyperparameter)."""
+        self.make()
+
+    def make(self) -> ServerOptimizer:
+        """Return a fresh optimizer with these hyperparameters (its state is not settings)."""
+        hyperparameters: dict[str, float]
+        if self.name in ("sgd", "momentum"):
+            hyperparameters = {"momentum": self.momentum}
+        elif self.name == "adagrad":
+            hyperparameters = {"tau": self.tau}
+        else:
+            hyperparameters = {"beta1": self.beta1, "beta2": self.beta2, "tau": self.tau}
+        return make_server_optimizer(self.name, self.learning_rate, **hyperparameters)

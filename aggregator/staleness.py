@@ -6,8 +6,9 @@
 
 import math
 import operator
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, get_args
+from typing import ClassVar, Final, Literal, get_args
 
 from aggregator._checks import check_int, check_non_negative
 from aggregator.errors import InvalidConfigError, InvalidStalenessError
@@ -63,6 +64,15 @@ def inverse_sqrt(staleness: int) -> float:
 @dataclass(frozen=True)
 class StalenessPolicy:
     """A staleness function with its parameters, and the staleness beyond which updates are rejected."""
+
+    JSON_KEYS: ClassVar[Mapping[str, str]] = {
+        "function": "staleness_function",
+        "exponent": "staleness_exponent",
+        "hinge_a": "hinge_a",
+        "hinge_b": "hinge_b",
+        "max_staleness": "max_staleness",
+    }
+    """Each field's key in the aggregation JSON (``config_json``)."""
 
     function: StalenessFunctionName
     exponent: float = 0.5

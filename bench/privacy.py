@@ -77,10 +77,11 @@ def _run(job: tuple[str, dict[str, Any], int, int]) -> PrivacyRun:
     from aggregator import AggregationConfig, epsilon_after
 
     name, options, seed, updates = job
-    config = AggregationConfig(**{**DEMO_FEDBUFF, **options, "dp_seed": seed})  # seeded: a simulation
+    seeded = {"dp_seed": seed} if "dp_noise_multiplier" in options else {}  # seeded: a simulation
+    config = AggregationConfig.from_dict({**DEMO_FEDBUFF, **options, **seeded})
     result, seconds = quality.simulate_final(name, config, seed, updates)
     final = result.curve[-1]
-    sigma = config.dp_noise_multiplier
+    sigma = None if config.privacy is None else config.privacy.noise_multiplier
     epsilon = math.inf if result.epsilon is None else result.epsilon  # the simulated server's ledger
     epsilon_if_poisson = math.inf if sigma is None else epsilon_after(sigma, K / POPULATION, result.versions, DELTA)
     return PrivacyRun(

@@ -85,7 +85,7 @@ def _run(job: tuple[str, float, str, int, int]) -> AttackRun:
     count = round(fraction * len(clients))
     chosen = np.random.default_rng([seed, 7]).choice(sorted(clients), size=count, replace=False)
     transform = Attack(attack, frozenset(str(c) for c in chosen), seed) if count else None
-    config = AggregationConfig(**{**DEMO_FEDBUFF, **DEFENCES[defence]})
+    config = AggregationConfig.from_dict({**DEMO_FEDBUFF, **DEFENCES[defence]})
     result, seconds = quality.simulate_final(defence, config, seed, updates, update_transform=transform)
     return AttackRun(attack, fraction, defence, seed, count, result.curve[-1].accuracy, seconds)
 

@@ -278,23 +278,23 @@ def _with_population(spark: SparkSession, locations: TableLocations, settings: J
     the job after enrolling or revoking clients for a new one. Each version's ``config_json`` records it.
     """
     config = settings.aggregation
-    if config.dp_noise_multiplier is None or config.dp_participation != "random_check_in":
+    if config.privacy is None or config.privacy.participation != "random_check_in":
         return settings
     from streaming_jobs.client_registry import enrolled_client_count
 
     enrolled = enrolled_client_count(spark, locations) if settings.require_signatures else None
     derived = config.with_enrolled_population(enrolled)
+    population = None if derived.privacy is None else derived.privacy.population
     if enrolled is None:
         logger.warning(
-            "dp_population %s is the operator's figure: without signatures no registry can check it",
-            derived.dp_population,
+            "dp_population %s is the operator's figure: without signatures no registry can check it", population
         )
     logger.info(
         "dp_participation random_check_in: population %s (%s enrolled, unrevoked clients), q = %d/%s",
-        derived.dp_population,
+        population,
         enrolled,
-        derived.buffer_size,
-        derived.dp_population,
+        derived.buffer.buffer_size,
+        population,
     )
     return settings.model_copy(update={"aggregation": derived})
 

@@ -109,7 +109,8 @@ class MlflowRecorder:
             return
         self.client.set_tag(self.run_id, "epsilon_assumption", newest.epsilon_assumption or "")
         if newest.privacy_budget_exhausted:
-            budget = self.settings.aggregation.dp_epsilon_budget
+            privacy = self.settings.aggregation.privacy
+            budget = None if privacy is None else privacy.epsilon_budget
             self.client.set_tag(
                 self.run_id,
                 "privacy_budget_exhausted",

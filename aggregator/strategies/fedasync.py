@@ -34,14 +34,15 @@ class FedAsync(Strategy):
     @classmethod
     def from_config(cls, config: AggregationConfig) -> FedAsync:
         """Staleness weights without the intake limit and the configured mixing rate."""
-        return cls(without_limit(config.staleness_policy()), config.mixing)
+        return cls(without_limit(config.staleness), config.mixing)
 
     @classmethod
     def check_config(cls, config: AggregationConfig) -> None:
         """FedAsync aggregates one update at a time: ``buffer_size`` must be 1."""
-        if config.buffer_size != 1:
+        size = config.buffer.buffer_size
+        if size != 1:
             raise InvalidConfigError(
-                f"mode 'fedasync' aggregates one update at a time, so buffer_size must be 1, got {config.buffer_size}"
+                f"mode 'fedasync' aggregates one update at a time, so buffer_size must be 1, got {size}"
             )
 
     def weights(self, updates: Sequence[PendingUpdate], current_version: int) -> list[float]:

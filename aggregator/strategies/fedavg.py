@@ -37,11 +37,11 @@ class FedAvg(Strategy):
     @classmethod
     def check_config(cls, config: AggregationConfig) -> None:
         """FedAvg adds the average as it is: server optimizer ``sgd`` with learning rate 1."""
-        if config.server_optimizer != "sgd" or config.server_learning_rate != 1.0:
+        if config.optimizer.name != "sgd" or config.optimizer.learning_rate != 1.0:
             raise InvalidConfigError(
                 "mode 'fedavg' averages without a server optimizer, so it needs server_optimizer 'sgd' "
-                f"and server_learning_rate 1.0, got {config.server_optimizer!r} "
-                f"and {config.server_learning_rate!r}; use mode 'fedbuff' for a server optimizer"
+                f"and server_learning_rate 1.0, got {config.optimizer.name!r} "
+                f"and {config.optimizer.learning_rate!r}; use mode 'fedbuff' for a server optimizer"
             )
 
     def check_updates(self, updates: Sequence[PendingUpdate], current_version: int) -> None:

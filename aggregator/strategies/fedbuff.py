@@ -47,7 +47,7 @@ class FedBuff(Strategy):
     @classmethod
     def from_config(cls, config: AggregationConfig) -> FedBuff:
         """Staleness weights without the intake limit, the configured data weighting and robust combiner."""
-        return cls(without_limit(config.staleness_policy()), config.weight_by_sample_count, config.robust_policy())
+        return cls(without_limit(config.staleness), config.weight_by_sample_count, config.robust)
 
     def weights(self, updates: Sequence[PendingUpdate], current_version: int) -> list[float]:
         """``f(s_i) * n_i / sum(n)`` (see :func:`aggregator.strategies.base.aggregation_weights`)."""

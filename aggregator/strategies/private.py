@@ -43,7 +43,7 @@ class DifferentiallyPrivate(Strategy):
         """Not registered by name: :func:`aggregator.strategies.registry.make_strategy` composes it."""
         from aggregator.strategies.registry import strategy_class
 
-        return cls(strategy_class(config.mode).from_config(config), config.max_update_norm)
+        return cls(strategy_class(config.strategy).from_config(config), config.robust.max_update_norm)
 
     def check_updates(self, updates: Sequence[PendingUpdate], current_version: int) -> None:
         """One update per named client, then whatever the inner strategy checks."""

@@ -57,7 +57,7 @@ def strategy_class(name: str) -> type[Strategy]:
 
 def make_strategy(config: AggregationConfig) -> Strategy:
     """The strategy ``config`` describes, composed with differential privacy when ``dp_noise_multiplier`` is set."""
-    strategy = strategy_class(config.mode).from_config(config)
-    if config.dp_noise_multiplier is None:
+    strategy = strategy_class(config.strategy).from_config(config)
+    if config.privacy is None:
         return strategy
-    return DifferentiallyPrivate(strategy, config.max_update_norm)
+    return DifferentiallyPrivate(strategy, config.robust.max_update_norm)

@@ -34,13 +34,13 @@ def aggregate(
     optimizer: ServerOptimizer,
 ) -> Step:
     pending = list(updates)
-    staleness = dataclasses.replace(config.staleness_policy(), max_staleness=None)
-    if config.mode == "fedasync":
+    staleness = dataclasses.replace(config.staleness, max_staleness=None)
+    if config.strategy == "fedasync":
         return fedasync_step(parameters, version, pending[0], config.mixing, staleness)
-    if config.mode == "fedavg":
+    if config.strategy == "fedavg":
         return fedavg_step(parameters, pending, config.weight_by_sample_count)
     return fedbuff_step(
-        parameters, version, pending, staleness, config.weight_by_sample_count, optimizer, config.robust_policy()
+        parameters, version, pending, staleness, config.weight_by_sample_count, optimizer, config.robust
     )
 
 
@@ -52,13 +52,13 @@ def recompute_parameters(
     optimizer: ServerOptimizer,
     version: int,
 ) -> ModelWeights:
-    if config.mode == "fedasync":
+    if config.strategy == "fedasync":
         return weighted_sum([parent, deltas[0]], [1.0, weights[0]])
-    if config.mode == "fedavg":
+    if config.strategy == "fedavg":
         return add(parent, weighted_sum(list(deltas), list(weights)))
     if isinstance(optimizer, PrivateServerOptimizer):
         return private_server_step(parent, deltas, weights, optimizer, version=version)
-    return optimizer.step(parent, config.robust_policy().combine(deltas, weights))
+    return optimizer.step(parent, config.robust.combine(deltas, weights))
 
 
 def aggregation_weights(

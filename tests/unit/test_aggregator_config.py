@@ -6,8 +6,11 @@ from aggregator import (
     AggregationConfig,
     BufferPolicy,
     InvalidConfigError,
+    PrivacyPolicy,
+    RobustPolicy,
     ServerAdagrad,
     ServerAdam,
+    ServerOptimizerSettings,
     ServerSGD,
     ServerYogi,
     StalenessPolicy,
@@ -16,9 +19,9 @@ from aggregator import (
 
 def test_defaults_are_valid_fedbuff() -> None:
     config = AggregationConfig()
-    assert config.mode == "fedbuff"
-    assert config.staleness_policy() == StalenessPolicy("polynomial", exponent=0.5, max_staleness=20)
-    assert config.buffer_policy() == BufferPolicy(buffer_size=10, max_wait_seconds=60.0)
+    assert config.strategy == "fedbuff"
+    assert config.staleness == StalenessPolicy("polynomial", exponent=0.5, max_staleness=20)
+    assert config.buffer == BufferPolicy(buffer_size=10, max_wait_seconds=60.0)
     assert isinstance(config.make_optimizer(), ServerSGD)
 
 
@@ -26,11 +29,19 @@ def test_defaults_are_valid_fedbuff() -> None:
     "config",
     [
         AggregationConfig(),
-        AggregationConfig(mode="fedasync", buffer_size=1, mixing=0.6, staleness_function="hinge", hinge_b=2),
-        AggregationConfig(mode="fedavg", buffer_size=20, max_wait_seconds=None, max_staleness=0),
-        AggregationConfig(server_optimizer="yogi", server_learning_rate=0.01, server_tau=1e-4),
-        AggregationConfig(server_optimizer="momentum", server_momentum=0.9, weight_by_sample_count=False),
-        AggregationConfig(server_learning_rate=2, max_wait_seconds=5, staleness_exponent=1),  # ints for floats
+        AggregationConfig.from_dict(
+            {"mode": "fedasync", "buffer_size": 1, "mixing": 0.6, "staleness_function": "hinge", "hinge_b": 2}
+        ),
+        AggregationConfig.from_dict(
+            {"mode": "fedavg", "buffer_size": 20, "max_wait_seconds": None, "max_staleness": 0}
+        ),
+        AggregationConfig.from_dict({"server_optimizer": "yogi", "server_learning_rate": 0.01, "server_tau": 1e-4}),
+        AggregationConfig.from_dict(
+            {"server_optimizer": "momentum", "server_momentum": 0.9, "weight_by_sample_count": False}
+        ),
+        AggregationConfig.from_dict(
+            {"server_learning_rate": 2, "max_wait_seconds": 5, "staleness_exponent": 1}
+        ),  # ints for floats
     ],
 )
 def test_to_dict_from_dict_round_trip_through_json(config: AggregationConfig) -> None:
@@ -60,14 +71,14 @@ def test_to_dict_from_dict_round_trip_through_json(config: AggregationConfig) ->
 
 
 def test_to_dict_writes_float_fields_as_floats() -> None:
-    data = AggregationConfig(server_learning_rate=2, max_wait_seconds=5).to_dict()
+    data = AggregationConfig.from_dict({"server_learning_rate": 2, "max_wait_seconds": 5}).to_dict()
     assert type(data["server_learning_rate"]) is float
     assert type(data["max_wait_seconds"]) is float
     assert type(data["buffer_size"]) is int
 
 
 def test_from_dict_fills_missing_keys_with_defaults() -> None:
-    assert AggregationConfig.from_dict({"buffer_size": 4}) == AggregationConfig(buffer_size=4)
+    assert AggregationConfig.from_dict({"buffer_size": 4}) == AggregationConfig.from_dict({"buffer_size": 4})
 
 
 def test_from_dict_rejects_unknown_keys() -> None:
@@ -84,7 +95,9 @@ def test_from_dict_rejects_unknown_keys() -> None:
     ],
 )
 def test_make_optimizer_passes_hyperparameters(name: str, kwargs: dict[str, float], expected_type: type) -> None:
-    optimizer = AggregationConfig(server_optimizer=name, server_learning_rate=0.2, **kwargs).make_optimizer()
+    optimizer = AggregationConfig.from_dict(
+        {"server_optimizer": name, "server_learning_rate": 0.2, **kwargs}
+    ).make_optimizer()
     assert type(optimizer) is expected_type
     assert optimizer.learning_rate == 0.2
     if "server_tau" in kwargs:
@@ -118,9 +131,53 @@ def test_make_optimizer_passes_hyperparameters(name: str, kwargs: dict[str, floa
 )
 def test_invalid_configs_are_rejected_naming_the_value(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidConfigError, match=message):
-        AggregationConfig(**kwargs)
+        AggregationConfig.from_dict({**kwargs})
 
 
 def test_from_dict_validates_too() -> None:
     with pytest.raises(InvalidConfigError, match=r"buffer_size.*'10'"):
         AggregationConfig.from_dict({"buffer_size": "10"})
+
+
+def test_a_config_is_built_from_the_policies_and_its_json_is_theirs_flattened() -> None:
+    config = AggregationConfig(
+        strategy="fedbuff",
+        buffer=BufferPolicy(buffer_size=4, max_wait_seconds=None),
+        staleness=StalenessPolicy("hinge", hinge_a=2.0, hinge_b=1, max_staleness=8),
+        optimizer=ServerOptimizerSettings("adam", learning_rate=0.01),
+        robust=RobustPolicy(rule="trimmed_mean", trim_fraction=0.2),
+    )
+    data = config.to_dict()
+    assert data["buffer_size"] == 4 and data["max_wait_seconds"] is None
+    assert (data["staleness_function"], data["hinge_a"], data["max_staleness"]) == ("hinge", 2.0, 8)
+    assert (data["server_optimizer"], data["server_learning_rate"]) == ("adam", 0.01)
+    assert (data["robust_aggregation"], data["trim_fraction"]) == ("trimmed_mean", 0.2)
+    assert "krum_byzantine" not in data, "robust keys at their defaults are left out"
+    assert AggregationConfig.from_dict(data) == config
+
+
+def test_each_policy_validates_itself_before_the_config_sees_it() -> None:
+    with pytest.raises(InvalidConfigError, match="buffer_size"):
+        BufferPolicy(buffer_size=0)
+    with pytest.raises(InvalidConfigError, match="lamb"):
+        ServerOptimizerSettings("lamb")
+    with pytest.raises(InvalidConfigError, match="dp_delta"):
+        PrivacyPolicy(noise_multiplier=1.0, delta=2.0)
+
+
+def test_what_spans_the_policies_is_checked_by_the_config() -> None:
+    private = PrivacyPolicy(noise_multiplier=1.0, population=3)
+    with pytest.raises(InvalidConfigError, match=r"buffer_size \(10\) exceeds dp_population \(3\)"):
+        AggregationConfig(privacy=private, weight_by_sample_count=False)
+    with pytest.raises(InvalidConfigError, match="weight_by_sample_count=False"):
+        AggregationConfig(buffer=BufferPolicy(2), privacy=private)
+    with pytest.raises(InvalidConfigError, match="must be 'none'"):
+        AggregationConfig(
+            buffer=BufferPolicy(2), privacy=private, weight_by_sample_count=False, robust=RobustPolicy(rule="median")
+        )
+
+
+def test_privacy_keys_without_a_noise_multiplier_are_refused_not_ignored() -> None:
+    with pytest.raises(InvalidConfigError, match=r"\['dp_clip_norm'\] need differential privacy on"):
+        AggregationConfig.from_dict({"dp_clip_norm": 2.0})
+    assert AggregationConfig.from_dict({"dp_noise_multiplier": None}).privacy is None

@@ -44,7 +44,7 @@ def _record(message: IntakeMessage[int], decoded: DecodedUpdate, update: Pending
 
 
 def _intake(buffer_size: int = 2, **kwargs: object) -> Intake:
-    config = AggregationConfig(buffer_size=buffer_size, max_wait_seconds=None, max_staleness=1)
+    config = AggregationConfig.from_dict({"buffer_size": buffer_size, "max_wait_seconds": None, "max_staleness": 1})
     return Intake(AsyncServer(config, PARAMS), MODEL, **kwargs)  # type: ignore[arg-type]
 
 

@@ -36,8 +36,8 @@ def test_noise_std_matches_sigma_times_clip_over_many_draws() -> None:
 
 
 def test_private_step_adds_noise_of_sigma_clip_over_n() -> None:
-    policy = PrivacyPolicy(noise_multiplier=2.0, clip_norm=0.5, population=1000, buffer_size=4)
-    optimizer = PrivateServerOptimizer(AggregationConfig().make_optimizer(), policy)
+    policy = PrivacyPolicy(noise_multiplier=2.0, clip_norm=0.5, population=1000, seed=0)
+    optimizer = PrivateServerOptimizer(AggregationConfig().make_optimizer(), policy, buffer_size=4)
     zeros = {"w": np.zeros(100_000, dtype=np.float32)}
     new = optimizer.private_step(zeros, zeros, update_count=4, version=1, unclipped_count=4)
     assert float(np.std(new["w"])) == pytest.approx(2.0 * 0.5 / 4, rel=0.02)
@@ -58,7 +58,7 @@ def test_dp_step_clips_every_update_and_records_what_it_applied() -> None:
         PendingUpdate(f"u{i}", {"w": rng.normal(0, s, 50).astype(np.float32)}, 2, 10, NOW, client_id=f"c{i}")
         for i, s in enumerate((0.001, 1.0, 10.0))
     ]
-    config = AggregationConfig(buffer_size=3, **DP).with_secret_dp_seed()  # type: ignore[arg-type]
+    config = AggregationConfig.from_dict({"buffer_size": 3, **DP}).with_secret_dp_seed()
     result = fedbuff_step(
         {"w": np.zeros(50, dtype=np.float32)},
         2,
@@ -76,7 +76,7 @@ def test_dp_step_clips_every_update_and_records_what_it_applied() -> None:
 def test_audit_recomputes_a_private_version_and_the_adaptive_clip_is_state(adaptive: bool) -> None:
     rng = np.random.default_rng(2)
     params = {"a": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=6).astype(np.float32)}
-    config = AggregationConfig(buffer_size=5, dp_adaptive_clipping=adaptive, dp_seed=11, **DP)  # type: ignore[arg-type]
+    config = AggregationConfig.from_dict({"buffer_size": 5, "dp_adaptive_clipping": adaptive, "dp_seed": 11, **DP})
     optimizer = config.make_optimizer()
     assert isinstance(optimizer, PrivateServerOptimizer)
     hashes = []
@@ -115,7 +115,7 @@ def test_audit_recomputes_a_private_version_and_the_adaptive_clip_is_state(adapt
 
 
 def test_private_optimizer_refuses_a_noiseless_step() -> None:
-    optimizer = AggregationConfig(buffer_size=5, **DP).with_secret_dp_seed().make_optimizer()  # type: ignore[arg-type]
+    optimizer = AggregationConfig.from_dict({"buffer_size": 5, **DP}).with_secret_dp_seed().make_optimizer()
     zeros = {"w": np.zeros(2, dtype=np.float32)}
     with pytest.raises(InvalidConfigError, match="private_step"):
         optimizer.step(zeros, zeros)
@@ -141,25 +141,34 @@ def test_epsilon_matches_dp_accounting_reference() -> None:
 
 
 def test_policy_epsilon_claims_no_amplification_unless_clients_check_in_at_random() -> None:
-    arbitrary = AggregationConfig(buffer_size=5, **DP).with_secret_dp_seed().privacy_policy()  # type: ignore[arg-type]
-    assert arbitrary is not None and arbitrary.sampling_rate == 1.0
-    assert arbitrary.assumption == "no_amplification"
-    assert arbitrary.epsilon(40) == epsilon_after(1.0, 1.0, 40, 1e-5)
-    checked_in_config = AggregationConfig(buffer_size=5, dp_participation="random_check_in", **DP)  # type: ignore[arg-type]
-    checked_in = checked_in_config.with_secret_dp_seed().privacy_policy()
-    assert checked_in is not None and checked_in.sampling_rate == 0.05
-    assert checked_in.assumption == "poisson_subsampling q=0.05"
-    assert checked_in.epsilon(40) == epsilon_after(1.0, 0.05, 40, 1e-5)
-    assert checked_in.epsilon(40) < arbitrary.epsilon(40) / 5, "the amplification is large, hence only when claimed"
+    arbitrary = AggregationConfig.from_dict({"buffer_size": 5, **DP}).with_secret_dp_seed().privacy
+    assert arbitrary is not None and arbitrary.sampling_rate(5) == 1.0
+    assert arbitrary.assumption(5) == "no_amplification"
+    assert arbitrary.epsilon(40, 5) == epsilon_after(1.0, 1.0, 40, 1e-5)
+    checked_in_config = AggregationConfig.from_dict({"buffer_size": 5, "dp_participation": "random_check_in", **DP})
+    checked_in = checked_in_config.with_secret_dp_seed().privacy
+    assert checked_in is not None and checked_in.sampling_rate(5) == 0.05
+    assert checked_in.assumption(5) == "poisson_subsampling q=0.05"
+    assert checked_in.epsilon(40, 5) == epsilon_after(1.0, 0.05, 40, 1e-5)
+    assert checked_in.epsilon(40, 5) < arbitrary.epsilon(40, 5) / 5, (
+        "the amplification is large, hence only when claimed"
+    )
 
 
 def test_config_round_trips_dp_fields_and_defaults_are_off() -> None:
     default = AggregationConfig()
-    assert default.privacy_policy() is None
+    assert default.privacy is None
     assert not isinstance(default.make_optimizer(), PrivateServerOptimizer)
     assert not any(key.startswith("dp_") for key in default.to_dict())
-    config = AggregationConfig(
-        buffer_size=5, dp_adaptive_clipping=True, dp_target_quantile=0.7, dp_delta=1e-6, dp_seed=4, **DP
+    config = AggregationConfig.from_dict(
+        {
+            "buffer_size": 5,
+            "dp_adaptive_clipping": True,
+            "dp_target_quantile": 0.7,
+            "dp_delta": 1e-6,
+            "dp_seed": 4,
+            **DP,
+        }
     )  # type: ignore[arg-type]
     data = config.to_dict()
     assert data["dp_noise_multiplier"] == 1.0 and data["dp_population"] == 100
@@ -184,37 +193,37 @@ def test_config_round_trips_dp_fields_and_defaults_are_off() -> None:
 )
 def test_invalid_dp_configs_name_the_field(options: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidConfigError, match=message):
-        AggregationConfig(buffer_size=5, **options)  # type: ignore[arg-type]
+        AggregationConfig.from_dict({"buffer_size": 5, **options})
 
 
 def test_adaptive_noise_multiplier_accounts_for_the_count() -> None:
-    policy = PrivacyPolicy(1.0, 1.0, 100, 5, adaptive_clipping=True)
+    policy = PrivacyPolicy(1.0, 1.0, 100, adaptive_clipping=True)
     assert policy.delta_noise_multiplier == pytest.approx(1 / math.sqrt(1 - 0.25))
 
 
 def test_without_a_seed_a_private_config_cannot_run_until_a_driver_draws_a_secret_one() -> None:
-    config = AggregationConfig(**DP)  # type: ignore[arg-type]
-    assert config.dp_seed is None, "constructing a config draws nothing"
+    config = AggregationConfig.from_dict({**DP})
+    assert _seed(config) is None, "constructing a config draws nothing"
     with pytest.raises(InvalidConfigError, match="needs a dp_seed"):
         config.make_optimizer()
     first, second = config.with_secret_dp_seed(), config.with_secret_dp_seed()
-    assert isinstance(first.dp_seed, int) and isinstance(second.dp_seed, int)
-    assert first.dp_seed != second.dp_seed, "a default seed would let anyone regenerate and remove the noise"
-    assert first.dp_seed != 0
+    assert isinstance(_seed(first), int) and isinstance(_seed(second), int)
+    assert _seed(first) != _seed(second), "a default seed would let anyone regenerate and remove the noise"
+    assert _seed(first) != 0
     assert isinstance(first.make_optimizer(), PrivateServerOptimizer)
 
 
 def test_the_drawn_seed_is_recorded_so_an_audit_regenerates_the_same_noise() -> None:
-    config = AggregationConfig(**DP).with_secret_dp_seed()  # type: ignore[arg-type]
+    config = AggregationConfig.from_dict({**DP}).with_secret_dp_seed()
     recorded = AggregationConfig.from_dict(json.loads(json.dumps(config.to_dict())))
-    assert recorded.dp_seed == config.dp_seed
+    assert _seed(recorded) == _seed(config)
     assert recorded == config
 
 
 def test_an_explicit_seed_is_kept_and_no_seed_is_drawn_without_dp() -> None:
-    assert AggregationConfig(**DP, dp_seed=7).with_secret_dp_seed().dp_seed == 7  # type: ignore[arg-type]
+    assert _seed(AggregationConfig.from_dict({**DP, "dp_seed": 7}).with_secret_dp_seed()) == 7
     plain = AggregationConfig()
-    assert plain.with_secret_dp_seed() is plain and plain.dp_seed is None
+    assert plain.with_secret_dp_seed() is plain and _seed(plain) is None
     assert "dp_seed" not in plain.to_dict()
 
 
@@ -239,14 +248,14 @@ def test_the_ledger_composes_mixed_mechanisms_as_dp_accounting_does() -> None:
 
 
 def test_the_ledger_is_optimizer_state_so_a_restart_with_other_settings_keeps_the_history() -> None:
-    first = AggregationConfig(buffer_size=2, **DP).with_secret_dp_seed().make_optimizer()  # type: ignore[arg-type]
+    first = AggregationConfig.from_dict({"buffer_size": 2, **DP}).with_secret_dp_seed().make_optimizer()
     assert isinstance(first, PrivateServerOptimizer)
     _private_steps(first, range(1, 4))
     assert first.ledger.entries == ((1.0, 1.0, 3),)
     assert first.epsilon_spent() == epsilon_after(1.0, 1.0, 3, 1e-5)
     state = decode_tensors(encode_tensors(first.state_dict()))
     checked_in = {**DP, "dp_noise_multiplier": 2.0, "dp_participation": "random_check_in"}
-    restarted = AggregationConfig(buffer_size=2, **checked_in).with_secret_dp_seed().make_optimizer()  # type: ignore[arg-type]
+    restarted = AggregationConfig.from_dict({"buffer_size": 2, **checked_in}).with_secret_dp_seed().make_optimizer()
     assert isinstance(restarted, PrivateServerOptimizer)
     restarted.load_state_dict(state)
     assert restarted.epsilon_spent() == first.epsilon_spent() and restarted.version == 3
@@ -257,11 +266,11 @@ def test_the_ledger_is_optimizer_state_so_a_restart_with_other_settings_keeps_th
 
 
 def test_a_state_from_before_the_ledger_is_read_as_versions_without_amplification() -> None:
-    optimizer = AggregationConfig(buffer_size=2, **DP).with_secret_dp_seed().make_optimizer()  # type: ignore[arg-type]
+    optimizer = AggregationConfig.from_dict({"buffer_size": 2, **DP}).with_secret_dp_seed().make_optimizer()
     assert isinstance(optimizer, PrivateServerOptimizer)
     _private_steps(optimizer, range(1, 6))
     old_state = {key: value for key, value in optimizer.state_dict().items() if not key.startswith("dp/ledger")}
-    restored = AggregationConfig(buffer_size=2, **DP).with_secret_dp_seed().make_optimizer()  # type: ignore[arg-type]
+    restored = AggregationConfig.from_dict({"buffer_size": 2, **DP}).with_secret_dp_seed().make_optimizer()
     assert isinstance(restored, PrivateServerOptimizer)
     restored.load_state_dict(old_state)
     assert restored.ledger.entries == ((1.0, 1.0, 5),)
@@ -270,9 +279,16 @@ def test_a_state_from_before_the_ledger_is_read_as_versions_without_amplificatio
 
 
 def test_the_budget_check_says_whether_one_more_version_fits() -> None:
-    assert AggregationConfig(buffer_size=2, **DP).with_secret_dp_seed().make_optimizer().budget_check() is None  # type: ignore[arg-type, attr-defined]
+    assert (
+        AggregationConfig.from_dict({"buffer_size": 2, **DP}).with_secret_dp_seed().make_optimizer().budget_check()
+        is None
+    )  # type: ignore[arg-type, attr-defined]
     budget = (epsilon_after(1.0, 1.0, 2, 1e-5) + epsilon_after(1.0, 1.0, 3, 1e-5)) / 2
-    optimizer = AggregationConfig(buffer_size=2, dp_epsilon_budget=budget, **DP).with_secret_dp_seed().make_optimizer()  # type: ignore[arg-type]
+    optimizer = (
+        AggregationConfig.from_dict({"buffer_size": 2, "dp_epsilon_budget": budget, **DP})
+        .with_secret_dp_seed()
+        .make_optimizer()
+    )  # type: ignore[arg-type]
     assert isinstance(optimizer, PrivateServerOptimizer)
     checks = []
     for version in range(1, 3):
@@ -287,32 +303,42 @@ def test_the_budget_check_says_whether_one_more_version_fits() -> None:
 
 def test_random_check_in_derives_its_population_from_the_enrolled_clients_and_refuses_impossible_rates() -> None:
     checked_in = {**DP, "dp_population": None, "dp_participation": "random_check_in"}
-    config = AggregationConfig(buffer_size=5, **checked_in).with_secret_dp_seed()  # type: ignore[arg-type]
-    policy = config.privacy_policy()
+    config = AggregationConfig.from_dict({"buffer_size": 5, **checked_in}).with_secret_dp_seed()
+    policy = config.privacy
     assert policy is not None
     with pytest.raises(InvalidConfigError, match="dp_population is unknown"):
-        _ = policy.sampling_rate
+        _ = policy.sampling_rate(5)
     derived = config.with_enrolled_population(40)
-    assert derived.dp_population == 40 and derived.dp_seed == config.dp_seed
-    derived_policy = derived.privacy_policy()
-    assert derived_policy is not None and derived_policy.sampling_rate == 5 / 40
+    assert _population(derived) == 40 and _seed(derived) == _seed(config)
+    derived_policy = derived.privacy
+    assert derived_policy is not None and derived_policy.sampling_rate(5) == 5 / 40
     with pytest.raises(InvalidConfigError, match=r"buffer_size \(5\) exceeds dp_population \(3\)"):
         config.with_enrolled_population(3)
     with pytest.raises(InvalidConfigError, match="none can be derived"):
         config.with_enrolled_population(None)
-    claimed = AggregationConfig(buffer_size=5, **{**checked_in, "dp_population": 1000})  # type: ignore[arg-type]
+    claimed = AggregationConfig.from_dict({"buffer_size": 5, **{**checked_in, "dp_population": 1000}})
     with pytest.raises(InvalidConfigError, match=r"dp_population \(1000\) exceeds the 24 enrolled"):
         claimed.with_enrolled_population(24)
     assert claimed.with_enrolled_population(2000) is claimed
     assert claimed.with_enrolled_population(None) is claimed, "no registry: the operator's figure stands"
-    arbitrary = AggregationConfig(buffer_size=5, **DP)  # type: ignore[arg-type]
+    arbitrary = AggregationConfig.from_dict({"buffer_size": 5, **DP})
     assert arbitrary.with_enrolled_population(3) is arbitrary, "no sampling claim, no population needed"
 
 
 def test_new_dp_fields_round_trip_and_stay_out_of_old_configs() -> None:
-    config = AggregationConfig(buffer_size=5, dp_participation="random_check_in", dp_epsilon_budget=8, **DP)  # type: ignore[arg-type]
+    config = AggregationConfig.from_dict(
+        {"buffer_size": 5, "dp_participation": "random_check_in", "dp_epsilon_budget": 8, **DP}
+    )  # type: ignore[arg-type]
     data = config.to_dict()
     assert data["dp_participation"] == "random_check_in" and data["dp_epsilon_budget"] == 8.0
     assert AggregationConfig.from_dict(json.loads(json.dumps(data))) == config
-    plain = AggregationConfig(buffer_size=5, **DP).to_dict()  # type: ignore[arg-type]
+    plain = AggregationConfig.from_dict({"buffer_size": 5, **DP}).to_dict()
     assert "dp_participation" not in plain and "dp_epsilon_budget" not in plain
+
+
+def _seed(config: AggregationConfig) -> int | None:
+    return None if config.privacy is None else config.privacy.seed
+
+
+def _population(config: AggregationConfig) -> int | None:
+    return None if config.privacy is None else config.privacy.population

@@ -134,7 +134,9 @@ def test_recomputation_from_recorded_weights_reproduces_the_hash(options: dict[s
                 base_version=5 - i % 3, count=5 + i)
         for i in range(7)
     ]  # fmt: skip
-    config = AggregationConfig(buffer_size=7, server_optimizer="adam", server_learning_rate=0.1, **options)  # type: ignore[arg-type]
+    config = AggregationConfig.from_dict(
+        {"buffer_size": 7, "server_optimizer": "adam", "server_learning_rate": 0.1, **options}
+    )  # type: ignore[arg-type]
     optimizer = config.make_optimizer()
     parent_state = optimizer.state_dict()
     result = make_strategy(config).aggregate(params, 5, updates, optimizer)
@@ -152,19 +154,25 @@ def test_recomputation_from_recorded_weights_reproduces_the_hash(options: dict[s
 
 
 def test_config_round_trips_robust_fields_and_validates() -> None:
-    config = AggregationConfig(
-        robust_aggregation="multi_krum", krum_byzantine=2, multi_krum_selected=4, max_update_norm=3, trim_fraction=0.2
+    config = AggregationConfig.from_dict(
+        {
+            "robust_aggregation": "multi_krum",
+            "krum_byzantine": 2,
+            "multi_krum_selected": 4,
+            "max_update_norm": 3,
+            "trim_fraction": 0.2,
+        }
     )
     data = config.to_dict()
     assert data["robust_aggregation"] == "multi_krum" and type(data["max_update_norm"]) is float
     assert AggregationConfig.from_dict(data) == config
     assert "robust_aggregation" not in AggregationConfig().to_dict()
-    assert AggregationConfig().robust_policy().is_default
+    assert AggregationConfig().robust.is_default
     with pytest.raises(InvalidConfigError, match="robust_aggregation"):
-        AggregationConfig(robust_aggregation="mean")  # type: ignore[arg-type]
+        AggregationConfig.from_dict({"robust_aggregation": "mean"})
     with pytest.raises(InvalidConfigError, match="trim_fraction"):
-        AggregationConfig(robust_aggregation="trimmed_mean", trim_fraction=0.5)
+        AggregationConfig.from_dict({"robust_aggregation": "trimmed_mean", "trim_fraction": 0.5})
     with pytest.raises(InvalidConfigError, match="max_update_norm"):
-        AggregationConfig(max_update_norm=0.0)
+        AggregationConfig.from_dict({"max_update_norm": 0.0})
     with pytest.raises(InvalidConfigError, match="fedbuff"):
-        AggregationConfig(mode="fedavg", robust_aggregation="median")
+        AggregationConfig.from_dict({"mode": "fedavg", "robust_aggregation": "median"})

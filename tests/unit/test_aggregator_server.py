@@ -40,23 +40,23 @@ def test_the_built_in_strategies_are_registered_by_name() -> None:
     assert {"fedbuff", "fedasync", "fedavg"} <= set(strategy_names())
     assert strategy_class("fedavg").synchronous and not strategy_class("fedbuff").synchronous
     with pytest.raises(InvalidConfigError, match=r"mode must be one of \[.*'fedbuff'.*\], got 'fedprox'"):
-        AggregationConfig(mode="fedprox")
+        AggregationConfig.from_dict({"mode": "fedprox"})
 
 
 def test_strategy_is_another_name_for_mode_in_recorded_configs() -> None:
-    assert AggregationConfig.from_dict({"strategy": "fedavg", "max_wait_seconds": None}).mode == "fedavg"
+    assert AggregationConfig.from_dict({"strategy": "fedavg", "max_wait_seconds": None}).strategy == "fedavg"
     assert "strategy" not in AggregationConfig.from_dict({"strategy": "fedbuff"}).to_dict()
     with pytest.raises(InvalidConfigError, match="disagree"):
         AggregationConfig.from_dict({"strategy": "fedavg", "mode": "fedbuff"})
 
 
 def test_the_staleness_gate_uses_max_staleness_and_synchronous_strategies_take_only_the_current_version() -> None:
-    server = AsyncServer(AggregationConfig(max_staleness=2), PARAMS, version=5)
+    server = AsyncServer(AggregationConfig.from_dict({"max_staleness": 2}), PARAMS, version=5)
     assert [server.admits(base) for base in (2, 3, 5, 6)] == [False, True, True, False]
-    synchronous = AsyncServer(AggregationConfig(mode="fedavg"), PARAMS, version=5)
+    synchronous = AsyncServer(AggregationConfig.from_dict({"mode": "fedavg"}), PARAMS, version=5)
     assert synchronous.intake_max_staleness == 0
     assert [synchronous.admits(base) for base in (4, 5)] == [False, True]
-    unlimited = AsyncServer(AggregationConfig(max_staleness=None), PARAMS, version=5)
+    unlimited = AsyncServer(AggregationConfig.from_dict({"max_staleness": None}), PARAMS, version=5)
     assert unlimited.admits(0)
 
 
@@ -74,7 +74,9 @@ def test_receive_refuses_what_cannot_be_buffered_naming_it() -> None:
 
 
 def test_a_full_buffer_makes_a_version_with_its_provenance_and_the_next_waits() -> None:
-    config = AggregationConfig(buffer_size=2, max_wait_seconds=None, server_optimizer="adam", server_learning_rate=0.1)
+    config = AggregationConfig.from_dict(
+        {"buffer_size": 2, "max_wait_seconds": None, "server_optimizer": "adam", "server_learning_rate": 0.1}
+    )
     server = AsyncServer(config, PARAMS, version=3)
     server.receive(_update(0, base_version=2, validation_loss=1.0, validation_accuracy=0.5, validation_count=10))
     assert server.ready_versions(T0) == []
@@ -93,7 +95,7 @@ def test_a_full_buffer_makes_a_version_with_its_provenance_and_the_next_waits() 
 
 
 def test_the_wait_limit_makes_a_short_version_at_its_deadline() -> None:
-    server = AsyncServer(AggregationConfig(buffer_size=5, max_wait_seconds=10.0), PARAMS)
+    server = AsyncServer(AggregationConfig.from_dict({"buffer_size": 5, "max_wait_seconds": 10.0}), PARAMS)
     server.receive(_update(0))
     server.receive(_update(3))
     assert server.deadline() == T0 + timedelta(seconds=10)
@@ -104,7 +106,7 @@ def test_the_wait_limit_makes_a_short_version_at_its_deadline() -> None:
 
 
 def test_with_dp_a_version_takes_one_update_per_client_and_drain_keeps_the_bound() -> None:
-    server = AsyncServer(AggregationConfig(buffer_size=2, max_wait_seconds=None, **DP), PARAMS)  # type: ignore[arg-type]
+    server = AsyncServer(AggregationConfig.from_dict({"buffer_size": 2, "max_wait_seconds": None, **DP}), PARAMS)
     for index, client in enumerate(["a", "a", "b", "a"]):
         server.receive(_update(index, client=client))
     (first,) = server.ready_versions(T0)
@@ -116,7 +118,9 @@ def test_with_dp_a_version_takes_one_update_per_client_and_drain_keeps_the_bound
 
 
 def test_close_round_makes_one_version_of_every_pending_update() -> None:
-    server = AsyncServer(AggregationConfig(mode="fedavg", buffer_size=10, max_wait_seconds=None), PARAMS)
+    server = AsyncServer(
+        AggregationConfig.from_dict({"mode": "fedavg", "buffer_size": 10, "max_wait_seconds": None}), PARAMS
+    )
     assert server.close_round() is None
     for index in range(3):
         server.receive(_update(index))
@@ -126,7 +130,7 @@ def test_close_round_makes_one_version_of_every_pending_update() -> None:
 
 
 def test_the_budget_holds_the_buffer_and_says_why_once(caplog: pytest.LogCaptureFixture) -> None:
-    config = AggregationConfig(buffer_size=1, max_wait_seconds=None, dp_epsilon_budget=5.0, **DP)  # type: ignore[arg-type]
+    config = AggregationConfig.from_dict({"buffer_size": 1, "max_wait_seconds": None, "dp_epsilon_budget": 5.0, **DP})
     server = AsyncServer(config, PARAMS)
     for index in range(4):
         server.receive(_update(index))
@@ -141,7 +145,9 @@ def test_the_budget_holds_the_buffer_and_says_why_once(caplog: pytest.LogCapture
 
 
 def test_a_restarted_server_continues_from_the_recorded_state() -> None:
-    config = AggregationConfig(buffer_size=2, max_wait_seconds=None, server_optimizer="momentum", server_momentum=0.9)
+    config = AggregationConfig.from_dict(
+        {"buffer_size": 2, "max_wait_seconds": None, "server_optimizer": "momentum", "server_momentum": 0.9}
+    )
     updates = [_update(index) for index in range(4)]
     straight = AsyncServer(config, PARAMS)
     for update in updates:
@@ -157,7 +163,7 @@ def test_a_restarted_server_continues_from_the_recorded_state() -> None:
 
 
 def test_a_private_config_needs_its_seed_drawn_before_a_server_runs_it() -> None:
-    unseeded = AggregationConfig(buffer_size=2, **{**DP, "dp_seed": None})  # type: ignore[arg-type]
+    unseeded = AggregationConfig.from_dict({"buffer_size": 2, **{**DP, "dp_seed": None}})
     with pytest.raises(InvalidConfigError, match="needs a dp_seed"):
         AsyncServer(unseeded, PARAMS)
     assert AsyncServer(unseeded.with_secret_dp_seed(), PARAMS).version == 0

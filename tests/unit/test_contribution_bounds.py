@@ -74,7 +74,7 @@ def _pending(update_id: str, client_id: str | None, base_version: int = 0, scale
 
 
 def test_the_private_step_itself_refuses_two_updates_of_one_client_or_an_unknown_one() -> None:
-    optimizer = AggregationConfig(buffer_size=2, **DP).make_optimizer()  # type: ignore[arg-type]
+    optimizer = AggregationConfig.from_dict({"buffer_size": 2, **DP}).make_optimizer()
     params = {"w": np.zeros(4, dtype=np.float32)}
     staleness = StalenessPolicy("constant", max_staleness=None)
     with pytest.raises(InvalidUpdateError, match=r"clients \['a'\] have more"):
@@ -104,7 +104,7 @@ def _pending_numbers(state: GlobalState) -> list[int]:
 
 
 def test_with_dp_a_fast_clients_second_update_waits_for_the_next_version() -> None:
-    config = AggregationConfig(buffer_size=3, max_wait_seconds=None, **DP)  # type: ignore[arg-type]
+    config = AggregationConfig.from_dict({"buffer_size": 3, "max_wait_seconds": None, **DP})
     clients = ["a", "a", "b", "c", "d", "a"]
     state = _state(config, clients)
     rows = aggregate_ready_versions(state, now=NOW, batch_id=7, time_trigger=False)
@@ -117,7 +117,7 @@ def test_with_dp_a_fast_clients_second_update_waits_for_the_next_version() -> No
 
 
 def test_without_dp_a_buffer_may_hold_two_updates_of_one_client() -> None:
-    config = AggregationConfig(buffer_size=3, max_wait_seconds=None)
+    config = AggregationConfig.from_dict({"buffer_size": 3, "max_wait_seconds": None})
     state = _state(config, ["a", "a", "b"])
     rows = aggregate_ready_versions(state, now=NOW, batch_id=1, time_trigger=False)
     assert [_numbers(row.update_ids) for row in rows] == [[0, 1, 2]]
@@ -126,7 +126,7 @@ def test_without_dp_a_buffer_may_hold_two_updates_of_one_client() -> None:
 
 
 def test_the_deadline_still_makes_versions_one_update_per_client_each() -> None:
-    config = AggregationConfig(buffer_size=5, max_wait_seconds=10.0, **DP)  # type: ignore[arg-type]
+    config = AggregationConfig.from_dict({"buffer_size": 5, "max_wait_seconds": 10.0, **DP})
     state = _state(config, ["a", "a", "b"])
     assert aggregate_ready_versions(state, now=NOW, batch_id=1, time_trigger=True) == []
     later = NOW + timedelta(seconds=11)
@@ -139,26 +139,28 @@ def test_the_deadline_still_makes_versions_one_update_per_client_each() -> None:
 
 
 def test_versions_record_the_sampling_assumption_their_epsilon_rests_on() -> None:
-    config = AggregationConfig(
-        buffer_size=2, max_wait_seconds=None, dp_participation="random_check_in", dp_population=40, **DP
-    )  # type: ignore[arg-type]
+    config = AggregationConfig.from_dict(
+        {"buffer_size": 2, "max_wait_seconds": None, "dp_participation": "random_check_in", "dp_population": 40, **DP}
+    )
     state = _state(config, ["a", "b", "c", "d"])
     rows = aggregate_ready_versions(state, now=NOW, batch_id=1, time_trigger=False)
     assert [row.epsilon_assumption for row in rows] == ["poisson_subsampling q=0.05"] * 2
-    policy = config.privacy_policy()
+    policy = config.privacy
     assert policy is not None
-    assert [row.epsilon for row in rows] == [policy.epsilon(1), policy.epsilon(2)]
+    assert [row.epsilon for row in rows] == [policy.epsilon(1, 2), policy.epsilon(2, 2)]
 
 
 # ---------------------------------------------------------------- the epsilon budget
 
 
 def test_the_budget_holds_the_buffer_marks_the_last_version_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
-    plain = AggregationConfig(buffer_size=2, max_wait_seconds=None, **DP)  # type: ignore[arg-type]
-    policy = plain.privacy_policy()
+    plain = AggregationConfig.from_dict({"buffer_size": 2, "max_wait_seconds": None, **DP})
+    policy = plain.privacy
     assert policy is not None
-    budget = (policy.epsilon(2) + policy.epsilon(3)) / 2  # room for exactly two versions
-    config = AggregationConfig(buffer_size=2, max_wait_seconds=None, dp_epsilon_budget=budget, **DP)  # type: ignore[arg-type]
+    budget = (policy.epsilon(2, 2) + policy.epsilon(3, 2)) / 2  # room for exactly two versions
+    config = AggregationConfig.from_dict(
+        {"buffer_size": 2, "max_wait_seconds": None, "dp_epsilon_budget": budget, **DP}
+    )
     clients = ["a", "b", "c", "d", "e", "f", "g", "h"]
     state = _state(config, clients)
     with caplog.at_level(logging.WARNING, logger="aggregator.server"):
@@ -170,13 +172,13 @@ def test_the_budget_holds_the_buffer_marks_the_last_version_and_logs_once(caplog
     assert state.version == 2 and _pending_numbers(state) == [4, 5, 6, 7]
     refusal = state.privacy_refusal
     assert refusal is not None and not refusal.allows_next and refusal.version == 2
-    assert refusal.spent == pytest.approx(policy.epsilon(2)) and refusal.next_epsilon > budget
+    assert refusal.spent == pytest.approx(policy.epsilon(2, 2)) and refusal.next_epsilon > budget
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1 and "privacy budget exhausted" in warnings[0] and "4 updates held" in warnings[0]
 
 
 def test_a_budget_already_spent_at_start_refuses_the_first_version() -> None:
-    config = AggregationConfig(buffer_size=2, max_wait_seconds=None, dp_epsilon_budget=0.01, **DP)  # type: ignore[arg-type]
+    config = AggregationConfig.from_dict({"buffer_size": 2, "max_wait_seconds": None, "dp_epsilon_budget": 0.01, **DP})
     state = _state(config, ["a", "b"])
     assert aggregate_ready_versions(state, now=NOW, batch_id=1, time_trigger=True) == []
     assert state.version == 0 and len(state.pending) == 2
@@ -212,7 +214,9 @@ def test_the_simulator_bounds_contributions_under_dp_only(monkeypatch: pytest.Mo
 
     def run(options: dict[str, object]) -> tuple[list[list[str | None]], object]:
         versions.clear()
-        aggregation = AggregationConfig(mode="fedbuff", buffer_size=3, max_wait_seconds=None, **options)  # type: ignore[arg-type]
+        aggregation = AggregationConfig.from_dict(
+            {"mode": "fedbuff", "buffer_size": 3, "max_wait_seconds": None, **options}
+        )  # type: ignore[arg-type]
         simulator = Simulator(
             "heart-mlp",
             clients,

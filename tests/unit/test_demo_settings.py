@@ -9,23 +9,25 @@ from fedstream.demo import DEFAULT_AGGREGATION, DemoSettings, private_aggregatio
 
 
 def test_the_default_aggregation_is_a_valid_fedbuff_config_without_dp() -> None:
-    config = AggregationConfig(**DEFAULT_AGGREGATION)
-    assert config.mode == "fedbuff"
-    assert config.privacy_policy() is None
+    config = AggregationConfig.from_dict({**DEFAULT_AGGREGATION})
+    assert config.strategy == "fedbuff"
+    assert config.privacy is None
 
 
 def test_the_private_variant_has_24_training_devices_and_claims_no_sampling_amplification() -> None:
     settings = DemoSettings()
     options = private_aggregation(settings, noise_multiplier=1.0, clip_norm=0.5)
-    config = AggregationConfig(**options).with_secret_dp_seed()
-    policy = config.privacy_policy()
+    config = AggregationConfig.from_dict({**options}).with_secret_dp_seed()
+    policy = config.privacy
     assert policy is not None
     assert policy.population == 24
-    assert policy.sampling_rate == 1.0, "devices publish when they finish: no random sample to amplify with"
+    assert policy.sampling_rate(config.buffer.buffer_size) == 1.0, (
+        "devices publish when they finish: no random sample to amplify with"
+    )
     assert config.bounds_contributions
     assert policy.noise_multiplier == 1.0 and policy.clip_norm == 0.5
     assert not config.weight_by_sample_count
-    assert 0 < policy.epsilon(48) < policy.epsilon(96)
+    assert 0 < policy.epsilon(48, 10) < policy.epsilon(96, 10)
 
 
 def test_the_private_variant_keeps_the_demo_settings_it_is_given() -> None:
@@ -36,4 +38,4 @@ def test_the_private_variant_keeps_the_demo_settings_it_is_given() -> None:
 
 def test_a_noise_multiplier_of_zero_is_refused() -> None:
     with pytest.raises(InvalidConfigError):
-        AggregationConfig(**private_aggregation(DemoSettings(), noise_multiplier=0.0, clip_norm=0.5))
+        AggregationConfig.from_dict({**private_aggregation(DemoSettings(), noise_multiplier=0.0, clip_norm=0.5)})

@@ -98,7 +98,9 @@ def test_mlflow_gets_the_assumption_the_exhausted_marker_and_the_refusal() -> No
     recorder = object.__new__(MlflowRecorder)
     recorder.client = _FakeClient()  # type: ignore[assignment]
     recorder.run_id = "run"
-    config = AggregationConfig(weight_by_sample_count=False, dp_noise_multiplier=1.0, dp_epsilon_budget=8.0)
+    config = AggregationConfig.from_dict(
+        {"weight_by_sample_count": False, "dp_noise_multiplier": 1.0, "dp_epsilon_budget": 8.0}
+    )
     recorder.settings = JobSettings(aggregation=config, register_every=0)
     recorder.record([_row(11, 7.1, False), _row(12, 7.5, True)])
     client = recorder.client

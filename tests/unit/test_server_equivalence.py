@@ -92,8 +92,8 @@ def _run_legacy(config: AggregationConfig, schedule: list[Arrival]) -> list[Made
     """The job's loop before the server core: gate, buffer, ``BufferPolicy.next_version``, mode dispatch."""
     parameters, version = _model(0), 0
     optimizer = config.make_optimizer()
-    policy = config.buffer_policy()
-    limit = 0 if config.mode == "fedavg" else config.max_staleness
+    policy = config.buffer
+    limit = 0 if config.strategy == "fedavg" else config.staleness.max_staleness
     pending: list[PendingUpdate] = []
     made: list[Made] = []
     for index, arrival in enumerate(schedule):
@@ -171,7 +171,7 @@ def _assert_same(expected: ModelWeights | dict[str, np.ndarray], actual: ModelWe
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_the_server_makes_exactly_the_versions_the_old_aggregation_made(name: str) -> None:
-    config = AggregationConfig(**CONFIGS[name])  # type: ignore[arg-type]
+    config = AggregationConfig.from_dict({**CONFIGS[name]})
     schedule = _schedule(40, seed=len(name))
     before, after = _run_legacy(config, schedule), _run_server(config, schedule)
     assert len(before) >= 3, "the schedule makes versions"
@@ -242,8 +242,8 @@ def test_old_config_json_reads_writes_back_unchanged_and_its_versions_recompute(
 def test_fedbuff_with_k_equal_n_and_staleness_zero_is_fedavg_through_the_server(by_count: bool) -> None:
     updates = [_update(index, Arrival(0.0, CLIENTS[index], 0, _model(index, 0.1), 5 + index), 0) for index in range(5)]
     common = {"buffer_size": 5, "max_wait_seconds": None, "weight_by_sample_count": by_count}
-    fedbuff = AsyncServer(AggregationConfig(mode="fedbuff", **common), _model(0), pending=updates)  # type: ignore[arg-type]
-    fedavg = AsyncServer(AggregationConfig(mode="fedavg", **common), _model(0), pending=updates)  # type: ignore[arg-type]
+    fedbuff = AsyncServer(AggregationConfig.from_dict({"mode": "fedbuff", **common}), _model(0), pending=updates)
+    fedavg = AsyncServer(AggregationConfig.from_dict({"mode": "fedavg", **common}), _model(0), pending=updates)
     buffered, averaged = fedbuff.ready_versions(T0), fedavg.ready_versions(T0)
     assert len(buffered) == len(averaged) == 1
     assert buffered[0].weights == averaged[0].weights
@@ -265,7 +265,9 @@ def test_a_version_does_not_depend_on_the_order_its_updates_arrived_in(
         )
         for index in range(6)
     ]
-    config = AggregationConfig(mode=mode, buffer_size=6, max_wait_seconds=None, weight_by_sample_count=by_count)
+    config = AggregationConfig.from_dict(
+        {"mode": mode, "buffer_size": 6, "max_wait_seconds": None, "weight_by_sample_count": by_count}
+    )
 
     def made(sequence: list[PendingUpdate]) -> NewVersion:
         server = AsyncServer(config, _model(0), version=base)
@@ -288,5 +290,5 @@ def test_fresh_weights_sum_to_one(sample_counts: list[int], by_count: bool) -> N
         sample_counts = [1, *sample_counts[1:]]
     updates = [PendingUpdate(f"u{index}", _model(0), 2, count, T0) for index, count in enumerate(sample_counts)]
     for mode in ("fedbuff", "fedavg"):
-        strategy = make_strategy(AggregationConfig(mode=mode, weight_by_sample_count=by_count))
+        strategy = make_strategy(AggregationConfig.from_dict({"mode": mode, "weight_by_sample_count": by_count}))
         assert sum(strategy.weights(updates, 2)) == pytest.approx(1.0)

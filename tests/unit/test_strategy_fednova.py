@@ -29,7 +29,7 @@ def _config(**fields: object) -> AggregationConfig:
 def test_fednova_is_registered_and_configured_by_name() -> None:
     assert "fednova" in strategy_names()
     config = _config(buffer_size=4, weight_by_sample_count=False)
-    assert config.mode == "fednova" and json.loads(json.dumps(config.to_dict()))["mode"] == "fednova"
+    assert config.strategy == "fednova" and json.loads(json.dumps(config.to_dict()))["mode"] == "fednova"
     assert isinstance(make_strategy(config), FedNova)
 
 
@@ -59,7 +59,7 @@ def test_each_client_counts_with_its_per_step_direction_not_its_step_count() -> 
     result = make_strategy(config).aggregate(params, 0, updates, config.make_optimizer())
     assert result.weights == pytest.approx((5.0 / 2, 5.0 / 18)), "tau_eff = 5; weights p_i * tau_eff / tau_i"
     np.testing.assert_allclose(result.new_params["w"], 5.0 * (g1 + g2) / 2, rtol=1e-6)
-    fedbuff = make_strategy(AggregationConfig(**{**config.to_dict(), "mode": "fedbuff"}))  # type: ignore[arg-type]
+    fedbuff = make_strategy(AggregationConfig.from_dict({**{**config.to_dict(), "mode": "fedbuff"}}))
     buffered = fedbuff.aggregate(params, 0, updates, config.make_optimizer())
     np.testing.assert_allclose(buffered.new_params["w"], (g1 + 9 * g2) / 2, rtol=1e-6)
 
@@ -81,7 +81,7 @@ def test_equal_or_unreported_steps_make_fednova_exactly_fedbuff(steps: list[int]
     updates = [_update(index, rng.normal(size=4), s, base_version=index) for index, s in enumerate(steps)]
     params = {"w": rng.normal(size=4).astype(np.float32)}
     nova = _config(buffer_size=3, server_optimizer="adam", server_learning_rate=0.1)
-    buff = AggregationConfig(**{**nova.to_dict(), "mode": "fedbuff"})  # type: ignore[arg-type]
+    buff = AggregationConfig.from_dict({**{**nova.to_dict(), "mode": "fedbuff"}})
     first = make_strategy(nova).aggregate(params, 2, updates, nova.make_optimizer())
     second = make_strategy(buff).aggregate(params, 2, updates, buff.make_optimizer())
     assert first.weights == second.weights
