@@ -1,6 +1,7 @@
 """Pure aggregation math for fedstream: staleness, buffering, strategies, server optimizers, the server.
 
-numpy only (plus ``dp-accounting`` for the privacy accountant); no Spark, Kafka or torch. All state
+numpy only (plus ``dp-accounting`` for the privacy accountant); no Spark, Kafka or torch. Parameters are
+``schemas.tensors.Tensors``, the one parameters type of every package. All state
 (optimizer moments, DP clip norm, configuration) is plain arrays and JSON-safe dicts, so it can live in
 Delta tables.
 """
@@ -84,7 +85,6 @@ from aggregator.strategies import (
     strategy_names,
 )
 from aggregator.weights import (
-    ModelWeights,
     add,
     check_same_structure,
     l2_norm,
@@ -118,7 +118,6 @@ __all__ = [
     "InvalidStalenessError",
     "InvalidStateError",
     "InvalidUpdateError",
-    "ModelWeights",
     "NaiveDatetimeError",
     "NewVersion",
     "PendingUpdate",

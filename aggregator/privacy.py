@@ -48,7 +48,8 @@ import numpy.typing as npt
 from aggregator._checks import check_int, check_non_negative, check_positive
 from aggregator.errors import InvalidConfigError, InvalidStateError
 from aggregator.server_optimizers import Float64Array, ServerOptimizer
-from aggregator.weights import ModelWeights, WeightsLike, add
+from aggregator.weights import WeightsLike, add
+from schemas.tensors import Tensors
 
 CLIP_NORM_KEY: Final = "dp/clip_norm"
 """State key of the clip norm in force for the next version (0-d float64)."""
@@ -323,7 +324,7 @@ class BudgetCheck:
         )
 
 
-def gaussian_noise(like: WeightsLike, stddev: float, seed: int, version: int) -> ModelWeights:
+def gaussian_noise(like: WeightsLike, stddev: float, seed: int, version: int) -> Tensors:
     """Seeded ``N(0, stddev^2)`` noise shaped like ``like``: drawn per parameter in name order.
 
     The same ``(seed, version)`` gives the same noise on any machine (numpy's PCG64 stream).
@@ -332,7 +333,7 @@ def gaussian_noise(like: WeightsLike, stddev: float, seed: int, version: int) ->
     check_int("seed", seed, minimum=0)
     check_int("version", version, minimum=0)
     generator = np.random.default_rng([seed, version, 0])
-    noise: ModelWeights = {}
+    noise: Tensors = {}
     for key in sorted(like):
         noise[key] = (generator.standard_normal(like[key].shape) * stddev).astype(np.float32)
     return {key: noise[key] for key in like}
@@ -448,7 +449,7 @@ class PrivateServerOptimizer(ServerOptimizer):
     ) -> tuple[Float64Array, dict[str, Float64Array]]:
         return self.inner._update(param, gradient, slots)
 
-    def step(self, params: ModelWeights, aggregated_delta: ModelWeights) -> ModelWeights:
+    def step(self, params: Tensors, aggregated_delta: Tensors) -> Tensors:
         """Refuse: a noiseless step under DP would break the guarantee; use ``private_step``."""
         raise InvalidConfigError(
             "differential privacy is on: the server step must go through private_step (clip, noise), not step"
@@ -456,13 +457,13 @@ class PrivateServerOptimizer(ServerOptimizer):
 
     def private_step(
         self,
-        params: ModelWeights,
-        clipped_weighted_sum: ModelWeights,
+        params: Tensors,
+        clipped_weighted_sum: Tensors,
         *,
         update_count: int,
         version: int,
         unclipped_count: int,
-    ) -> ModelWeights:
+    ) -> Tensors:
         """Add ``N(0, (sigma_delta * C / n)^2)`` noise to the clipped weighted sum, step, adapt ``C``, account.
 
         ``version``: the version being made (seeds the noise). ``unclipped_count``: updates whose norm was

@@ -25,7 +25,8 @@ import numpy.typing as npt
 
 from aggregator._checks import check_int, check_number, check_positive
 from aggregator.errors import EmptyBufferError, InvalidConfigError
-from aggregator.weights import ModelWeights, WeightsLike, check_same_structure, l2_norm, weighted_sum
+from aggregator.weights import WeightsLike, check_same_structure, l2_norm, weighted_sum
+from schemas.tensors import Tensors
 
 RobustRule = Literal["none", "trimmed_mean", "median", "krum", "multi_krum"]
 ROBUST_RULES: Final[tuple[str, ...]] = get_args(RobustRule)
@@ -114,12 +115,12 @@ class RobustPolicy:
         rescale = math.fsum(weights) / kept_total
         return [value * rescale if index in chosen else 0.0 for index, value in enumerate(applied)]
 
-    def combine(self, deltas: Sequence[WeightsLike], weights: Sequence[float]) -> ModelWeights:
+    def combine(self, deltas: Sequence[WeightsLike], weights: Sequence[float]) -> Tensors:
         """The aggregated delta from the recorded weights (see :func:`combine_deltas`)."""
         return combine_deltas(deltas, weights, self)
 
 
-def combine_deltas(deltas: Sequence[WeightsLike], weights: Sequence[float], policy: RobustPolicy) -> ModelWeights:
+def combine_deltas(deltas: Sequence[WeightsLike], weights: Sequence[float], policy: RobustPolicy) -> Tensors:
     """Aggregate ``deltas`` with recorded ``weights`` under ``policy``: what the step did, for audits too.
 
     Linear rules: ``weighted_sum(deltas, weights)``. Coordinate-wise rules: ``sum(weights)`` times the
@@ -142,13 +143,13 @@ def clip_factor(norm: float, bound: float | None) -> float:
     return bound / norm
 
 
-def coordinate_median(deltas: Sequence[WeightsLike]) -> ModelWeights:
+def coordinate_median(deltas: Sequence[WeightsLike]) -> Tensors:
     """Unweighted coordinate-wise median (the mean of the middle two for an even count)."""
     stacked = _stacked(deltas)
     return {key: np.median(values, axis=0).astype(np.float32) for key, values in stacked.items()}
 
 
-def trimmed_mean(deltas: Sequence[WeightsLike], trim_fraction: float) -> ModelWeights:
+def trimmed_mean(deltas: Sequence[WeightsLike], trim_fraction: float) -> Tensors:
     """Unweighted coordinate-wise mean after cutting ``floor(trim_fraction * n)`` values at each end.
 
     With too few updates to cut that many and keep one, it cuts ``(n - 1) // 2`` (the median, or close).
@@ -156,7 +157,7 @@ def trimmed_mean(deltas: Sequence[WeightsLike], trim_fraction: float) -> ModelWe
     stacked = _stacked(deltas)
     count = len(deltas)
     cut = min(math.floor(trim_fraction * count), (count - 1) // 2)
-    result: ModelWeights = {}
+    result: Tensors = {}
     for key, values in stacked.items():
         ordered = np.sort(values, axis=0)
         result[key] = ordered[cut : count - cut].mean(axis=0).astype(np.float32)

@@ -28,7 +28,8 @@ from aggregator.errors import InvalidStalenessError, InvalidUpdateError, ShapeMi
 from aggregator.privacy import BudgetCheck, PrivateServerOptimizer
 from aggregator.server_optimizers import ServerOptimizer
 from aggregator.strategies import PendingUpdate, Strategy, make_strategy, strategy_class
-from aggregator.weights import ModelWeights, check_same_structure
+from aggregator.weights import check_same_structure
+from schemas.tensors import Tensors
 
 __all__ = ["AsyncServer", "NewVersion"]
 
@@ -47,7 +48,7 @@ class NewVersion:
 
     version: int
     parent_version: int
-    parameters: ModelWeights
+    parameters: Tensors
     updates: tuple[PendingUpdate, ...]
     weights: tuple[float, ...]
     stalenesses: tuple[int, ...]
@@ -78,7 +79,7 @@ class AsyncServer:
     def __init__(
         self,
         config: AggregationConfig,
-        parameters: ModelWeights,
+        parameters: Tensors,
         *,
         version: int = 0,
         optimizer_state: Mapping[str, npt.NDArray[Any]] | None = None,
@@ -108,7 +109,7 @@ class AsyncServer:
         return self._version
 
     @property
-    def parameters(self) -> ModelWeights:
+    def parameters(self) -> Tensors:
         """The newest global parameters (do not modify them)."""
         return self._parameters
 

@@ -18,7 +18,8 @@ import numpy.typing as npt
 
 from aggregator._checks import check_positive, check_unit_interval
 from aggregator.errors import InvalidConfigError, InvalidStateError, ShapeMismatchError
-from aggregator.weights import ModelWeights, check_same_structure
+from aggregator.weights import check_same_structure
+from schemas.tensors import Tensors
 
 Float64Array = npt.NDArray[np.float64]
 
@@ -39,7 +40,7 @@ class ServerOptimizer(ABC):
     def __init__(self, learning_rate: float) -> None:
         self._learning_rate = check_positive("learning_rate", learning_rate)
         self._step_count = 0
-        self._slots: dict[str, ModelWeights] = {}
+        self._slots: dict[str, Tensors] = {}
 
     @property
     @abstractmethod
@@ -71,7 +72,7 @@ class ServerOptimizer(ABC):
     ) -> tuple[Float64Array, dict[str, Float64Array]]:
         """Return the new parameter and new slot values for one parameter array."""
 
-    def step(self, params: ModelWeights, aggregated_delta: ModelWeights) -> ModelWeights:
+    def step(self, params: Tensors, aggregated_delta: Tensors) -> Tensors:
         """Return new parameters after one step on ``g = -aggregated_delta``; inputs are not modified."""
         check_same_structure(params, aggregated_delta)
         slots = self._slots or {
@@ -88,8 +89,8 @@ class ServerOptimizer(ABC):
                 raise ShapeMismatchError(
                     f"optimizer state slot {slot!r} does not fit the parameters: {error}"
                 ) from None
-        new_params: ModelWeights = {}
-        new_slots: dict[str, ModelWeights] = {slot: {} for slot in slots}
+        new_params: Tensors = {}
+        new_slots: dict[str, Tensors] = {slot: {} for slot in slots}
         for key, param in params.items():
             gradient = -np.asarray(aggregated_delta[key], dtype=np.float64)
             current = {slot: np.asarray(slots[slot][key], dtype=np.float64) for slot in slots}
@@ -122,7 +123,7 @@ class ServerOptimizer(ABC):
         step_count = int(step_array)
         if step_count < 0:
             raise InvalidStateError(f"state {STEP_KEY!r} must be >= 0, got {step_count}")
-        slots: dict[str, ModelWeights] = {}
+        slots: dict[str, Tensors] = {}
         for full_key, array in state.items():
             if full_key == STEP_KEY:
                 continue

@@ -11,9 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from aggregator.errors import EmptyBufferError, InvalidConfigError, ShapeMismatchError
-
-ModelWeights = dict[str, npt.NDArray[np.float32]]
-"""Model parameters: parameter name -> float32 array."""
+from schemas.tensors import Tensors
 
 WeightsLike = Mapping[str, npt.NDArray[np.floating]]
 """Read-only input accepted by the helpers: any floating dtype, any mapping."""
@@ -30,26 +28,26 @@ def check_same_structure(a: WeightsLike, b: WeightsLike) -> None:
             raise ShapeMismatchError(f"parameter {key!r} has shape {array.shape} in first and {b[key].shape} in second")
 
 
-def add(a: WeightsLike, b: WeightsLike) -> ModelWeights:
+def add(a: WeightsLike, b: WeightsLike) -> Tensors:
     """Return ``a + b`` elementwise."""
     check_same_structure(a, b)
     return {key: (_as_float64(a[key]) + _as_float64(b[key])).astype(np.float32) for key in a}
 
 
-def subtract(a: WeightsLike, b: WeightsLike) -> ModelWeights:
+def subtract(a: WeightsLike, b: WeightsLike) -> Tensors:
     """Return ``a - b`` elementwise (e.g. a client's delta: local minus global)."""
     check_same_structure(a, b)
     return {key: (_as_float64(a[key]) - _as_float64(b[key])).astype(np.float32) for key in a}
 
 
-def scale(weights: WeightsLike, factor: float) -> ModelWeights:
+def scale(weights: WeightsLike, factor: float) -> Tensors:
     """Return ``factor * weights``."""
     if not math.isfinite(factor):
         raise InvalidConfigError(f"scale factor must be finite, got {factor!r}")
     return {key: (_as_float64(array) * factor).astype(np.float32) for key, array in weights.items()}
 
 
-def weighted_sum(weights_list: Sequence[WeightsLike], coefficients: Sequence[float]) -> ModelWeights:
+def weighted_sum(weights_list: Sequence[WeightsLike], coefficients: Sequence[float]) -> Tensors:
     """Return ``sum_i coefficients[i] * weights_list[i]``, accumulated in float64 in the given order."""
     if not weights_list:
         raise EmptyBufferError("weighted_sum needs at least one set of weights, got an empty list")
@@ -63,7 +61,7 @@ def weighted_sum(weights_list: Sequence[WeightsLike], coefficients: Sequence[flo
     first = weights_list[0]
     for other in weights_list[1:]:
         check_same_structure(first, other)
-    result: ModelWeights = {}
+    result: Tensors = {}
     for key, array in first.items():
         total = np.zeros(array.shape, dtype=np.float64)
         for weights, coefficient in zip(weights_list, coefficients, strict=True):
@@ -83,7 +81,7 @@ def parameter_count(weights: WeightsLike) -> int:
     return sum(int(array.size) for array in weights.values())
 
 
-def zeros_like(weights: WeightsLike) -> ModelWeights:
+def zeros_like(weights: WeightsLike) -> Tensors:
     """Return float32 zeros with the same keys and shapes as ``weights``."""
     return {key: np.zeros(array.shape, dtype=np.float32) for key, array in weights.items()}
 

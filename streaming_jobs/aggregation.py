@@ -11,16 +11,9 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from aggregator import (
-    AggregationConfig,
-    ModelWeights,
-    NewVersion,
-    PrivateServerOptimizer,
-    ServerOptimizer,
-    make_strategy,
-)
+from aggregator import AggregationConfig, NewVersion, PrivateServerOptimizer, ServerOptimizer, make_strategy
 from schemas.rows import ModelVersionRow
-from schemas.tensors import encode_tensors, parameter_hash
+from schemas.tensors import Tensors, encode_tensors, parameter_hash
 from streaming_jobs.global_state import GlobalState
 
 
@@ -77,14 +70,14 @@ def version_rows(
 
 
 def recompute_parameters(
-    parent: ModelWeights,
-    deltas: Sequence[ModelWeights],
+    parent: Tensors,
+    deltas: Sequence[Tensors],
     weights: Sequence[float],
     config: AggregationConfig,
     optimizer: ServerOptimizer,
     *,
     version: int | None = None,
-) -> ModelWeights:
+) -> Tensors:
     """Recompute a version from its parent, its recorded deltas and weights (in recorded order): audits.
 
     Goes through the configured strategy's own ``apply`` (:meth:`aggregator.Strategy.recompute`).

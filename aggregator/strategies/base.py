@@ -29,7 +29,8 @@ from aggregator.errors import (
 )
 from aggregator.server_optimizers import ServerOptimizer
 from aggregator.staleness import StalenessPolicy
-from aggregator.weights import ModelWeights, check_same_structure
+from aggregator.weights import check_same_structure
+from schemas.tensors import Tensors
 
 if TYPE_CHECKING:
     from aggregator.config import AggregationConfig
@@ -56,7 +57,7 @@ class PendingUpdate:
     """
 
     update_id: str
-    delta: ModelWeights
+    delta: Tensors
     base_version: int
     sample_count: int
     received_at: datetime
@@ -85,7 +86,7 @@ class PendingUpdate:
 class AggregationResult:
     """A new global version and its provenance: the updates used, their weights and stalenesses."""
 
-    new_params: ModelWeights
+    new_params: Tensors
     update_ids: tuple[str, ...]
     weights: tuple[float, ...]
     stalenesses: tuple[int, ...]
@@ -127,7 +128,7 @@ class Strategy(ABC):
         """One weight per update, from metadata only (never the deltas' values)."""
 
     def applied_weights(
-        self, deltas: Sequence[ModelWeights], weights: Sequence[float], optimizer: ServerOptimizer
+        self, deltas: Sequence[Tensors], weights: Sequence[float], optimizer: ServerOptimizer
     ) -> list[float]:
         """The weights to record: ``weights`` with anything decided from the deltas folded in (clipping, Krum)."""
         return list(weights)
@@ -135,18 +136,18 @@ class Strategy(ABC):
     @abstractmethod
     def apply(
         self,
-        parameters: ModelWeights,
-        deltas: Sequence[ModelWeights],
+        parameters: Tensors,
+        deltas: Sequence[Tensors],
         weights: Sequence[float],
         optimizer: ServerOptimizer,
         *,
         version: int,
-    ) -> ModelWeights:
+    ) -> Tensors:
         """The new parameters from the deltas and their recorded weights; ``version`` is the one being made."""
 
     def aggregate(
         self,
-        parameters: ModelWeights,
+        parameters: Tensors,
         current_version: int,
         updates: Sequence[PendingUpdate],
         optimizer: ServerOptimizer,
@@ -170,13 +171,13 @@ class Strategy(ABC):
 
     def recompute(
         self,
-        parent: ModelWeights,
-        deltas: Sequence[ModelWeights],
+        parent: Tensors,
+        deltas: Sequence[Tensors],
         weights: Sequence[float],
         optimizer: ServerOptimizer,
         *,
         version: int,
-    ) -> ModelWeights:
+    ) -> Tensors:
         """Recompute a recorded version from its parent, deltas and recorded weights: the audit's path.
 
         ``optimizer`` holds the parent's state; ``version`` is the version being recomputed.
@@ -272,7 +273,7 @@ def check_unique_ids(updates: Sequence[PendingUpdate]) -> None:
         raise InvalidUpdateError(f"update ids appear more than once in the buffer: {duplicates}")
 
 
-def check_deltas(global_params: ModelWeights, updates: Sequence[PendingUpdate]) -> None:
+def check_deltas(global_params: Tensors, updates: Sequence[PendingUpdate]) -> None:
     """Raise ``ShapeMismatchError`` naming the first update whose delta does not fit the global model."""
     for update in updates:
         try:

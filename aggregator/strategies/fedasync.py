@@ -11,7 +11,8 @@ from aggregator.server_optimizers import ServerOptimizer, ServerSGD
 from aggregator.staleness import StalenessPolicy
 from aggregator.strategies.base import AggregationResult, PendingUpdate, Strategy, staleness_of, without_limit
 from aggregator.strategies.registry import register_strategy
-from aggregator.weights import ModelWeights, weighted_sum
+from aggregator.weights import weighted_sum
+from schemas.tensors import Tensors
 
 if TYPE_CHECKING:
     from aggregator.config import AggregationConfig
@@ -61,19 +62,19 @@ class FedAsync(Strategy):
 
     def apply(
         self,
-        parameters: ModelWeights,
-        deltas: Sequence[ModelWeights],
+        parameters: Tensors,
+        deltas: Sequence[Tensors],
         weights: Sequence[float],
         optimizer: ServerOptimizer,
         *,
         version: int,
-    ) -> ModelWeights:
+    ) -> Tensors:
         """``theta + weight * delta``, accumulated in float64."""
         return weighted_sum([parameters, deltas[0]], [1.0, weights[0]])
 
 
 def fedasync_step(
-    global_params: ModelWeights,
+    global_params: Tensors,
     current_version: int,
     update: PendingUpdate,
     mixing: float,

@@ -9,7 +9,8 @@ from aggregator.errors import EmptyBufferError, InvalidConfigError, InvalidStale
 from aggregator.server_optimizers import ServerOptimizer, ServerSGD
 from aggregator.strategies.base import AggregationResult, PendingUpdate, Strategy, check_unique_ids, data_shares
 from aggregator.strategies.registry import register_strategy
-from aggregator.weights import ModelWeights, add, weighted_sum
+from aggregator.weights import add, weighted_sum
+from schemas.tensors import Tensors
 
 if TYPE_CHECKING:
     from aggregator.config import AggregationConfig
@@ -61,19 +62,19 @@ class FedAvg(Strategy):
 
     def apply(
         self,
-        parameters: ModelWeights,
-        deltas: Sequence[ModelWeights],
+        parameters: Tensors,
+        deltas: Sequence[Tensors],
         weights: Sequence[float],
         optimizer: ServerOptimizer,
         *,
         version: int,
-    ) -> ModelWeights:
+    ) -> Tensors:
         """``theta + sum_i w_i * delta_i``."""
         return add(parameters, weighted_sum(list(deltas), list(weights)))
 
 
 def fedavg_step(
-    global_params: ModelWeights, updates: Sequence[PendingUpdate], weight_by_sample_count: bool
+    global_params: Tensors, updates: Sequence[PendingUpdate], weight_by_sample_count: bool
 ) -> AggregationResult:
     """One FedAvg round as a function, at the round's shared base version (every staleness 0)."""
     current_version = max((update.base_version for update in updates), default=0)

@@ -18,7 +18,7 @@ from aggregator.strategies.base import (
 )
 from aggregator.strategies.private import DifferentiallyPrivate
 from aggregator.strategies.registry import register_strategy
-from aggregator.weights import ModelWeights
+from schemas.tensors import Tensors
 
 if TYPE_CHECKING:
     from aggregator.config import AggregationConfig
@@ -54,26 +54,26 @@ class FedBuff(Strategy):
         return aggregation_weights(updates, current_version, self.staleness, self.weight_by_sample_count)
 
     def applied_weights(
-        self, deltas: Sequence[ModelWeights], weights: Sequence[float], optimizer: ServerOptimizer
+        self, deltas: Sequence[Tensors], weights: Sequence[float], optimizer: ServerOptimizer
     ) -> list[float]:
         """The combiner's clip factors and Krum selection folded in (unchanged for the plain average)."""
         return list(weights) if self.combiner.is_default else self.combiner.applied_weights(deltas, weights)
 
     def apply(
         self,
-        parameters: ModelWeights,
-        deltas: Sequence[ModelWeights],
+        parameters: Tensors,
+        deltas: Sequence[Tensors],
         weights: Sequence[float],
         optimizer: ServerOptimizer,
         *,
         version: int,
-    ) -> ModelWeights:
+    ) -> Tensors:
         """One server-optimizer step on the combined delta."""
         return optimizer.step(parameters, self.combiner.combine(deltas, weights))
 
 
 def fedbuff_step(
-    global_params: ModelWeights,
+    global_params: Tensors,
     current_version: int,
     updates: Sequence[PendingUpdate],
     staleness: StalenessPolicy,

@@ -17,7 +17,8 @@ from aggregator.privacy import PrivateServerOptimizer
 from aggregator.robust import clip_factor
 from aggregator.server_optimizers import ServerOptimizer
 from aggregator.strategies.base import PendingUpdate, Strategy
-from aggregator.weights import ModelWeights, l2_norm, weighted_sum
+from aggregator.weights import l2_norm, weighted_sum
+from schemas.tensors import Tensors
 
 if TYPE_CHECKING:
     from aggregator.config import AggregationConfig
@@ -55,7 +56,7 @@ class DifferentiallyPrivate(Strategy):
         return self.inner.weights(updates, current_version)
 
     def applied_weights(
-        self, deltas: Sequence[ModelWeights], weights: Sequence[float], optimizer: ServerOptimizer
+        self, deltas: Sequence[Tensors], weights: Sequence[float], optimizer: ServerOptimizer
     ) -> list[float]:
         """Each weight times the factor that clips its delta to ``min(clip norm, max_update_norm)``."""
         clip_norm = _private(optimizer).clip_norm
@@ -64,25 +65,25 @@ class DifferentiallyPrivate(Strategy):
 
     def apply(
         self,
-        parameters: ModelWeights,
-        deltas: Sequence[ModelWeights],
+        parameters: Tensors,
+        deltas: Sequence[Tensors],
         weights: Sequence[float],
         optimizer: ServerOptimizer,
         *,
         version: int,
-    ) -> ModelWeights:
+    ) -> Tensors:
         """The noised private step from the clip-folded weights (noise seeded by ``version``)."""
         return private_server_step(parameters, deltas, weights, _private(optimizer), version=version)
 
 
 def private_server_step(
-    global_params: ModelWeights,
-    deltas: Sequence[ModelWeights],
+    global_params: Tensors,
+    deltas: Sequence[Tensors],
     applied_weights: Sequence[float],
     optimizer: PrivateServerOptimizer,
     *,
     version: int,
-) -> ModelWeights:
+) -> Tensors:
     """The DP server step from the recorded (clip-folded) weights: sum, seeded noise, step, adapt the clip.
 
     Shared by the step and audits, so a recomputation draws the same noise and the same sum.

@@ -20,14 +20,15 @@ from aggregator import (
 )
 from aggregator.errors import EmptyBufferError, InvalidStalenessError, InvalidUpdateError, ZeroWeightError
 from aggregator.robust import clip_factor
-from aggregator.weights import ModelWeights, add, l2_norm, weighted_sum
+from aggregator.weights import add, l2_norm, weighted_sum
+from schemas.tensors import Tensors
 
-Step = tuple[ModelWeights, tuple[float, ...], tuple[int, ...]]
+Step = tuple[Tensors, tuple[float, ...], tuple[int, ...]]
 """New parameters, recorded weights, stalenesses."""
 
 
 def aggregate(
-    parameters: ModelWeights,
+    parameters: Tensors,
     version: int,
     updates: Sequence[PendingUpdate],
     config: AggregationConfig,
@@ -45,13 +46,13 @@ def aggregate(
 
 
 def recompute_parameters(
-    parent: ModelWeights,
-    deltas: Sequence[ModelWeights],
+    parent: Tensors,
+    deltas: Sequence[Tensors],
     weights: Sequence[float],
     config: AggregationConfig,
     optimizer: ServerOptimizer,
     version: int,
-) -> ModelWeights:
+) -> Tensors:
     if config.strategy == "fedasync":
         return weighted_sum([parent, deltas[0]], [1.0, weights[0]])
     if config.strategy == "fedavg":
@@ -75,7 +76,7 @@ def aggregation_weights(
 
 
 def fedbuff_step(
-    global_params: ModelWeights,
+    global_params: Tensors,
     current_version: int,
     updates: Sequence[PendingUpdate],
     staleness: StalenessPolicy,
@@ -101,13 +102,13 @@ def fedbuff_step(
 
 
 def private_server_step(
-    global_params: ModelWeights,
-    deltas: Sequence[ModelWeights],
+    global_params: Tensors,
+    deltas: Sequence[Tensors],
     applied_weights: Sequence[float],
     optimizer: PrivateServerOptimizer,
     *,
     version: int,
-) -> ModelWeights:
+) -> Tensors:
     clip_norm = optimizer.clip_norm
     unclipped = sum(1 for delta in deltas if l2_norm(delta) <= clip_norm)
     clipped_sum = weighted_sum(list(deltas), list(applied_weights))
@@ -117,14 +118,14 @@ def private_server_step(
 
 
 def fedasync_step(
-    global_params: ModelWeights, current_version: int, update: PendingUpdate, mixing: float, staleness: StalenessPolicy
+    global_params: Tensors, current_version: int, update: PendingUpdate, mixing: float, staleness: StalenessPolicy
 ) -> Step:
     s = _staleness_of(update, current_version)
     weight = mixing * staleness.weight(s)
     return weighted_sum([global_params, update.delta], [1.0, weight]), (weight,), (s,)
 
 
-def fedavg_step(global_params: ModelWeights, updates: Sequence[PendingUpdate], by_count: bool) -> Step:
+def fedavg_step(global_params: Tensors, updates: Sequence[PendingUpdate], by_count: bool) -> Step:
     if len({update.base_version for update in updates}) != 1:
         raise InvalidStalenessError("one shared base_version needed")
     raw = [float(update.sample_count) if by_count else 1.0 for update in updates]

@@ -7,7 +7,6 @@ from hypothesis.extra.numpy import arrays
 from aggregator import (
     InvalidConfigError,
     InvalidStateError,
-    ModelWeights,
     ServerAdagrad,
     ServerAdam,
     ServerOptimizer,
@@ -16,24 +15,25 @@ from aggregator import (
     ShapeMismatchError,
     make_server_optimizer,
 )
+from schemas.tensors import Tensors
 
 # Shared two-element example: theta = [1, 2], delta = [0.1, -0.2], so g = -delta = [-0.1, 0.2], g^2 = [0.01, 0.04].
-THETA: ModelWeights = {"w": np.array([1.0, 2.0], dtype=np.float32)}
-DELTA: ModelWeights = {"w": np.array([0.1, -0.2], dtype=np.float32)}
+THETA: Tensors = {"w": np.array([1.0, 2.0], dtype=np.float32)}
+DELTA: Tensors = {"w": np.array([0.1, -0.2], dtype=np.float32)}
 
 
-def weights(*values: float) -> ModelWeights:
+def weights(*values: float) -> Tensors:
     return {"w": np.array(values, dtype=np.float32)}
 
 
-def assert_weights_close(actual: ModelWeights, expected: ModelWeights, rtol: float = 1e-6) -> None:
+def assert_weights_close(actual: Tensors, expected: Tensors, rtol: float = 1e-6) -> None:
     assert actual.keys() == expected.keys()
     for key in expected:
         assert actual[key].dtype == np.float32
         np.testing.assert_allclose(actual[key], expected[key], rtol=rtol, atol=1e-7)
 
 
-def assert_weights_equal(actual: ModelWeights, expected: ModelWeights) -> None:
+def assert_weights_equal(actual: Tensors, expected: Tensors) -> None:
     assert actual.keys() == expected.keys()
     for key in expected:
         np.testing.assert_array_equal(actual[key], expected[key])
@@ -174,13 +174,13 @@ def all_optimizers() -> list[ServerOptimizer]:
     ]
 
 
-MODEL: ModelWeights = {
+MODEL: Tensors = {
     "layer.weight": np.arange(6, dtype=np.float32).reshape(2, 3) / 10,
     "layer.bias": np.array([0.5, -0.5], dtype=np.float32),
 }
 
 
-def model_delta(seed: int) -> ModelWeights:
+def model_delta(seed: int) -> Tensors:
     rng = np.random.default_rng(seed)
     return {key: rng.normal(0, 0.1, size=value.shape).astype(np.float32) for key, value in MODEL.items()}
 

@@ -11,7 +11,6 @@ from aggregator import (
     InvalidConfigError,
     InvalidStalenessError,
     InvalidUpdateError,
-    ModelWeights,
     NaiveDatetimeError,
     PendingUpdate,
     ServerSGD,
@@ -26,19 +25,20 @@ from aggregator import (
     make_server_optimizer,
     partition_by_staleness,
 )
+from schemas.tensors import Tensors
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 CONSTANT = StalenessPolicy("constant", max_staleness=None)
 SQRT = StalenessPolicy("polynomial", exponent=0.5, max_staleness=None)
 
 
-def weights(*values: float) -> ModelWeights:
+def weights(*values: float) -> Tensors:
     return {"w": np.array(values, dtype=np.float32)}
 
 
 def update(
     update_id: str,
-    delta: ModelWeights,
+    delta: Tensors,
     base_version: int = 0,
     sample_count: int = 1,
 ) -> PendingUpdate:
@@ -51,7 +51,7 @@ def update(
     )
 
 
-def model(seed: int) -> ModelWeights:
+def model(seed: int) -> Tensors:
     rng = np.random.default_rng(seed)
     return {
         "conv.weight": rng.normal(0, 1, size=(3, 2, 2)).astype(np.float32),
@@ -68,7 +68,7 @@ def random_updates(count: int, base_version: int, seed: int) -> list[PendingUpda
     ]
 
 
-def assert_weights_equal(actual: ModelWeights, expected: ModelWeights) -> None:
+def assert_weights_equal(actual: Tensors, expected: Tensors) -> None:
     assert actual.keys() == expected.keys()
     for key in expected:
         np.testing.assert_array_equal(actual[key], expected[key])

@@ -9,7 +9,6 @@ from hypothesis.extra.numpy import arrays
 from aggregator import (
     EmptyBufferError,
     InvalidConfigError,
-    ModelWeights,
     ShapeMismatchError,
     add,
     check_same_structure,
@@ -20,9 +19,10 @@ from aggregator import (
     weighted_sum,
     zeros_like,
 )
+from schemas.tensors import Tensors
 
-A: ModelWeights = {"w": np.array([[1.0, 2.0], [3.0, 4.0]], np.float32), "b": np.array([0.5], np.float32)}
-B: ModelWeights = {"w": np.array([[0.5, 0.5], [-1.0, 2.0]], np.float32), "b": np.array([-0.5], np.float32)}
+A: Tensors = {"w": np.array([[1.0, 2.0], [3.0, 4.0]], np.float32), "b": np.array([0.5], np.float32)}
+B: Tensors = {"w": np.array([[0.5, 0.5], [-1.0, 2.0]], np.float32), "b": np.array([-0.5], np.float32)}
 
 
 def test_add_and_subtract() -> None:

@@ -15,16 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggregator import (
-    AggregationConfig,
-    AsyncServer,
-    ModelWeights,
-    NewVersion,
-    PendingUpdate,
-    PrivateServerOptimizer,
-    make_strategy,
-)
-from schemas.tensors import decode_tensors, encode_tensors, parameter_hash
+from aggregator import AggregationConfig, AsyncServer, NewVersion, PendingUpdate, PrivateServerOptimizer, make_strategy
+from schemas.tensors import Tensors, decode_tensors, encode_tensors, parameter_hash
 from streaming_jobs.aggregation import recompute_parameters
 from tests.unit import legacy_aggregation as legacy
 
@@ -32,7 +24,7 @@ T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 CLIENTS = ("a", "b", "c", "d", "e")
 
 
-def _model(seed: int, scale: float = 1.0) -> ModelWeights:
+def _model(seed: int, scale: float = 1.0) -> Tensors:
     rng = np.random.default_rng(seed)
     return {
         "conv.weight": (scale * rng.normal(size=(3, 2, 2))).astype(np.float32),
@@ -47,7 +39,7 @@ class Arrival:
     client: str
     lag: int
     """How many versions behind the newest the client trained on."""
-    delta: ModelWeights
+    delta: Tensors
     sample_count: int
 
 
@@ -83,7 +75,7 @@ class Made:
     update_ids: tuple[str, ...]
     weights: tuple[float, ...]
     stalenesses: tuple[int, ...]
-    parameters: ModelWeights
+    parameters: Tensors
     optimizer_state: dict[str, np.ndarray]
     epsilon: float | None
 
@@ -163,7 +155,7 @@ CONFIGS = {
 }
 
 
-def _assert_same(expected: ModelWeights | dict[str, np.ndarray], actual: ModelWeights | dict[str, np.ndarray]) -> None:
+def _assert_same(expected: Tensors | dict[str, np.ndarray], actual: Tensors | dict[str, np.ndarray]) -> None:
     assert list(actual) == list(expected)
     for key in expected:
         np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
