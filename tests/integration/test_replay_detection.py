@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.delta_commits import _update_rows, _version_row
 from streaming_jobs.checkpoint_identity import CheckpointIdentity
 from streaming_jobs.intake_limits import IntakeLimits
 from streaming_jobs.settings import JobSettings
 from streaming_jobs.tables import MODEL_VERSIONS, UPDATES, TableLocations
 from streaming_jobs.update_batch import UpdateBatchProcessor
+from tests.rows import update_row, version_row
 
 pytestmark = pytest.mark.stack
 
@@ -36,10 +36,9 @@ def test_only_this_models_rows_of_a_batch_make_it_a_replay(spark, tmp_path: Path
     locations = TableLocations(str(tmp_path / "tables"))
     locations.ensure(spark)
     other = {"model_name": "other-model", "batch_id": BATCH}
-    locations.append(
-        spark, UPDATES, [row.model_copy(update=other) for row in _update_rows(BATCH, 2)], app_id=None, batch_id=None
-    )
-    locations.append(spark, MODEL_VERSIONS, [_version_row(1).model_copy(update=other)], app_id=None, batch_id=None)
+    updates = [update_row(number, **other) for number in range(2)]
+    locations.append(spark, UPDATES, updates, app_id=None, batch_id=None)
+    locations.append(spark, MODEL_VERSIONS, [version_row(1, **other)], app_id=None, batch_id=None)
 
     assert _processor(spark, tmp_path / "tables", "this-model")._tables_written_by(BATCH) == set()
     assert _processor(spark, tmp_path / "tables", "other-model")._tables_written_by(BATCH) == {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -10,6 +10,7 @@ from pyspark.sql.types import StructType
 
 from schemas.rows import ModelVersionRow
 from streaming_jobs.tables import MODEL_VERSIONS, MODEL_VERSIONS_SCHEMA, TableLocations
+from tests.rows import version_row
 
 pytestmark = pytest.mark.stack
 
@@ -18,30 +19,8 @@ OLD_SCHEMA = StructType([field for field in MODEL_VERSIONS_SCHEMA.fields if fiel
 
 
 def _row(version: int, assumption: str | None, exhausted: bool | None) -> ModelVersionRow:
-    return ModelVersionRow(
-        model_name="m",
-        version=version,
-        parent_version=None if version == 0 else version - 1,
-        parent_parameter_hash=None if version == 0 else "b" * 64,
-        created_at=datetime(2025, 3, 1, tzinfo=UTC),
-        parameters=b"",
-        parameter_hash="c" * 64,
-        update_ids=[],
-        update_weights=[],
-        update_staleness=[],
-        staleness_mean=None,
-        staleness_max=None,
-        aggregation_mode="fedbuff",
-        server_optimizer="sgd",
-        optimizer_state=b"",
-        config_json="{}",
-        federated_validation_loss=None,
-        federated_validation_accuracy=None,
-        batch_id=version,
-        epsilon=None if assumption is None else 1.5,
-        epsilon_assumption=assumption,
-        privacy_budget_exhausted=exhausted,
-    )
+    epsilon = None if assumption is None else 1.5
+    return version_row(version, epsilon=epsilon, epsilon_assumption=assumption, privacy_budget_exhausted=exhausted)
 
 
 def _old_table(spark, path: str) -> None:  # type: ignore[no-untyped-def]

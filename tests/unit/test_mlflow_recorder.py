@@ -15,6 +15,7 @@ import pytest
 from schemas.rows import ModelVersionRow
 from streaming_jobs.mlflow_recorder import BackgroundRecorder, MlflowRecorder, registered_version
 from streaming_jobs.settings import JobSettings
+from tests.rows import version_row
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -32,11 +33,9 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _row(version: int) -> ModelVersionRow:
-    return ModelVersionRow(
+    return version_row(
+        version,
         model_name="heart",  # the recorder names runs and registered models by its settings' model
-        version=version,
-        parent_version=version - 1 if version else None,
-        parent_parameter_hash=None,
         created_at=NOW,
         parameters=bytes([version]) * 1000,
         parameter_hash=f"{version:064x}",
@@ -45,16 +44,7 @@ def _row(version: int) -> ModelVersionRow:
         update_staleness=[0],
         staleness_mean=0.0,
         staleness_max=0,
-        aggregation_mode="fedbuff",
-        server_optimizer="sgd",
-        optimizer_state=b"",
-        config_json="{}",
-        federated_validation_loss=None,
         federated_validation_accuracy=0.5,
-        batch_id=version,
-        epsilon=None,
-        epsilon_assumption=None,
-        privacy_budget_exhausted=None,
     )
 
 

@@ -10,35 +10,16 @@ from streaming_jobs.job import JobProgress
 from streaming_jobs.mlflow_recorder import MlflowRecorder
 from streaming_jobs.settings import JobSettings
 from streaming_jobs.update_batch import BatchOutcome
+from tests.rows import version_row
 
 NOW = datetime(2025, 3, 1, tzinfo=UTC)
 REFUSAL = BudgetCheck(budget=8.0, spent=7.5, next_epsilon=8.4, version=12)
 
 
 def _row(version: int, epsilon: float | None, exhausted: bool | None) -> ModelVersionRow:
-    return ModelVersionRow(
-        model_name="m",
-        version=version,
-        parent_version=version - 1,
-        parent_parameter_hash="b" * 64,
-        created_at=NOW,
-        parameters=b"",
-        parameter_hash="c" * 64,
-        update_ids=[],
-        update_weights=[],
-        update_staleness=[],
-        staleness_mean=None,
-        staleness_max=None,
-        aggregation_mode="fedbuff",
-        server_optimizer="sgd",
-        optimizer_state=b"",
-        config_json="{}",
-        federated_validation_loss=None,
-        federated_validation_accuracy=None,
-        batch_id=version,
-        epsilon=epsilon,
-        epsilon_assumption=None if epsilon is None else "no_amplification",
-        privacy_budget_exhausted=exhausted,
+    assumption = None if epsilon is None else "no_amplification"
+    return version_row(
+        version, created_at=NOW, epsilon=epsilon, epsilon_assumption=assumption, privacy_budget_exhausted=exhausted
     )
 
 

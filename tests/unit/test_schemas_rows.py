@@ -24,6 +24,7 @@ from pyspark.sql.types import (
 from schemas import rows
 from schemas.rows import ClientKeyRow, KafkaCoordinates, ModelVersionRow, RejectedUpdateRow, UpdateRow
 from streaming_jobs.tables import ALL_TABLES, TableSpec
+from tests import rows as rows_for_tests
 
 TABLE_IDS = [table.name for table in ALL_TABLES]
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -126,67 +127,16 @@ def test_the_spark_schema_has_no_duplicate_columns(table: TableSpec) -> None:
 
 
 def update_row() -> UpdateRow:
-    return UpdateRow(
-        **KAFKA,
-        update_id="0123456789abcdef0123456789abcdef",
-        client_id="client-007",
-        model_name="har.mlp",
-        base_version=3,
-        sample_count=64,
-        payload_sha256="a" * 64,
-        payload=b"\x00\x01",
-        signature=bytes(64),
-        validation_loss=None,
-        validation_accuracy=0.75,
-        validation_count=10,
-        training_loss=0.5,
-        training_steps=20,
-        client_created_at=NOW,
-        received_at=NOW,
-        batch_id=0,
-    )
+    return rows_for_tests.update_row(7, **KAFKA, model_name="har.mlp", validation_accuracy=0.75, validation_count=10)
 
 
 def rejected_row() -> RejectedUpdateRow:
-    return RejectedUpdateRow(
-        **KAFKA,
-        reason="key_mismatch",
-        detail="key b'x' != client_id 'y'",
-        all_reasons=["key_mismatch"],
-        update_id=None,
-        client_id=None,
-        key=None,
-        raw_value=None,
-        raw_size=0,
-        rejected_at=NOW,
-        batch_id=1,
-    )
+    return rows_for_tests.rejected_row(**KAFKA)
 
 
 def model_version_row() -> ModelVersionRow:
-    return ModelVersionRow(
-        model_name="har.mlp",
-        version=1,
-        parent_version=0,
-        parent_parameter_hash="b" * 64,
-        created_at=NOW,
-        parameters=b"",
-        parameter_hash="c" * 64,
-        update_ids=["0123456789abcdef0123456789abcdef"],
-        update_weights=[1.0],
-        update_staleness=[0],
-        staleness_mean=0.0,
-        staleness_max=0,
-        aggregation_mode="fedbuff",
-        server_optimizer="sgd",
-        optimizer_state=b"",
-        config_json="{}",
-        federated_validation_loss=None,
-        federated_validation_accuracy=None,
-        batch_id=2,
-        epsilon=None,
-        epsilon_assumption=None,
-        privacy_budget_exhausted=None,
+    return rows_for_tests.version_row(
+        1, model_name="har.mlp", update_ids=["0" * 32], update_weights=[1.0], update_staleness=[0], batch_id=2
     )
 
 
