@@ -1,19 +1,25 @@
 """Does the simulator predict the pipeline? ``make demo`` against the simulator at the demo's settings.
 
     .venv/bin/python -m bench.cadence [--buffer-sizes 5 10] [--minutes 3] [--seed 0]
+    .venv/bin/python -m bench.cadence --simulator-only [--updates 230] [--publish-seconds 1.5]
 
 For each FedBuff K it runs the real demo (devices → Kafka → Spark job → Delta → ``fl.models``, HAPT, six
 subjects held out) and reads what it reached: held-out accuracy at the end, versions, accepted updates, and
 the job's median micro-batch time (from its log). Then it runs the simulator over the same clients, model,
 local training and device delays, for the same number of accepted updates, twice:
 
-- "per arrival" (the simulator's default): each update judged the moment it lands, each version seen at once;
-- "job cadence": :class:`fedstream.simulator.JobCadence` with the job's trigger (0.5 s) and the demo's
-  measured time from a batch's start to its versions' publication as the publishing delay, and one training
-  slot with the measured time per local step, since the demo's fleet trains its devices one at a time on one
-  core.
+- "per arrival" (the simulator's default): each update judged the moment it lands, each version seen at once,
+  every device on its own hardware;
+- "job cadence": :class:`simulation.JobCadence` with the job's trigger (0.5 s) and the demo's measured time
+  from a batch's start to its versions' publication as the publishing delay, and the demo's fleet
+  (:data:`simulation.SIMULATED_FLEET`: one thread trains the devices one at a time, with the measured time
+  per local step, and sends their updates; a device reads the newest published version when its training
+  starts).
 
-The time per local step is measured here, on this machine, before the runs. A table goes to stdout.
+The time per local step is measured here, on this machine, before the runs. A table goes to stdout, with the
+simulator's virtual seconds and mean staleness next to its accuracy. ``--simulator-only`` skips the demo and
+simulates ``--updates`` updates per K with ``--publish-seconds`` as the publishing delay: a few minutes of
+CPU instead of the demo's.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import re
 import statistics
 import subprocess
@@ -102,13 +109,19 @@ def _training(settings: DemoSettings) -> Any:
     )
 
 
-def measure_seconds_per_step(clients: dict[str, Any], settings: DemoSettings, samples: int = 4) -> float:
-    """Wall seconds of one local training step of the demo's model and training on this machine."""
+def measure_seconds_per_step(clients: dict[str, Any], settings: DemoSettings, samples: int = 6) -> float:
+    """Wall seconds of one local training step of the demo's model and training on this machine.
+
+    One untimed training first: torch's first call costs several times a warm one, and the demo's devices
+    train warm for all but their first update.
+    """
     from producers.models import build_model, model_weights
     from producers.training import train_locally
 
     model = build_model(MODEL, settings.seed)
     start = model_weights(model)
+    warm_up = next(iter(clients.values()))
+    train_locally(model, warm_up.train_features, warm_up.train_labels, _training(settings), start)
     seconds = steps = 0.0
     for data in list(clients.values())[:samples]:
         began = time.perf_counter()
@@ -116,6 +129,16 @@ def measure_seconds_per_step(clients: dict[str, Any], settings: DemoSettings, sa
         seconds += time.perf_counter() - began
         steps += report.steps
     return seconds / steps
+
+
+@dataclass
+class SimulatorRun:
+    """What one simulator run at the demo's settings reached."""
+
+    accuracy: float
+    versions: int
+    virtual_seconds: float
+    mean_staleness: float
 
 
 def simulate(
@@ -126,11 +149,11 @@ def simulate(
     *,
     cadence: Any,
     seconds_per_step: float,
-) -> tuple[float, int]:
-    """Held-out accuracy and versions of one simulator run at the demo's settings."""
+) -> SimulatorRun:
+    """One simulator run at the demo's settings: per arrival (``cadence=None``) or as the demo's fleet and job."""
     from aggregator import AggregationConfig
-    from fedstream.simulator import NetworkSpeeds, Simulator, StrategyConfig
     from producers.fleet import DeviceSpeeds
+    from simulation import SIMULATED_FLEET, NetworkSpeeds, Simulator, StrategyConfig
 
     aggregation = AggregationConfig.from_dict({**DEFAULT_AGGREGATION, "buffer_size": demo.buffer_size})
     strategy = StrategyConfig(
@@ -146,10 +169,21 @@ def simulate(
         seed=settings.seed,
         cadence=cadence,
         seconds_per_step=seconds_per_step,
-        training_slots=1 if cadence is not None else None,
+        fleet=SIMULATED_FLEET if cadence is not None else None,
     )
     result = simulator.run(max(demo.accepted, 1), eval_every_updates=max(demo.accepted, 1))
-    return result.curve[-1].accuracy, result.versions
+    stalenesses = [staleness for version in result.version_stalenesses for staleness in version]
+    return SimulatorRun(
+        accuracy=result.curve[-1].accuracy,
+        versions=result.versions,
+        virtual_seconds=result.virtual_seconds,
+        mean_staleness=statistics.fmean(stalenesses) if stalenesses else 0.0,
+    )
+
+
+def _percent(fraction: float) -> str:
+    """``fraction`` as a percentage; "-" for no figure (the demo with ``--simulator-only``)."""
+    return "-" if math.isnan(fraction) else f"{fraction:.1%}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,38 +192,64 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--buffer-sizes", type=int, nargs="+", default=[5, 10])
     parser.add_argument("--minutes", type=float, default=3.0, help="how long the demo's devices train")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--simulator-only", action="store_true", help="skip the demo; simulate --updates per K")
+    parser.add_argument("--updates", type=int, default=230, help="with --simulator-only: accepted updates per K")
+    parser.add_argument(
+        "--publish-seconds", type=float, default=1.5, help="with --simulator-only: a batch's start to publication"
+    )
+    parser.add_argument("--seconds-per-step", type=float, default=None, help="default: measured here")
+    parser.add_argument(
+        "--modes", nargs="+", choices=["per-arrival", "job-cadence"], default=["per-arrival", "job-cadence"]
+    )
     args = parser.parse_args(argv)
 
     import torch
 
-    from fedstream.simulator import JobCadence
+    from simulation import JobCadence
 
     torch.set_num_threads(1)
     settings = DemoSettings(seed=args.seed)
     clients, evaluator = _clients_and_evaluator()
-    seconds_per_step = measure_seconds_per_step(clients, settings)
-    print(f"one local training step: {seconds_per_step * 1000:.1f} ms (measured here, one thread)", flush=True)
+    seconds_per_step = args.seconds_per_step or measure_seconds_per_step(clients, settings)
+    print(f"one local training step: {seconds_per_step * 1000:.1f} ms (one thread)", flush=True)
     rows = []
     for buffer_size in args.buffer_sizes:
-        print(f"running the demo with K={buffer_size} for {args.minutes:g} min ...", flush=True)
-        demo = run_demo(buffer_size, args.minutes, args.seed)
+        if args.simulator_only:
+            demo = DemoRun(buffer_size, math.nan, 0, args.updates, args.publish_seconds)
+        else:
+            print(f"running the demo with K={buffer_size} for {args.minutes:g} min ...", flush=True)
+            demo = run_demo(buffer_size, args.minutes, args.seed)
         cadence = JobCadence(trigger_seconds=TRIGGER_SECONDS, publish_seconds=demo.median_batch_seconds)
-        immediate = simulate(clients, evaluator, demo, settings, cadence=None, seconds_per_step=seconds_per_step)
-        batched = simulate(clients, evaluator, demo, settings, cadence=cadence, seconds_per_step=seconds_per_step)
-        rows.append((demo, immediate, batched))
+        runs = {
+            mode: simulate(
+                clients,
+                evaluator,
+                demo,
+                settings,
+                cadence=cadence if mode == "job-cadence" else None,
+                seconds_per_step=seconds_per_step,
+            )
+            for mode in args.modes
+        }
+        rows.append((demo, runs))
         print(
-            f"  K={buffer_size}: demo {demo.accuracy:.1%}, simulator {immediate[0]:.1%} / {batched[0]:.1%}", flush=True
+            f"  K={buffer_size}: demo {_percent(demo.accuracy)}, simulator "
+            + ", ".join(f"{mode} {run.accuracy:.1%}" for mode, run in runs.items()),
+            flush=True,
         )
     print()
     print(
         f"{'K':>3} {'updates':>8} {'batch s':>8} | {'demo acc':>9} {'versions':>8} | "
-        f"{'sim per-arrival':>15} {'versions':>8} | {'sim job cadence':>15} {'versions':>8}"
+        + " | ".join(f"{mode:>12} {'versions':>8} {'v-time s':>8} {'staleness':>9}" for mode in args.modes)
     )
-    for demo, (immediate_accuracy, immediate_versions), (batched_accuracy, batched_versions) in rows:
+    for demo, runs in rows:
         print(
             f"{demo.buffer_size:>3} {demo.accepted:>8} {demo.median_batch_seconds:>8.2f} | "
-            f"{demo.accuracy:>9.1%} {demo.versions:>8} | {immediate_accuracy:>15.1%} {immediate_versions:>8} | "
-            f"{batched_accuracy:>15.1%} {batched_versions:>8}"
+            f"{_percent(demo.accuracy):>9} {demo.versions:>8} | "
+            + " | ".join(
+                f"{run.accuracy:>12.1%} {run.versions:>8} {run.virtual_seconds:>8.1f} {run.mean_staleness:>9.2f}"
+                for run in runs.values()
+            )
         )
     return 0
 

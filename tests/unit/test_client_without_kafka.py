@@ -27,7 +27,7 @@ KAFKA_FREE_MODULES = [
     "producers.personalization",
     "producers.client",
     "producers.fleet",
-    "fedstream.simulator",
+    "simulation",
 ]
 
 

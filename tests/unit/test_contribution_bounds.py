@@ -189,10 +189,10 @@ def test_a_budget_already_spent_at_start_refuses_the_first_version() -> None:
 
 
 def test_the_simulator_bounds_contributions_under_dp_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fedstream.simulator import NetworkSpeeds, Simulator, StrategyConfig
     from producers.client import LocalData
     from producers.fleet import DeviceSpeeds
     from producers.training import LocalTrainingConfig
+    from simulation import NetworkSpeeds, Simulator, StrategyConfig
 
     versions: list[list[str | None]] = []
     real_aggregate = Strategy.aggregate
