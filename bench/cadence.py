@@ -4,9 +4,11 @@
     .venv/bin/python -m bench.cadence --simulator-only [--updates 230] [--publish-seconds 1.5]
 
 For each FedBuff K it runs the real demo (devices → Kafka → Spark job → Delta → ``fl.models``, HAPT, six
-subjects held out) and reads what it reached: held-out accuracy at the end, versions, accepted updates, and
-the job's median micro-batch time (from its log). Then it runs the simulator over the same clients, model,
-local training and device delays, for the same number of accepted updates, twice:
+subjects held out) and reads what it reached: held-out accuracy at the end and over the run's second half
+(mean and standard deviation of the evaluations made once half the updates were in: the global model swings
+by ten points and more from one evaluation to the next, so one final figure says little), versions,
+accepted updates, and the job's median micro-batch time (from its log). Then it runs the simulator over the
+same clients, model, local training and device delays, for the same number of accepted updates, twice:
 
 - "per arrival" (the simulator's default): each update judged the moment it lands, each version seen at once,
   every device on its own hardware;
@@ -16,10 +18,11 @@ local training and device delays, for the same number of accepted updates, twice
   per local step, and sends their updates; a device reads the newest published version when its training
   starts).
 
-The time per local step is measured here, on this machine, before the runs. A table goes to stdout, with the
-simulator's virtual seconds and mean staleness next to its accuracy. ``--simulator-only`` skips the demo and
-simulates ``--updates`` updates per K with ``--publish-seconds`` as the publishing delay: a few minutes of
-CPU instead of the demo's.
+The simulator's model is evaluated every :data:`EVALUATE_EVERY` updates, about as often as the demo's
+(every 5 s), and summarised the same way. The time per local step is measured here, on this machine, before
+the runs. A table goes to stdout, with the simulator's virtual seconds and mean staleness next to its
+accuracy. ``--simulator-only`` skips the demo and simulates ``--updates`` updates per K with
+``--publish-seconds`` as the publishing delay: a few minutes of CPU instead of the demo's.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ TRIGGER_SECONDS = 0.5
 """The job's default trigger interval (``JobSettings.trigger_interval_seconds``), which the demo runs with."""
 PUBLISHED_AFTER = "write_updates"
 """The job publishes a batch's versions before this phase ends; it is not part of the publishing delay."""
+EVALUATE_EVERY = 20
+"""Updates between two evaluations of the simulator's model (the demo evaluates every 5 s, ~20 updates)."""
 _BATCH_SECONDS = re.compile(r"batch \d+: BatchOutcome\(.*?seconds=(\{[^}]*\})")
 
 
@@ -56,6 +61,22 @@ class DemoRun:
     versions: int
     accepted: int
     median_batch_seconds: float
+    second_half: tuple[float, float] = (math.nan, math.nan)
+    """Mean and standard deviation of the held-out accuracy over the run's second half (see the module)."""
+
+
+def second_half(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Mean and standard deviation of the accuracies of ``(updates, accuracy)`` points with at least half the updates.
+
+    >>> second_half([(0, 0.1), (50, 0.5), (100, 0.7), (150, 0.9)])
+    (0.8, 0.1)
+    """
+    final = max((updates for updates, _ in points), default=0)
+    late = [accuracy for updates, accuracy in points if updates >= final / 2 and updates > 0]
+    if not late:
+        return (math.nan, math.nan)
+    spread = statistics.pstdev(late) if len(late) > 1 else 0.0
+    return (round(statistics.fmean(late), 12), round(spread, 12))
 
 
 def run_demo(buffer_size: int, minutes: float, seed: int) -> DemoRun:
@@ -70,7 +91,8 @@ def run_demo(buffer_size: int, minutes: float, seed: int) -> DemoRun:
         raise RuntimeError(f"no run folder in the demo's output:\n{completed.stdout[-2000:]}")
     folder = Path(found.group(1))
     with (folder / "accuracy.csv").open() as handle:
-        last = list(csv.DictReader(handle))[-1]
+        rows = list(csv.DictReader(handle))
+    last = rows[-1]
     status = json.loads((folder / "job-status.json").read_text())
     batch_seconds = [
         sum(seconds for phase, seconds in json.loads(match.replace("'", '"')).items() if phase != PUBLISHED_AFTER)
@@ -83,6 +105,7 @@ def run_demo(buffer_size: int, minutes: float, seed: int) -> DemoRun:
         versions=int(last["version"]),
         accepted=int(status.get("accepted", 0)),
         median_batch_seconds=statistics.median(batch_seconds) if batch_seconds else TRIGGER_SECONDS,
+        second_half=second_half([(int(row["accepted_updates"]), float(row["held_out_accuracy"])) for row in rows]),
     )
 
 
@@ -139,6 +162,7 @@ class SimulatorRun:
     versions: int
     virtual_seconds: float
     mean_staleness: float
+    second_half: tuple[float, float]
 
 
 def simulate(
@@ -171,19 +195,26 @@ def simulate(
         seconds_per_step=seconds_per_step,
         fleet=SIMULATED_FLEET if cadence is not None else None,
     )
-    result = simulator.run(max(demo.accepted, 1), eval_every_updates=max(demo.accepted, 1))
+    result = simulator.run(max(demo.accepted, 1), eval_every_updates=EVALUATE_EVERY)
     stalenesses = [staleness for version in result.version_stalenesses for staleness in version]
     return SimulatorRun(
         accuracy=result.curve[-1].accuracy,
         versions=result.versions,
         virtual_seconds=result.virtual_seconds,
         mean_staleness=statistics.fmean(stalenesses) if stalenesses else 0.0,
+        second_half=second_half([(point.updates, point.accuracy) for point in result.curve]),
     )
 
 
 def _percent(fraction: float) -> str:
     """``fraction`` as a percentage; "-" for no figure (the demo with ``--simulator-only``)."""
     return "-" if math.isnan(fraction) else f"{fraction:.1%}"
+
+
+def _spread(figures: tuple[float, float]) -> str:
+    """``mean ± sd`` in percent, as wide as the table's column."""
+    mean, deviation = figures
+    return f"{'-':>11}" if math.isnan(mean) else f"{mean:.1%}±{deviation * 100:.1f}".rjust(11)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,15 +270,18 @@ def main(argv: list[str] | None = None) -> int:
         )
     print()
     print(
-        f"{'K':>3} {'updates':>8} {'batch s':>8} | {'demo acc':>9} {'versions':>8} | "
-        + " | ".join(f"{mode:>12} {'versions':>8} {'v-time s':>8} {'staleness':>9}" for mode in args.modes)
+        f"{'K':>3} {'updates':>8} {'batch s':>8} | {'demo acc':>9} {'2nd half':>11} {'versions':>8} | "
+        + " | ".join(
+            f"{mode:>12} {'2nd half':>11} {'versions':>8} {'v-time s':>8} {'staleness':>9}" for mode in args.modes
+        )
     )
     for demo, runs in rows:
         print(
             f"{demo.buffer_size:>3} {demo.accepted:>8} {demo.median_batch_seconds:>8.2f} | "
-            f"{_percent(demo.accuracy):>9} {demo.versions:>8} | "
+            f"{_percent(demo.accuracy):>9} {_spread(demo.second_half)} {demo.versions:>8} | "
             + " | ".join(
-                f"{run.accuracy:>12.1%} {run.versions:>8} {run.virtual_seconds:>8.1f} {run.mean_staleness:>9.2f}"
+                f"{run.accuracy:>12.1%} {_spread(run.second_half)} {run.versions:>8} {run.virtual_seconds:>8.1f} "
+                f"{run.mean_staleness:>9.2f}"
                 for run in runs.values()
             )
         )
