@@ -295,6 +295,7 @@ def _job(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
+    from streaming_jobs.initial_model import InvalidInitialModelError
     from streaming_jobs.job import run_job
     from streaming_jobs.settings import JobSettings
 
@@ -323,7 +324,11 @@ def _job(args: argparse.Namespace) -> int:
     if args.signing_key:
         overrides.update(signing_key=None, signing_key_file=args.signing_key)
     settings = JobSettings.model_validate(overrides)
-    run_job(settings, status_file=Path(args.status_file) if args.status_file else None)
+    try:
+        run_job(settings, status_file=Path(args.status_file) if args.status_file else None)
+    except InvalidInitialModelError as error:
+        print(f"fedstream job: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

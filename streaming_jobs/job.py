@@ -23,10 +23,11 @@ from pyspark.sql import functions as F  # noqa: N812
 
 from aggregator import BudgetCheck
 from schemas.rows import ModelVersionRow
-from schemas.tensors import decode_tensors
+from schemas.tensors import Tensors, decode_tensors
 from schemas.topics import UPDATES_TOPIC
 from streaming_jobs.checkpoint_identity import resolve_checkpoint_identity, spark_starting_offsets
 from streaming_jobs.global_state import MissingInitialVersionError, initial_version_row
+from streaming_jobs.initial_model import read_initial_model
 from streaming_jobs.intake_limits import intake_limits
 from streaming_jobs.publisher import VersionPublisher
 from streaming_jobs.settings import JobSettings
@@ -36,18 +37,28 @@ from streaming_jobs.update_batch import BatchOutcome, UpdateBatchProcessor
 logger = logging.getLogger(__name__)
 
 
-def bootstrap_initial_version(spark: SparkSession, settings: JobSettings) -> bool:
-    """Write version 0 from ``settings.initial_model_path`` if the model has no version yet; True if written."""
+def checked_initial_model(settings: JobSettings) -> Tensors | None:
+    """The parameters of ``settings.initial_model_path`` (``None`` without one), checked before Spark starts.
+
+    Raises :class:`~streaming_jobs.initial_model.InvalidInitialModelError` naming what is wrong with the file.
+    """
+    initial = settings.initial_model_file()
+    if initial is None:
+        return None
+    return read_initial_model(initial, max_message_bytes=settings.kafka.max_message_bytes)
+
+
+def bootstrap_initial_version(spark: SparkSession, settings: JobSettings, initial: Tensors | None) -> bool:
+    """Write version 0 from ``initial`` if the model has no version yet; True if written."""
     locations = TableLocations(settings.tables_root, settings.catalog_schema)
     exists = locations.read(spark, MODEL_VERSIONS).where(F.col("model_name") == settings.model_name).limit(1).count()
     if exists:
         return False
-    initial = settings.initial_model_file()
     if initial is None:
         raise MissingInitialVersionError(
             f"model {settings.model_name!r} has no version 0; pass an initial model (--initial-model FILE)"
         )
-    row = initial_version_row(settings.model_name, decode_tensors(initial.read_bytes()), settings.aggregation)
+    row = initial_version_row(settings.model_name, initial, settings.aggregation)
     locations.append(spark, MODEL_VERSIONS, [row], app_id=f"{settings.writer_id}:bootstrap", batch_id=0)
     return True
 
@@ -164,11 +175,11 @@ def run_job(
     from streaming_jobs.spark_session import get_spark
 
     settings = settings.model_copy(update={"aggregation": settings.aggregation.with_secret_dp_seed()})
-
+    initial = checked_initial_model(settings)
     spark = spark or get_spark("fedstream-aggregation-job")
     locations = TableLocations(settings.tables_root, settings.catalog_schema)
     locations.ensure(spark, audit_window_days=settings.audit_window_days)
-    bootstrap_initial_version(spark, settings)
+    bootstrap_initial_version(spark, settings, initial)
     if settings.enrol_public_keys_dir:
         from streaming_jobs.client_registry import enrol_new_keys, public_keys_in
 
