@@ -180,7 +180,7 @@ def _audit(args: argparse.Namespace) -> int:
     elif args.question == "verify":
         result = rows = audit.verify_chain(spark, locations, args.model_name, args.version)
     elif args.question == "client":
-        result = audit.client_activity(spark, locations, args.client_id, args.as_of)
+        result = audit.client_activity(spark, locations, args.client_id, args.as_of, model_name=args.model_name)
         rows = [{"status": status, **row} for status, entries in result.items() for row in entries]
     else:
         result = rows = audit.rejected_summary(spark, locations, args.as_of)

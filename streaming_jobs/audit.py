@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F  # noqa: N812
@@ -126,7 +127,7 @@ def lineage(
             {
                 "version": row.version,
                 "parent_version": row.parent_version,
-                "created_at": row.created_at.isoformat(),
+                "created_at": utc_iso(row.created_at),
                 "parameter_hash": row.parameter_hash,
                 "mode": f"{row.aggregation_mode}/{row.server_optimizer}",
                 "updates": [
@@ -160,12 +161,25 @@ def verify_chain(spark: SparkSession, locations: TableLocations, model_name: str
 
 
 def client_activity(
-    spark: SparkSession, locations: TableLocations, client_id: str, as_of: str | None = None
+    spark: SparkSession,
+    locations: TableLocations,
+    client_id: str,
+    as_of: str | None = None,
+    model_name: str | None = None,
 ) -> dict[str, list[AuditRow]]:
-    """A client's accepted updates (with the version each went into) and its rejected messages."""
+    """A client's accepted updates (with the version each went into) and its rejected messages.
+
+    ``model_name``: only that model's updates and versions (``None``: every model's). Rejected messages
+    carry no trusted model name (they may not even parse), so all of the client's rejections are listed.
+    """
+    versions = read_as_of(spark, locations, MODEL_VERSIONS, as_of)
+    updates = read_as_of(spark, locations, UPDATES, as_of).where(F.col("client_id") == client_id)
+    if model_name is not None:
+        versions = versions.where(F.col("model_name") == model_name)
+        updates = updates.where(F.col("model_name") == model_name)
     placed = {
         update_id: row.version
-        for row in read_as_of(spark, locations, MODEL_VERSIONS, as_of).select("version", "update_ids").collect()
+        for row in versions.select("version", "update_ids").collect()
         for update_id in row.update_ids
     }
     accepted = [
@@ -174,20 +188,17 @@ def client_activity(
             "model_name": row.model_name,
             "base_version": row.base_version,
             "sample_count": row.sample_count,
-            "received_at": row.received_at.isoformat(),
+            "received_at": utc_iso(row.received_at),
             "in_version": placed.get(row.update_id),
         }
-        for row in read_as_of(spark, locations, UPDATES, as_of)
-        .where(F.col("client_id") == client_id)
-        .orderBy("received_at")
-        .collect()
+        for row in updates.orderBy("received_at").collect()
     ]
     rejected = [
         {
             "update_id": row.update_id,
             "reason": row.reason,
             "detail": row.detail,
-            "rejected_at": row.rejected_at.isoformat(),
+            "rejected_at": utc_iso(row.rejected_at),
         }
         for row in read_as_of(spark, locations, REJECTED_UPDATES, as_of)
         .where(F.col("client_id") == client_id)
@@ -209,6 +220,13 @@ def rejected_summary(
         .orderBy(by, "reason")
         .collect()
     )
-    return [
-        {by: row[by].isoformat(), "reason": row.reason, "count": row["count"], "clients": row.clients} for row in rows
-    ]
+    return [{by: utc_iso(row[by]), "reason": row.reason, "count": row["count"], "clients": row.clients} for row in rows]
+
+
+def utc_iso(moment: datetime) -> str:
+    """``moment`` as ISO 8601 in UTC with its offset (``...+00:00``).
+
+    PySpark hands timestamps back as naive datetimes in the Python process's local time, so a naive value is
+    read as local time, which is what it is; an aware one is converted.
+    """
+    return moment.astimezone(UTC).isoformat()

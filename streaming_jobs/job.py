@@ -311,7 +311,8 @@ def _with_population(spark: SparkSession, locations: TableLocations, settings: J
 
 
 def _aware_times(values: dict[str, object]) -> dict[str, object]:
-    return {key: value.replace(tzinfo=UTC) for key, value in values.items() if isinstance(value, datetime)}
+    """Timestamps as aware UTC datetimes: PySpark returns them naive, in the Python process's local time."""
+    return {key: value.astimezone(UTC) for key, value in values.items() if isinstance(value, datetime)}
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
