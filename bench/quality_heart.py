@@ -17,9 +17,9 @@ table and go to the CSVs. "alone" trains on one hospital for ``updates / 4`` epo
 on all four (the mean over the four hospitals' models is reported).
 
 Federated strategies run in the simulator with the cost model of ``bench.quality`` (the same device speeds
-per seed, jitter, uplinks and no per-step charge), 4 clients per synchronous round or training at once, the
-same local training (1 epoch of SGD, lr 0.02, batch 16; FedProx adds mu 0.1) and the same budget of client
-updates (``--updates``, a multiple of 4); "v-time" is the simulator's virtual time. Writes
+per seed, jitter, uplinks, and :data:`SECONDS_PER_STEP` per local step), 4 clients per synchronous round or
+training at once, the same local training (1 epoch of SGD, lr 0.02, batch 16; FedProx adds mu 0.1) and the
+same budget of client updates (``--updates``, a multiple of 4); "v-time" is the simulator's virtual time. Writes
 ``bench/results/quality_heart_runs.csv`` and ``quality_heart_pooled_grid.csv``.
 """
 
@@ -180,8 +180,10 @@ def run_seed(seed: int, updates: int) -> list[HeartRow]:
     rows.append(
         HeartRow("hospital-alone", seed, float(np.mean([a[0] for a in alone])), float(np.mean([a[1] for a in alone])))
     )
-    clients = {
-        name: LocalData(s.train_features, s.train_labels, s.validation_features, s.validation_labels)
+    clients = {  # client ids as the job takes them: "VA Long Beach" -> "va-long-beach"
+        name.lower().replace(" ", "-"): LocalData(
+            s.train_features, s.train_labels, s.validation_features, s.validation_labels
+        )
         for name, s in silos.items()
     }
     training = LocalTrainingConfig(epochs=1, batch_size=BATCH_SIZE, learning_rate=0.02, num_threads=1)

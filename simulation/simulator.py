@@ -29,6 +29,7 @@ would pass it (``SimulationResult.privacy_budget_exhausted``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -38,6 +39,7 @@ from aggregator import AsyncServer, PrivateServerOptimizer
 from producers.client import LocalData
 from producers.fleet import DeviceSpeeds
 from producers.training import Evaluation, LocalTrainingConfig
+from schemas.messages import IDENTIFIER_PATTERN
 from simulation.cadence import PER_ARRIVAL, JobCadence
 from simulation.clients import SimulatedClients, UpdateTransform
 from simulation.devices import DeviceCosts, NetworkSpeeds, update_message_bytes
@@ -77,6 +79,12 @@ class Simulator:
         training is scheduled (one slot, as in the demo: :data:`simulation.fleet.SIMULATED_FLEET`);
         ``None``: every client has its own device and asks again the moment it has sent.
         """
+        invalid = sorted(client_id for client_id in clients if not re.fullmatch(IDENTIFIER_PATTERN, client_id))
+        if invalid:
+            raise ValueError(
+                f"client ids {invalid[:5]} are not ids the job takes: lower-case letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit, at most 64 characters"
+            )
         self.clients = SimulatedClients(model_name, clients, strategy, seed=seed, update_transform=update_transform)
         if strategy.concurrency > len(clients):
             raise ValueError(f"concurrency {strategy.concurrency} exceeds the {len(clients)} clients")

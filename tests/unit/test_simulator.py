@@ -238,6 +238,8 @@ def test_invalid_configuration_is_rejected() -> None:
         )
     with pytest.raises(ValueError, match="at least one client"):
         Simulator(MODEL, {}, _fedbuff(), speeds=EQUAL)
+    with pytest.raises(ValueError, match=r"client ids \['Cleveland'\] are not ids the job takes"):
+        Simulator(MODEL, {**_clients(), "Cleveland": next(iter(_clients().values()))}, _fedbuff(), speeds=EQUAL)
     with pytest.raises(ValueError, match="seconds_per_step"):
         Simulator(MODEL, _clients(), _fedbuff(), speeds=EQUAL, seconds_per_step=-1.0)
     with pytest.raises(ValueError, match="training_slots"):
