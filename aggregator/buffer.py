@@ -42,20 +42,32 @@ def one_per_client(client_ids: Sequence[str | None], limit: int) -> tuple[int, .
 class BufferPolicy:
     """Aggregate once ``buffer_size`` updates are pending, or once the oldest has waited ``max_wait_seconds``.
 
-    The wait limit keeps a quiet fleet from stalling the model; ``None`` disables it.
+    The wait limit keeps a quiet fleet from stalling the model; ``None`` disables it. ``aggregate_bursts``:
+    a micro-batch that brings more than ``buffer_size`` updates makes one version of all of them, at the end of
+    the batch, instead of one version per ``buffer_size`` (each a full server step from updates that were all
+    trained on older versions); ``buffer_size`` is then the least a version takes.
     """
 
-    JSON_KEYS: ClassVar[Mapping[str, str]] = {"buffer_size": "buffer_size", "max_wait_seconds": "max_wait_seconds"}
+    JSON_KEYS: ClassVar[Mapping[str, str]] = {
+        "buffer_size": "buffer_size",
+        "max_wait_seconds": "max_wait_seconds",
+        "aggregate_bursts": "aggregate_bursts",
+    }
     """Each field's key in the aggregation JSON (``config_json``)."""
+    JSON_WHEN_SET: ClassVar[frozenset[str]] = frozenset({"aggregate_bursts"})
+    """Keys written only when they differ from their defaults (so older ``config_json`` keeps its form)."""
 
     buffer_size: int
     max_wait_seconds: float | None = None
+    aggregate_bursts: bool = False
 
     def __post_init__(self) -> None:
         """Validate the fields: ``buffer_size >= 1``, ``max_wait_seconds`` finite and > 0 or ``None``."""
         check_int("buffer_size", self.buffer_size, minimum=1)
         if self.max_wait_seconds is not None:
             check_positive("max_wait_seconds", self.max_wait_seconds)
+        if not isinstance(self.aggregate_bursts, bool):
+            raise InvalidConfigError(f"aggregate_bursts must be a bool, got {self.aggregate_bursts!r}")
 
     def should_aggregate(self, pending_count: int, oldest_received_at: datetime | None, now: datetime) -> bool:
         """Return whether the pending updates should be aggregated now.
@@ -102,6 +114,8 @@ class BufferPolicy:
         """
         if bound_clients:
             chosen = one_per_client(client_ids, self.buffer_size)
+        elif self.aggregate_bursts and len(client_ids) >= self.buffer_size:
+            return tuple(range(len(client_ids)))
         else:
             chosen = tuple(range(min(len(client_ids), self.buffer_size)))
         if not chosen or len(chosen) >= self.buffer_size:

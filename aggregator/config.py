@@ -97,6 +97,11 @@ class AggregationConfig:
                 "would give one client an unbounded share of the average"
             )
         privacy.check_buffer_size(self.buffer.buffer_size)
+        if self.buffer.aggregate_bursts:
+            raise InvalidConfigError(
+                "aggregate_bursts makes versions of more than buffer_size updates, which the privacy accounting "
+                "(one update per client, q = buffer_size / population) does not cover; leave it off with DP"
+            )
 
     @property
     def bounds_contributions(self) -> bool:
@@ -254,9 +259,11 @@ def _section_to_dict(section: Any, *, only_changed: bool = False) -> dict[str, J
     """A policy's fields under their JSON keys; ``only_changed``: only those that differ from the defaults."""
     hints = get_type_hints(type(section))
     data: dict[str, JsonScalar] = {}
+    when_set: frozenset[str] = getattr(section, "JSON_WHEN_SET", frozenset())
     for field in dataclasses.fields(section):
         value = getattr(section, field.name)
-        if only_changed and field.default is not dataclasses.MISSING and value == field.default:
+        unchanged = field.default is not dataclasses.MISSING and value == field.default
+        if unchanged and (only_changed or section.JSON_KEYS[field.name] in when_set):
             continue
         data[section.JSON_KEYS[field.name]] = _as_float(value) if _is_float_field(hints[field.name]) else value
     return data

@@ -5,8 +5,9 @@ order, against the :class:`~aggregator.server.AsyncServer` as it stands when the
 it (an injected check), whether ``created_at`` lies in the replay window of the broker's timestamp, whether
 its id was seen before, whether its tensors fit the model and whether the server's staleness gate admits
 it. An accepted update goes into the server's buffer at once, so a full buffer makes a version before the
-next message is judged and staleness is exact. A message whose judging raises, for whatever reason, becomes
-an ``internal_error`` rejection and the rest go on: one message never stops the step.
+next message is judged and staleness is exact; with the buffer policy's ``aggregate_bursts`` the step makes
+its versions once every message is judged (a burst becomes one version). A message whose judging raises, for
+whatever reason, becomes an ``internal_error`` rejection and the rest go on: one message never stops the step.
 
 Messages carry a ``source`` of the driver's own type (a Spark row, a Kafka record) that comes back with the
 verdict, so the driver writes its rows with the provenance it holds.
@@ -132,12 +133,16 @@ class Intake:
         accepted: list[Accepted[Source, Record]] = []
         rejected: list[Rejected[Source]] = []
         versions: list[NewVersion] = []
+        bursts = self.server.buffer_policy.aggregate_bursts
         for message in messages:
             verdict = self._judge_isolated(message, record, now)
             if isinstance(verdict, Rejected):
                 rejected.append(verdict)
                 continue
             accepted.append(verdict)
+            if not bursts:
+                versions += self.server.ready_versions(now, deadline=False)
+        if bursts:
             versions += self.server.ready_versions(now, deadline=False)
         return IntakeOutcome(tuple(accepted), tuple(rejected), tuple(versions))
 

@@ -79,10 +79,10 @@ def second_half(points: list[tuple[int, float]]) -> tuple[float, float]:
     return (round(statistics.fmean(late), 12), round(spread, 12))
 
 
-def run_demo(buffer_size: int, minutes: float, seed: int) -> DemoRun:
+def run_demo(buffer_size: int, minutes: float, seed: int, *, aggregate_bursts: bool = False) -> DemoRun:
     """Run the demo in its own process and read its run folder."""
     command = [sys.executable, "-m", "fedstream.cli", "demo", "--buffer-size", str(buffer_size)]
-    command += ["--minutes", str(minutes), "--seed", str(seed)]
+    command += ["--minutes", str(minutes), "--seed", str(seed)] + (["--aggregate-bursts"] if aggregate_bursts else [])
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         raise RuntimeError(f"the demo failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
@@ -173,13 +173,16 @@ def simulate(
     *,
     cadence: Any,
     seconds_per_step: float,
+    aggregate_bursts: bool = False,
 ) -> SimulatorRun:
     """One simulator run at the demo's settings: per arrival (``cadence=None``) or as the demo's fleet and job."""
     from aggregator import AggregationConfig
     from producers.fleet import DeviceSpeeds
     from simulation import SIMULATED_FLEET, NetworkSpeeds, Simulator, StrategyConfig
 
-    aggregation = AggregationConfig.from_dict({**DEFAULT_AGGREGATION, "buffer_size": demo.buffer_size})
+    aggregation = AggregationConfig.from_dict(
+        {**DEFAULT_AGGREGATION, "buffer_size": demo.buffer_size, "aggregate_bursts": aggregate_bursts}
+    )
     strategy = StrategyConfig(
         f"fedbuff-k{demo.buffer_size}", aggregation, _training(settings), concurrency=len(clients)
     )
@@ -230,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seconds-per-step", type=float, default=None, help="default: measured here")
     parser.add_argument(
+        "--aggregate-bursts", action="store_true", help="demo and simulator: a burst of more than K is one version"
+    )
+    parser.add_argument(
         "--modes", nargs="+", choices=["per-arrival", "job-cadence"], default=["per-arrival", "job-cadence"]
     )
     args = parser.parse_args(argv)
@@ -249,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             demo = DemoRun(buffer_size, math.nan, 0, args.updates, args.publish_seconds)
         else:
             print(f"running the demo with K={buffer_size} for {args.minutes:g} min ...", flush=True)
-            demo = run_demo(buffer_size, args.minutes, args.seed)
+            demo = run_demo(buffer_size, args.minutes, args.seed, aggregate_bursts=args.aggregate_bursts)
         cadence = JobCadence(trigger_seconds=TRIGGER_SECONDS, publish_seconds=demo.median_batch_seconds)
         runs = {
             mode: simulate(
@@ -259,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                 settings,
                 cadence=cadence if mode == "job-cadence" else None,
                 seconds_per_step=seconds_per_step,
+                aggregate_bursts=args.aggregate_bursts,
             )
             for mode in args.modes
         }

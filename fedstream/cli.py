@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--dp-clip-norm", type=float, default=0.5, help="client-level DP: L2 clip norm C")
     demo.add_argument("--buffer-size", type=int, help="FedBuff K: updates per version (default 10)")
+    demo.add_argument(
+        "--aggregate-bursts", action="store_true", help="a micro-batch of more than K updates makes one version"
+    )
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -240,6 +243,8 @@ def _demo(args: argparse.Namespace) -> int:
     settings = DemoSettings(duration_seconds=60 * args.minutes, seed=args.seed)
     if args.buffer_size is not None:
         settings = dataclasses.replace(settings, aggregation={**settings.aggregation, "buffer_size": args.buffer_size})
+    if args.aggregate_bursts:
+        settings = dataclasses.replace(settings, aggregation={**settings.aggregation, "aggregate_bursts": True})
     if args.dp_noise_multiplier is not None:
         aggregation = private_aggregation(settings, args.dp_noise_multiplier, args.dp_clip_norm)
         settings = dataclasses.replace(settings, aggregation=aggregation)

@@ -181,3 +181,15 @@ def test_privacy_keys_without_a_noise_multiplier_are_refused_not_ignored() -> No
     with pytest.raises(InvalidConfigError, match=r"\['dp_clip_norm'\] need differential privacy on"):
         AggregationConfig.from_dict({"dp_clip_norm": 2.0})
     assert AggregationConfig.from_dict({"dp_noise_multiplier": None}).privacy is None
+
+
+def test_aggregate_bursts_is_written_only_when_on_and_refused_with_privacy() -> None:
+    assert "aggregate_bursts" not in AggregationConfig().to_dict(), "recorded configs keep their old form"
+    bursts = AggregationConfig.from_dict({"aggregate_bursts": True})
+    assert bursts.buffer.aggregate_bursts and bursts.to_dict()["aggregate_bursts"] is True
+    assert AggregationConfig.from_dict(bursts.to_dict()) == bursts
+    with pytest.raises(InvalidConfigError, match="aggregate_bursts must be a bool"):
+        AggregationConfig.from_dict({"aggregate_bursts": "yes"})
+    private = {"dp_noise_multiplier": 1.0, "weight_by_sample_count": False, "aggregate_bursts": True}
+    with pytest.raises(InvalidConfigError, match="leave it off with DP"):
+        AggregationConfig.from_dict(private)

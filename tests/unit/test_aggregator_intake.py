@@ -134,3 +134,25 @@ def test_authenticity_and_the_replay_window_come_first() -> None:
 def test_now_must_be_timezone_aware() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         _intake().step([], _record, now=datetime(2025, 1, 1))
+
+
+def test_with_aggregate_bursts_a_batch_of_more_than_k_updates_makes_one_version_of_them_all() -> None:
+    def run(bursts: bool) -> tuple[list[int], list[int], int]:  # version sizes, stalenesses, rejected
+        config = AggregationConfig.from_dict(
+            {"buffer_size": 2, "max_wait_seconds": None, "max_staleness": 1, "aggregate_bursts": bursts}
+        )
+        intake = Intake(AsyncServer(config, PARAMS), MODEL)
+        outcome = intake.step([_message(index, _decoded(index)) for index in range(5)], _record, now=NOW)
+        stalenesses = [staleness for version in outcome.versions for staleness in version.stalenesses]
+        return [len(version.update_ids) for version in outcome.versions], stalenesses, len(outcome.rejected)
+
+    # one version per K: later updates of the same burst count as staler, the fifth as too stale (limit 1)
+    assert run(bursts=False) == ([2, 2], [0, 0, 1, 1], 1)
+    assert run(bursts=True) == ([5], [0, 0, 0, 0, 0], 0), "the burst is one version, every update fresh"
+
+
+def test_a_burst_smaller_than_k_waits_as_before() -> None:
+    config = AggregationConfig.from_dict({"buffer_size": 4, "max_wait_seconds": None, "aggregate_bursts": True})
+    intake = Intake(AsyncServer(config, PARAMS), MODEL)
+    outcome = intake.step([_message(index, _decoded(index)) for index in range(3)], _record, now=NOW)
+    assert outcome.versions == () and len(intake.server.pending) == 3
