@@ -18,6 +18,9 @@ same clients, model, local training and device delays, for the same number of ac
   per local step, and sends their updates; a device reads the newest published version when its training
   starts).
 
+``--modes cadence-own-devices fleet-per-arrival`` take the job-cadence model apart (:data:`MODES`): the job's
+micro-batches with every device on its own hardware (a real fleet), and the demo's fleet judged per arrival.
+
 The simulator's model is evaluated every :data:`EVALUATE_EVERY` updates, about as often as the demo's
 (every 5 s), and summarised the same way. The time per local step is measured here, on this machine, before
 the runs. A table goes to stdout, with the simulator's virtual seconds and mean staleness next to its
@@ -49,6 +52,14 @@ PUBLISHED_AFTER = "write_updates"
 """The job publishes a batch's versions before this phase ends; it is not part of the publishing delay."""
 EVALUATE_EVERY = 20
 """Updates between two evaluations of the simulator's model (the demo evaluates every 5 s, ~20 updates)."""
+MODES: dict[str, tuple[bool, bool]] = {
+    "per-arrival": (False, False),
+    "job-cadence": (True, True),
+    "cadence-own-devices": (True, False),
+    "fleet-per-arrival": (False, True),
+}
+"""Simulator modes: (the job's micro-batch cadence?, the demo's one-thread fleet?). The last two take the
+job-cadence model apart: which of its two parts makes a run differ from per arrival."""
 _BATCH_SECONDS = re.compile(r"batch \d+: BatchOutcome\(.*?seconds=(\{[^}]*\})")
 
 
@@ -174,8 +185,13 @@ def simulate(
     cadence: Any,
     seconds_per_step: float,
     aggregate_bursts: bool = False,
+    demo_fleet: bool = False,
 ) -> SimulatorRun:
-    """One simulator run at the demo's settings: per arrival (``cadence=None``) or as the demo's fleet and job."""
+    """One simulator run at the demo's settings.
+
+    ``cadence``: the job's micro-batches (``None``: each update judged on arrival); ``demo_fleet``: the demo's
+    one-thread fleet (:data:`simulation.SIMULATED_FLEET`) instead of every device on its own hardware.
+    """
     from aggregator import AggregationConfig
     from producers.fleet import DeviceSpeeds
     from simulation import SIMULATED_FLEET, NetworkSpeeds, Simulator, StrategyConfig
@@ -196,7 +212,7 @@ def simulate(
         seed=settings.seed,
         cadence=cadence,
         seconds_per_step=seconds_per_step,
-        fleet=SIMULATED_FLEET if cadence is not None else None,
+        fleet=SIMULATED_FLEET if demo_fleet else None,
     )
     result = simulator.run(max(demo.accepted, 1), eval_every_updates=EVALUATE_EVERY)
     stalenesses = [staleness for version in result.version_stalenesses for staleness in version]
@@ -235,9 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--aggregate-bursts", action="store_true", help="demo and simulator: a burst of more than K is one version"
     )
-    parser.add_argument(
-        "--modes", nargs="+", choices=["per-arrival", "job-cadence"], default=["per-arrival", "job-cadence"]
-    )
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=["per-arrival", "job-cadence"])
     args = parser.parse_args(argv)
 
     import torch
@@ -263,9 +277,10 @@ def main(argv: list[str] | None = None) -> int:
                 evaluator,
                 demo,
                 settings,
-                cadence=cadence if mode == "job-cadence" else None,
+                cadence=cadence if MODES[mode][0] else None,
                 seconds_per_step=seconds_per_step,
                 aggregate_bursts=args.aggregate_bursts,
+                demo_fleet=MODES[mode][1],
             )
             for mode in args.modes
         }
@@ -279,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'K':>3} {'updates':>8} {'batch s':>8} | {'demo acc':>9} {'2nd half':>11} {'versions':>8} | "
         + " | ".join(
-            f"{mode:>12} {'2nd half':>11} {'versions':>8} {'v-time s':>8} {'staleness':>9}" for mode in args.modes
+            f"{mode:>19} {'2nd half':>11} {'versions':>8} {'v-time s':>8} {'staleness':>9}" for mode in args.modes
         )
     )
     for demo, runs in rows:
@@ -287,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{demo.buffer_size:>3} {demo.accepted:>8} {demo.median_batch_seconds:>8.2f} | "
             f"{_percent(demo.accuracy):>9} {_spread(demo.second_half)} {demo.versions:>8} | "
             + " | ".join(
-                f"{run.accuracy:>12.1%} {_spread(run.second_half)} {run.versions:>8} {run.virtual_seconds:>8.1f} "
+                f"{run.accuracy:>19.1%} {_spread(run.second_half)} {run.versions:>8} {run.virtual_seconds:>8.1f} "
                 f"{run.mean_staleness:>9.2f}"
                 for run in runs.values()
             )
