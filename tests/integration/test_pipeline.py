@@ -212,10 +212,6 @@ def test_updates_become_consecutive_reproducible_versions_across_a_crash(
     assert sorted(row["reason"] for row in activity["rejected"]) == ["non_finite", "shape_mismatch", "unknown_model"]
     assert activity["accepted"] == []
     assert all(row["rejected_at"].endswith("+00:00") for row in activity["rejected"]), "audit times name UTC"
-    replayer = _audit(job, model, "client", "client-2")
-    assert header.update_id in [row["update_id"] for row in replayer["accepted"]]
-    assert all(row["in_version"] is not None and row["model_name"] == model for row in replayer["accepted"])
-    assert _audit(job, "someone-elses-model", "client", "client-2")["accepted"] == [], "--model-name filters"
 
 
 def _audit(job: JobProcess, model: str, *question: str):  # type: ignore[no-untyped-def]
