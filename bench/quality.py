@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from bench.tuning import GridPoint, describe_choices, tune_rate_and_epochs
+from bench.tuning import GridPoint, describe_choices, tune_rate_and_epochs, write_grid_csv
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
@@ -458,15 +458,12 @@ def write_csvs(rows: Sequence[RunRow], summary: Sequence[dict[str, Any]], out: P
         for r in rows:
             for seconds, updates, accuracy in r.curve:
                 writer.writerow([r.strategy, r.seed, f"{seconds:.2f}", updates, accuracy])
-    with (out / "quality_hapt_centralized_grid.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["seed", "learning_rate", "epochs", "validation_accuracy", "validation_loss", "chosen"])
-        for r in rows:
-            for point in r.grid:
-                writer.writerow(
-                    [r.seed, point.learning_rate, point.epochs, point.validation_score, point.validation_loss,
-                     point == r.tuned]
-                )  # fmt: skip
+    write_grid_csv(
+        out / "quality_hapt_centralized_grid.csv",
+        ((r.seed, r.grid, r.tuned) for r in rows),
+        "validation_accuracy",
+        "validation_loss",
+    )
     with (out / "quality_hapt_summary.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(list(summary[0]))

@@ -40,7 +40,7 @@ import numpy.typing as npt
 import torch
 
 from bench.quality import JITTER_SIGMA, RESULTS
-from bench.tuning import GridPoint, describe_choices, stratified_folds, tune_rate_and_epochs
+from bench.tuning import GridPoint, describe_choices, stratified_folds, tune_rate_and_epochs, write_grid_csv
 
 MODEL = "heart-mlp"
 CONCURRENCY = 4
@@ -262,15 +262,12 @@ def summarize(rows: Sequence[HeartRow], out: Path) -> None:
                 [row.setting, row.seed, row.pooled_auc, row.mean_hospital_auc, row.updates, row.virtual_seconds,
                  *tuned]
             )  # fmt: skip
-    with (out / "quality_heart_pooled_grid.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["seed", "learning_rate", "epochs", "cross_validation_auc", "cross_validation_loss", "chosen"])
-        for row in rows:
-            for point in row.grid:
-                writer.writerow(
-                    [row.seed, point.learning_rate, point.epochs, point.validation_score, point.validation_loss,
-                     point == row.tuned]
-                )  # fmt: skip
+    write_grid_csv(
+        out / "quality_heart_pooled_grid.csv",
+        ((row.seed, row.grid, row.tuned) for row in rows),
+        "cross_validation_auc",
+        "cross_validation_loss",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

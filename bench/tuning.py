@@ -13,9 +13,11 @@ It must never look at the data the benchmark reports on. Everything here is pure
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Generic, TypeVar
 
 Snapshot = TypeVar("Snapshot")
@@ -28,6 +30,7 @@ __all__ = [
     "stop_early",
     "stratified_folds",
     "tune_rate_and_epochs",
+    "write_grid_csv",
 ]
 
 
@@ -152,3 +155,21 @@ def stratified_folds(labels: Sequence[int], folds: int, seed: int) -> list[tuple
         ([int(p) for p in np.flatnonzero(fold_of != fold)], [int(p) for p in np.flatnonzero(fold_of == fold)])
         for fold in range(folds)
     ]
+
+
+def write_grid_csv(
+    path: Path, grids: Iterable[tuple[int, Sequence[GridPoint], GridPoint | None]], score: str, loss: str
+) -> None:
+    """Every grid point of every seed as CSV, ``chosen`` marking each seed's pick; ``score``/``loss``: column names.
+
+    ``grids``: ``(seed, points, chosen point)`` per seed.
+    """
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["seed", "learning_rate", "epochs", score, loss, "chosen"])
+        for seed, points, chosen in grids:
+            for point in points:
+                writer.writerow(
+                    [seed, point.learning_rate, point.epochs, point.validation_score, point.validation_loss,
+                     point == chosen]
+                )  # fmt: skip

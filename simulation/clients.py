@@ -6,6 +6,7 @@ It drives the same client code as a device (``producers.training.train_locally``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -71,17 +72,8 @@ class SimulatedClients:
         count = self.update_counts[client]
         self.update_counts[client] += 1
         config = self.strategy.training
-        training = LocalTrainingConfig(
-            epochs=config.epochs,
-            max_steps=config.max_steps,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            optimizer=config.optimizer,
-            momentum=config.momentum,
-            proximal_mu=config.proximal_mu,
-            seed=(config.seed * 1_000_003 + self.seed * 10_007 + client * 101 + count) % (2**31),
-            num_threads=config.num_threads,
-        )
+        seed = (config.seed * 1_000_003 + self.seed * 10_007 + client * 101 + count) % (2**31)
+        training = dataclasses.replace(config, seed=seed)
         start = merge_weights(base, self.personal[client])
         load_model_weights(self.model, start)
         report = train_locally(self.model, data.train_features, data.train_labels, training, start)
