@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from streaming_jobs.settings import JobSettings
     from streaming_jobs.tables import TableLocations
 
 
@@ -78,6 +79,15 @@ def _parser() -> argparse.ArgumentParser:
         question.add_argument("--as-of", help="read the tables as of a Delta version number or a timestamp")
         question.add_argument("--json", action="store_true", help="print JSON instead of a table")
         question.set_defaults(handler=_audit, question=name)
+
+    export = commands.add_parser("export", help="write a global version as a TorchScript or ONNX file")
+    export.add_argument("version", type=int)
+    export.add_argument("--model-name", default="har-cnn")
+    export.add_argument("--format", choices=["torchscript", "onnx"], required=True)
+    export.add_argument("--out", required=True, help="the file to write")
+    export.add_argument("--tables-root", help="folder of the Delta tables (default: <state>/tables)")
+    export.add_argument("--architecture", help="a producers.models architecture name (default: the model name)")
+    export.set_defaults(handler=_export)
 
     workspace = commands.add_parser("databricks", help="Unity Catalog set-up printed as SQL for a workspace")
     workspace_commands = workspace.add_subparsers(title="actions", required=True)
@@ -196,6 +206,22 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedstream.export import export_model, read_version_parameters
+
+    spark, locations = _tables(args)
+    try:
+        parameters = read_version_parameters(spark, locations, args.model_name, args.version)
+        path = export_model(parameters, args.architecture or args.model_name, args.format, Path(args.out))
+    except (LookupError, ValueError, ImportError) as error:
+        print(f"fedstream export: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote version {args.version} of {args.model_name} as {args.format} to {path}")
+    return 0
+
+
 def _print_table(rows: list[dict[str, object]]) -> None:
     if not rows:
         print("(nothing)")
@@ -281,6 +307,7 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--register-every", type=int, default=10)
     parser.add_argument("--experiment", default="fedstream", help="MLflow experiment name")
+    parser.add_argument("--model-architecture", help="architecture name: register servable MLflow models (torch)")
     parser.add_argument("--enrol-public-keys", help="folder of <client_id>.pub files to enrol at start")
     parser.add_argument("--registry-refresh-seconds", type=float, default=10.0, help="how often keys are re-read")
     parser.add_argument(
@@ -295,18 +322,12 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _job(args: argparse.Namespace) -> int:
+def job_settings(args: argparse.Namespace) -> JobSettings:
+    """The settings ``fedstream job`` runs with, from its parsed arguments (see :func:`parse_job_arguments`)."""
     import json
-    import logging
-    from pathlib import Path
 
-    from streaming_jobs.initial_model import InvalidInitialModelError
-    from streaming_jobs.job import run_job
     from streaming_jobs.settings import JobSettings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("kafka", "py4j", "mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     overrides = {
         "model_name": args.model_name,
         "initial_model_path": args.initial_model,
@@ -318,6 +339,7 @@ def _job(args: argparse.Namespace) -> int:
         "audit_window_days": args.audit_window_days,
         "register_every": args.register_every,
         "mlflow_experiment": args.experiment,
+        "model_architecture": args.model_architecture,
         "enrol_public_keys_dir": args.enrol_public_keys,
         "require_signatures": not args.allow_unsigned,
         "registry_refresh_seconds": args.registry_refresh_seconds,
@@ -328,7 +350,25 @@ def _job(args: argparse.Namespace) -> int:
         overrides["checkpoint_location"] = args.checkpoint
     if args.signing_key:
         overrides.update(signing_key=None, signing_key_file=args.signing_key)
-    settings = JobSettings.model_validate(overrides)
+    return JobSettings.model_validate(overrides)
+
+
+def parse_job_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """``fedstream job``'s arguments parsed as the command parses them (``argv`` without ``job``)."""
+    return _parser().parse_args(["job", *argv])
+
+
+def _job(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from streaming_jobs.initial_model import InvalidInitialModelError
+    from streaming_jobs.job import run_job
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "py4j", "mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = job_settings(args)
     try:
         run_job(settings, status_file=Path(args.status_file) if args.status_file else None)
     except InvalidInitialModelError as error:

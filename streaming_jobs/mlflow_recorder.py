@@ -10,10 +10,15 @@ thread, so a slow or unreachable tracking server never holds a micro-batch, and 
   the newest one registered, and logs every newer version from ``model_versions`` (:meth:`backfill`).
 
 Parameters (hundreds of KB per version) are kept in the queue only for versions that will be registered.
+
+A registered version is an MLflow model (``mlflow.pyfunc.load_model("models:/NAME/N")`` predicts with it) when the
+settings name the model's architecture (``model_architecture``); otherwise it is the bare safetensors file of its
+parameters, which no serving endpoint can load. torch is imported only to register such a model.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import queue
 import tempfile
@@ -21,6 +26,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from aggregator import BudgetCheck
 from schemas.rows import ModelVersionRow
@@ -55,6 +63,12 @@ class MlflowRecorder:
         self.client.log_dict(self.run_id, config, "aggregation_config.json")
         for key, value in config.items():
             self.client.log_param(self.run_id, key, value)
+        if settings.register_every and settings.model_architecture is None:
+            logger.warning(
+                "MLflow: registered versions of %s are bare safetensors files that no serving endpoint can load "
+                "(and a Unity Catalog registry refuses); give the job --model-architecture to register MLflow models",
+                settings.registered_model_name,
+            )
 
     def newest_logged_version(self) -> int | None:
         """The highest ``global_version`` any run of this model has logged, None when none has."""
@@ -123,23 +137,77 @@ class MlflowRecorder:
         self.client.set_tag(self.run_id, "privacy_budget_exhausted", check.describe())
 
     def register(self, row: ModelVersionRow) -> None:
-        """Log ``row``'s parameters as an artifact and make them a version of the registered model."""
+        """Make ``row`` a version of the registered model: an MLflow model, else its parameters as an artifact.
+
+        The model version carries the lineage as tags: ``global_version``, ``parameter_hash``,
+        ``fedstream_version`` and, for a private model, ``epsilon`` and ``epsilon_assumption``.
+        """
         name = self.settings.registered_model_name
+        try:
+            self.client.get_registered_model(name)
+        except Exception:  # MLflow raises a generic MlflowException when it is missing
+            self.client.create_registered_model(name)
+        tags = lineage_tags(row)
+        logged = self._log_model(row) if self.settings.model_architecture is not None else None
+        if logged is None:
+            source, model_id = self._log_parameters(row), None
+        else:
+            source, model_id = logged
+            tags["architecture"] = str(self.settings.model_architecture)
+        self.client.create_model_version(name, source=source, run_id=self.run_id, tags=tags, model_id=model_id)
+
+    def _log_parameters(self, row: ModelVersionRow) -> str:
+        """Log ``row``'s safetensors parameters as a run artifact; returns its folder's URI."""
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"{row.model_name}-v{row.version}.safetensors"
             path.write_bytes(bytes(row.parameters))
             self.client.log_artifact(self.run_id, str(path), artifact_path=f"versions/v{row.version}")
         run = self.client.get_run(self.run_id)
+        return f"{run.info.artifact_uri}/versions/v{row.version}"
+
+    def _log_model(self, row: ModelVersionRow) -> tuple[str, str] | None:
+        """Log ``row`` as an MLflow pytorch model of this run; its URI and id, None when the parameters do not fit.
+
+        Saved with ``torch.export`` (``pt2``: no pickle, and no fedstream code needed to load it), with a
+        signature and an input example of the architecture's input shape, batch dimension free.
+        """
+        import mlflow.pytorch
+        import torch
+
+        from fedstream.export import build_module, example_input
+
+        architecture = str(self.settings.model_architecture)
         try:
-            self.client.get_registered_model(name)
-        except Exception:  # MLflow raises a generic MlflowException when it is missing
-            self.client.create_registered_model(name)
-        self.client.create_model_version(
-            name,
-            source=f"{run.info.artifact_uri}/versions/v{row.version}",
-            run_id=self.run_id,
-            tags={"global_version": str(row.version), "parameter_hash": row.parameter_hash},
+            module = build_module(architecture, bytes(row.parameters))
+        except ValueError:
+            # Retrying cannot help (the background worker would retry forever): register the parameters instead.
+            logger.exception(
+                "MLflow: version %d does not fit architecture %r; registering its parameters only",
+                row.version,
+                architecture,
+            )
+            return None
+        example = example_input(architecture)
+        with torch.no_grad():
+            output = module(torch.from_numpy(example)).numpy()
+        logged = self.client.create_logged_model(
+            self.experiment_id,
+            name=f"{row.model_name}-v{row.version}",
+            source_run_id=self.run_id,
+            tags={**lineage_tags(row), "architecture": architecture},
         )
+        info = mlflow.pytorch.log_model(
+            module,
+            model_id=logged.model_id,
+            run_id=self.run_id,
+            step=row.version,
+            signature=_tensor_signature(example, output),
+            input_example=example,
+            serialization_format="pt2",
+            # Listed, not inferred: inference loads the model in a subprocess; a local build tag (+cu132) is no pin.
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+        return info.model_uri, logged.model_id
 
     def close(self) -> None:
         """End the run."""
@@ -263,6 +331,37 @@ class BackgroundRecorder:
 def registered_version(version: int, register_every: int) -> bool:
     """Whether ``version`` goes to the model registry: every ``register_every``-th (never when 0)."""
     return bool(register_every) and version % register_every == 0
+
+
+def lineage_tags(row: ModelVersionRow) -> dict[str, str]:
+    """Tags of ``row``'s registered model version: where it comes from, and its privacy when it has any."""
+    tags = {
+        "global_version": str(row.version),
+        "parameter_hash": row.parameter_hash,
+        "fedstream_version": _fedstream_version(),
+    }
+    if row.epsilon is not None:
+        tags["epsilon"] = repr(row.epsilon)
+        tags["epsilon_assumption"] = row.epsilon_assumption or ""
+    return tags
+
+
+def _fedstream_version() -> str:
+    try:
+        return importlib.metadata.version("fedstream")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def _tensor_signature(example: np.ndarray, output: np.ndarray) -> Any:
+    """An MLflow signature of one float32 tensor in and one out, with the batch dimension free (-1)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *output.shape[1:]))]),
+    )
 
 
 def _without_parameters(row: ModelVersionRow) -> ModelVersionRow:

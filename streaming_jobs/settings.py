@@ -91,6 +91,10 @@ class JobSettings(BaseModel):
     trigger_interval_seconds: float = Field(default=0.5, ge=0)
     register_every: int = Field(default=10, ge=0)
     """Register the global model in the MLflow registry every N versions (0: never)."""
+    model_architecture: str | None = None
+    """The model's architecture (a ``producers.models.build_model`` name): each registered version is then an
+    MLflow model (signature, input example) that ``mlflow.pyfunc`` and serving endpoints load. None: a registered
+    version is the bare safetensors file of its parameters, which nothing can serve. Needs torch when set."""
     mlflow_experiment: str = "fedstream"
     writer_id: Identifier = "fedstream-aggregation-job"
     """Delta ``txnAppId`` prefix: identifies this job's writes so replays are skipped. Each checkpoint adds an
@@ -118,6 +122,18 @@ class JobSettings(BaseModel):
         if isinstance(value, dict):
             return AggregationConfig.from_dict(value)
         return value
+
+    @field_validator("model_architecture")
+    @classmethod
+    def _known_architecture(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from fedstream.export import check_architecture  # imports torch: only for a job that names an architecture
+
+        try:
+            return check_architecture(value)
+        except ImportError as error:
+            raise ValueError(str(error)) from error
 
     @model_validator(mode="after")
     def _one_signing_key(self) -> JobSettings:

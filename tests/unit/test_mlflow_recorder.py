@@ -5,11 +5,15 @@ These run against a real MLflow store (SQLite in a temporary folder), not a fake
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from schemas.rows import ModelVersionRow
@@ -139,3 +143,101 @@ def test_a_restart_backfills_what_a_crash_left_unrecorded(mlflow_store: str) -> 
     assert asked == [(3, 2)]
     assert _steps("crashed") == list(range(9)), "each step logged exactly once across the two runs"
     assert _registered(settings) == [0, 2, 4, 6, 8]
+
+
+def _servable_row(version: int, seed: int, **overrides: object) -> ModelVersionRow:
+    """Version ``version`` holding real har-cnn parameters (those ``build_model`` makes from ``seed``)."""
+    from producers.models import build_model, model_weights
+    from schemas.tensors import encode_tensors, parameter_hash
+
+    weights = model_weights(build_model("har-cnn", seed=seed))
+    fields: dict[str, object] = {"parameters": encode_tensors(weights), "parameter_hash": parameter_hash(weights)}
+    return _row(version).model_copy(update={**fields, **overrides})
+
+
+def _logits(seed: int, windows: np.ndarray) -> np.ndarray:
+    import torch
+
+    from producers.models import build_model
+
+    with torch.no_grad():
+        result: np.ndarray = build_model("har-cnn", seed=seed).eval()(torch.from_numpy(windows)).numpy()
+    return result
+
+
+def test_with_an_architecture_a_registered_version_is_a_model_pyfunc_serves(mlflow_store: str) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    settings = JobSettings(
+        model_name="servable", mlflow_experiment="servable", register_every=2, model_architecture="har-cnn"
+    )
+    recorder = MlflowRecorder(settings)
+    row = _servable_row(4, seed=21, epsilon=1.25, epsilon_assumption="no_amplification")
+    recorder.record([row])  # metrics, then the registration (4 is due)
+    recorder.close()
+
+    uri = f"models:/{settings.registered_model_name}/1"
+    windows = np.random.default_rng(3).standard_normal((7, 6, 128)).astype(np.float32)  # not the example's batch
+    predicted = mlflow.pyfunc.load_model(uri).predict(windows)
+    # 1e-5 absolute plus 1e-4 relative on float32 logits: torch.export may reorder a convolution's sums
+    np.testing.assert_allclose(predicted, _logits(21, windows), atol=1e-5, rtol=1e-4)
+    assert not np.allclose(predicted, _logits(0, windows)), "the model holds the version's parameters"
+
+    version = MlflowClient().get_model_version(settings.registered_model_name, "1")
+    assert version.tags == {
+        "global_version": "4",
+        "parameter_hash": row.parameter_hash,
+        "fedstream_version": importlib.metadata.version("fedstream"),
+        "epsilon": "1.25",
+        "epsilon_assumption": "no_amplification",
+        "architecture": "har-cnn",
+    }
+    assert version.run_id == recorder.run_id
+    info = mlflow.models.get_model_info(uri)
+    assert info.signature is not None
+    assert [spec.shape for spec in info.signature.inputs.inputs] == [(-1, 6, 128)]
+    assert [spec.shape for spec in info.signature.outputs.inputs] == [(-1, 6)]
+    assert info.saved_input_example_info is not None
+
+
+def test_without_an_architecture_the_parameters_are_registered_as_before(
+    mlflow_store: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    settings = _settings("bare")
+    with caplog.at_level(logging.WARNING, logger="streaming_jobs.mlflow_recorder"):
+        recorder = MlflowRecorder(settings)
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "--model-architecture" in warnings[0]
+    row = _row(2)
+    recorder.register(row)
+    recorder.close()
+
+    client = MlflowClient()
+    version = client.get_model_version(settings.registered_model_name, "1")
+    assert version.source.endswith("/versions/v2")
+    assert version.tags["global_version"] == "2"
+    assert version.tags["parameter_hash"] == row.parameter_hash
+    assert "epsilon" not in version.tags  # the version is not private
+    folder = Path(client.download_artifacts(recorder.run_id, "versions/v2", str(tmp_path)))
+    assert [path.name for path in folder.iterdir()] == [f"{row.model_name}-v2.safetensors"]
+    assert (folder / f"{row.model_name}-v2.safetensors").read_bytes() == row.parameters
+
+
+def test_parameters_that_do_not_fit_the_architecture_are_registered_instead_of_retried(mlflow_store: str) -> None:
+    settings = JobSettings(
+        model_name="misfit", mlflow_experiment="misfit", register_every=2, model_architecture="har-cnn"
+    )
+    recorder = BackgroundRecorder(lambda: MlflowRecorder(settings), register_every=2, retry_seconds=0.01)
+    recorder.submit([_row(2)])  # not har-cnn parameters: bytes no architecture can load
+    recorder.submit([_servable_row(4, seed=1)])
+    recorder.close(timeout_seconds=120)
+    assert _registered(settings) == [2, 4], "the misfit neither blocks the queue nor is lost"
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient().search_model_versions(f"name = '{settings.registered_model_name}'")
+    servable = {int(version.tags["global_version"]): "architecture" in version.tags for version in found}
+    assert servable == {2: False, 4: True}
