@@ -23,7 +23,7 @@ from schemas.tensors import encode_tensors
 from schemas.topics import UPDATES_TOPIC
 from streaming_jobs.tables import REJECTED_UPDATES, UPDATES, TableLocations
 from tests.conftest import RunningStack
-from tests.integration.job_process import test_job, wait_until
+from tests.integration.job_process import test_job_thread, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -119,7 +119,7 @@ def test_every_fuzzed_message_is_accepted_or_rejected_with_a_reason_exactly_once
     keys = folder / "keys"
     keys.mkdir()
     (keys / f"{DEVICE.client_id}.pub").write_text(DEVICE.public_key.hex())
-    job = test_job(folder, model, initial, {"buffer_size": 10_000, "max_wait_seconds": None}, keys)
+    job = test_job_thread(spark, folder, model, initial, {"buffer_size": 10_000, "max_wait_seconds": None}, keys)
     publisher = UpdatePublisher(local_stack.kafka)
     sent: dict[PublishedAt, str] = {}
     locations = TableLocations(str(job.tables))

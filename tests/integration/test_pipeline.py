@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from pyspark.sql import functions as F  # noqa: N812
 
 from devstack.topics import ensure_topics
+from fedstream import cli
 from fedstream.job_process import JobProcess
 from producers.identity import ClientIdentity
 from producers.transport import GlobalModelSubscriber, UpdatePublisher
@@ -23,7 +23,7 @@ from schemas.tensors import encode_tensors
 from streaming_jobs.audit import verify_version
 from streaming_jobs.tables import TableLocations
 from tests.conftest import RunningStack
-from tests.integration.job_process import test_job, wait_until
+from tests.integration.job_process import JobThread, test_job, test_job_thread, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -65,12 +65,25 @@ def _enrolled_keys(folder: Path) -> Path:
 
 
 def _new_job(local_stack: RunningStack, folder: Path, aggregation: dict[str, object]) -> tuple[str, JobProcess]:
-    """A fresh model name and a job over ``folder`` for it, with the test clients enrolled."""
+    """A fresh model name and a job process over ``folder`` for it, with the test clients enrolled."""
+    model, initial = _new_model(local_stack, folder)
+    return model, test_job(folder, model, initial, aggregation, _enrolled_keys(folder))
+
+
+def _new_job_thread(
+    spark, local_stack: RunningStack, folder: Path, aggregation: dict[str, object]
+) -> tuple[str, JobThread]:  # type: ignore[no-untyped-def]
+    """As :func:`_new_job`, the job in a thread on the tests' Spark session (for tests without crashes)."""
+    model, initial = _new_model(local_stack, folder)
+    return model, test_job_thread(spark, folder, model, initial, aggregation, _enrolled_keys(folder))
+
+
+def _new_model(local_stack: RunningStack, folder: Path) -> tuple[str, Path]:
     ensure_topics(local_stack.kafka)
     model = f"test-{uuid.uuid4().hex[:8]}"
     initial = folder / "initial.safetensors"
     initial.write_bytes(encode_tensors(_initial_parameters()))
-    return model, test_job(folder, model, initial, aggregation, _enrolled_keys(folder))
+    return model, initial
 
 
 def _mlflow_run(experiment: str):  # type: ignore[no-untyped-def]
@@ -215,13 +228,12 @@ def test_updates_become_consecutive_reproducible_versions_across_a_crash(
 
 
 def _audit(job: JobProcess, model: str, *question: str):  # type: ignore[no-untyped-def]
-    completed = subprocess.run(
-        [sys.executable, "-m", "fedstream.cli", "audit", *question, "--model-name", model,
-         "--tables-root", str(job.tables), "--json"],
-        capture_output=True, text=True, env=os.environ.copy(), timeout=300, check=False,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return json.loads(completed.stdout)
+    """What ``fedstream audit QUESTION --json`` prints, run by the CLI's entry point on the tests' Spark session."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(["audit", *question, "--model-name", model, "--tables-root", str(job.tables), "--json"])
+    assert code == 0, printed.getvalue()[-3000:]
+    return json.loads(printed.getvalue())
 
 
 def _table(name: str):  # type: ignore[no-untyped-def]
@@ -233,7 +245,8 @@ def _table(name: str):  # type: ignore[no-untyped-def]
 def test_a_partial_buffer_becomes_a_version_at_its_deadline_while_kafka_is_quiet(
     spark, local_stack: RunningStack, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    model, job = _new_job(local_stack, tmp_path, {**AGGREGATION, "buffer_size": 10, "max_wait_seconds": 3.0})
+    quick_deadline = {**AGGREGATION, "buffer_size": 10, "max_wait_seconds": 3.0}
+    model, job = _new_job_thread(spark, local_stack, tmp_path, quick_deadline)
     publisher = UpdatePublisher(local_stack.kafka)
     try:
         job.start()
@@ -263,7 +276,7 @@ def test_a_partial_buffer_becomes_a_version_at_its_deadline_while_kafka_is_quiet
 def test_private_and_robust_versions_recompute_exactly_from_the_tables(
     spark, local_stack: RunningStack, tmp_path: Path, defence: dict[str, object]
 ) -> None:  # type: ignore[no-untyped-def]
-    model, job = _new_job(local_stack, tmp_path, {**AGGREGATION, **defence})
+    model, job = _new_job_thread(spark, local_stack, tmp_path, {**AGGREGATION, **defence})
     publisher = UpdatePublisher(local_stack.kafka)
     try:
         job.start()
@@ -308,7 +321,7 @@ def test_the_privacy_budget_stops_training_and_says_why(spark, local_stack: Runn
         "dp_noise_multiplier": 0.8, "dp_clip_norm": 0.05, "dp_epsilon_budget": budget,
         "weight_by_sample_count": False, "server_optimizer": "sgd", "server_learning_rate": 1.0,
     }  # fmt: skip
-    model, job = _new_job(local_stack, tmp_path, {**AGGREGATION, **private})
+    model, job = _new_job_thread(spark, local_stack, tmp_path, {**AGGREGATION, **private})
     publisher = UpdatePublisher(local_stack.kafka)
     try:
         job.start()
