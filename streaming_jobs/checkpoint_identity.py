@@ -1,8 +1,10 @@
 """Which checkpoint the job runs on, so a new checkpoint can never make Delta skip its writes.
 
-The Delta appends are idempotent per ``(txnAppId, txnVersion)`` = (writer, micro-batch id), and Spark numbers
-micro-batches from 0 in every new checkpoint. With one constant writer id, a deleted or moved checkpoint
-would make Delta skip the new batches' writes as "already done" while their versions still went to Kafka.
+A replayed batch is recognised by its batch id: the job looks for this model's rows of that id in ``updates``
+and ``model_versions``, and ``rejected_updates`` appends are idempotent per ``(txnAppId, txnVersion)`` =
+(writer, batch id). Spark numbers micro-batches from 0 in every new checkpoint: with batch ids from 0 and one
+constant writer id, a deleted or moved checkpoint would make the job take new batches for replays of old ones
+and skip their writes as "already done" while their versions still went to Kafka.
 So each checkpoint gets an identity of its own, written next to Spark's files the first time the job starts
 on it: a writer id unique to the checkpoint, and the number its batch ids start from (one past the highest
 batch id in the tables), so ``batch_id`` columns stay increasing across resets and a replay check by batch

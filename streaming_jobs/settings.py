@@ -97,8 +97,9 @@ class JobSettings(BaseModel):
     version is the bare safetensors file of its parameters, which nothing can serve. Needs torch when set."""
     mlflow_experiment: str = "fedstream"
     writer_id: Identifier = "fedstream-aggregation-job"
-    """Delta ``txnAppId`` prefix: identifies this job's writes so replays are skipped. Each checkpoint adds an
-    id of its own (``streaming_jobs.checkpoint_identity``), so a new checkpoint never has its writes skipped."""
+    """Delta ``txnAppId`` prefix of this job's ``rejected_updates`` appends, so a replayed batch's are skipped. Each
+    checkpoint adds an id of its own (``streaming_jobs.checkpoint_identity``), so a new checkpoint never has its
+    writes skipped."""
     initial_model_path: str | None = None
     """safetensors file of version 0, used once when ``model_versions`` is empty."""
     require_signatures: bool = True

@@ -1,7 +1,8 @@
 """fedstream's Delta tables: their Spark schemas, locations, creation and idempotent appends.
 
-Every append inside ``foreachBatch`` carries ``txnAppId``/``txnVersion`` = (table writer, batch id), so a
-micro-batch replayed after a crash never writes its rows twice. Columns added in later fedstream versions are
+Appends can carry ``txnAppId``/``txnVersion`` = (table writer, batch id), so a micro-batch replayed after a
+crash never writes its rows twice; the job's ``updates`` and ``model_versions`` appends are made once by its
+own replay check instead (``streaming_jobs.update_batch``). Columns added in later fedstream versions are
 nullable: ``ensure`` adds them to a table an older version created, and appends merge them in too.
 
 The tables are an audit log: fedstream only ever appends to them (no DELETE, UPDATE, MERGE or overwrite), so

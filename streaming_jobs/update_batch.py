@@ -4,8 +4,9 @@ The handler given to ``foreachBatch`` is :meth:`UpdateBatchProcessor.process_bat
 (oversized messages told apart in Spark), skips messages an earlier attempt of the batch already recorded,
 and hands the rest, in Kafka order, to :class:`aggregator.intake.Intake`, which judges each against the
 server as it stands at that moment (so staleness is exact and a full buffer aggregates immediately) and
-turns any exception into an ``internal_error`` rejection. Rows reach Delta in three idempotent appends
-(``updates``, ``rejected_updates``, ``model_versions``); only then are new versions published.
+turns any exception into an ``internal_error`` rejection. Rows reach Delta in three appends, each made once
+per batch (``updates``, ``rejected_updates``, ``model_versions``); a version is published once its append is
+durable.
 """
 
 from __future__ import annotations
@@ -272,14 +273,19 @@ class UpdateBatchProcessor:
 
         Crash ordering. The versions' append and the updates' and rejections' appends run side by side, so a
         crash can leave any of them durable and the others not; the batch returns (and Spark commits its
-        offsets) only when all are. Each table's append is idempotent (Delta ``txnAppId``/``txnVersion``), and a
-        batch that an earlier attempt began (any table holds rows of it) is replayed from the state *before* it:
-        its versions and updates are left out of the loaded state, its messages judged again in the same order,
-        and only the tables still missing its rows are written. Judging is deterministic given that state, so
-        the replay accepts the same updates and makes the same versions. Where ``model_versions`` already holds
-        the batch's versions they are the record, published or not: every update they name is written to
-        ``updates`` even if the replay would now judge it otherwise (a key revoked between the attempts, say),
-        and the state is reloaded from Delta after the batch.
+        offsets) only when all are. A batch that an earlier attempt began (``updates`` or ``model_versions``
+        holds this model's rows of it: each append is one Delta commit, all of its rows or none) is replayed
+        from the state *before* it: its versions and updates are left out of the loaded state, its messages
+        judged again in the same order, and only the tables still missing its rows are written. Judging is
+        deterministic given that state, so the replay accepts the same updates and makes the same versions.
+        Where ``model_versions`` already holds the batch's versions they are the record, published or not:
+        every update they name is written to ``updates`` even if the replay would now judge it otherwise (a key
+        revoked between the attempts, say), and the state is reloaded from Delta after the batch.
+
+        That check, made whenever the state is loaded afresh (a start, a failed attempt), is what writes
+        ``updates`` and ``model_versions`` once: their appends carry no Delta transaction id, whose look-up was
+        most of each commit's time. ``rejected_updates`` (rows without a trusted model to check by) keeps
+        Delta's ``txnAppId``/``txnVersion``.
         """
         decoded_messages = [self._decode(message) for message in messages]
         clock.lap("decode")
@@ -327,10 +333,12 @@ class UpdateBatchProcessor:
         if versions:
             crash_point("during_aggregation")
         # The versions and the updates are appended side by side; the versions go out as soon as theirs is durable.
-        updates_written = self._writer.submit(self._append_updates, accepted, rejected, batch_id)
+        updates_written = self._writer.submit(
+            self._append_updates, [] if UPDATES.name in written else accepted, rejected, batch_id
+        )
         try:
             if recorded_ids is None:
-                self._append(MODEL_VERSIONS, versions, batch_id)
+                self._append_once(MODEL_VERSIONS, versions)
                 if versions:
                     crash_point("after_versions_write")
                 clock.lap("write_versions")
@@ -369,22 +377,24 @@ class UpdateBatchProcessor:
     def _append_updates(
         self, accepted: Sequence[UpdateRow], rejected: Sequence[RejectedUpdateRow], batch_id: int
     ) -> None:
-        self._append(UPDATES, accepted, batch_id)
+        """Append the accepted updates (none when an earlier attempt recorded them), then the rejections."""
+        self._append_once(UPDATES, accepted)
         if accepted:
             crash_point("after_updates_write")
-        self._append(REJECTED_UPDATES, rejected, batch_id)
+        # Delta skips a (writer, batch) it already committed: a replay finds no model in these rows to check by.
+        self.locations.append(self.spark, REJECTED_UPDATES, rejected, app_id=self.identity.writer_id, batch_id=batch_id)
 
-    def _append(
-        self, table: TableSpec, rows: Sequence[UpdateRow | RejectedUpdateRow | ModelVersionRow], batch_id: int
-    ) -> None:
-        """Append the batch's rows to ``table`` once: Delta skips a ``(writer, batch)`` it already committed."""
-        self.locations.append(self.spark, table, rows, app_id=self.identity.writer_id, batch_id=batch_id)
+    def _append_once(self, table: TableSpec, rows: Sequence[UpdateRow | ModelVersionRow]) -> None:
+        """Append rows of a batch that ``table`` does not hold yet (the replay check found none)."""
+        self.locations.append(self.spark, table, rows, app_id=None, batch_id=None)
 
     def _tables_written_by(self, batch_id: int) -> set[str]:
         """Of ``updates`` and ``model_versions``, those holding this model's rows of ``batch_id`` (a replay).
 
-        Filtered by model: jobs of other models may share the tables and their batch ids. ``rejected_updates``
-        (rows without a model) needs no look-up: it changes no state, and Delta skips its replayed append.
+        Filtered by model: jobs of other models may share the tables and their batch ids (each checkpoint's
+        batch ids start past the tables' highest, so an earlier checkpoint's rows never match). The batch's
+        appends to these two tables are skipped where this finds rows. ``rejected_updates`` (rows without a
+        model) needs no look-up: it changes no state, and Delta skips its replayed append.
         """
         written = set()
         for table in (UPDATES, MODEL_VERSIONS):
