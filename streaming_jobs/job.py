@@ -64,8 +64,6 @@ def bootstrap_initial_version(spark: SparkSession, settings: JobSettings, initia
 
 
 RECENT_BATCHES_KEPT = 100
-MLFLOW_START_WAIT_SECONDS = 30.0
-"""How long a start waits for MLflow to take what an unclean stop left out, before the stream starts anyway."""
 
 
 class JobProgress:
@@ -250,7 +248,8 @@ def run_job(
 def _republish_newest(spark: SparkSession, settings: JobSettings, publisher: VersionPublisher) -> ModelVersionRow:
     """Publish the newest version again on start: a crash may have come between its Delta write and Kafka.
 
-    MLflow is caught up too: the versions an unclean stop left unlogged or unregistered are queued for it.
+    MLflow is caught up too: the versions up to this one that an unclean stop left unlogged or unregistered
+    are queued for it, ahead of every version the stream makes, so the stream does not wait for MLflow.
     """
     locations = TableLocations(settings.tables_root, settings.catalog_schema)
     versions = locations.read(spark, MODEL_VERSIONS).where(F.col("model_name") == settings.model_name)
@@ -258,11 +257,10 @@ def _republish_newest(spark: SparkSession, settings: JobSettings, publisher: Ver
 
     def newer_than(logged: int | None, registered: int | None) -> list[ModelVersionRow]:
         oldest_missing = min(-1 if logged is None else logged, -1 if registered is None else registered)
-        return [_version_row(found) for found in versions.where(F.col("version") > oldest_missing).collect()]
+        missing = versions.where((F.col("version") > oldest_missing) & (F.col("version") <= row.version))
+        return [_version_row(found) for found in missing.collect()]
 
     publisher.backfill_mlflow(newer_than)
-    if not publisher.mlflow.wait_until_idle(MLFLOW_START_WAIT_SECONDS):
-        logger.warning("MLflow not caught up after %ss: the stream starts, MLflow follows", MLFLOW_START_WAIT_SECONDS)
     publisher.send([row])
     return row
 
