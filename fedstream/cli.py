@@ -89,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--architecture", help="a producers.models architecture name (default: the model name)")
     export.set_defaults(handler=_export)
 
+    report = commands.add_parser(
+        "report", help="one self-contained HTML page: versions, staleness, rejections, clients (pseudonymous), ε"
+    )
+    report.add_argument("--model-name", default="har-cnn")
+    report.add_argument("--tables-root", help="folder of the Delta tables (default: <state>/tables)")
+    report.add_argument("--out", default="report.html", help="the HTML file to write")
+    report.set_defaults(handler=_report)
+
     workspace = commands.add_parser("databricks", help="Unity Catalog set-up printed as SQL for a workspace")
     workspace_commands = workspace.add_subparsers(title="actions", required=True)
     grants = workspace_commands.add_parser(
@@ -219,6 +227,23 @@ def _export(args: argparse.Namespace) -> int:
         print(f"fedstream export: {error}", file=sys.stderr)
         return 2
     print(f"wrote version {args.version} of {args.model_name} as {args.format} to {path}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedstream.report import render_html
+    from fedstream.report.read import read_report_data
+
+    spark, locations = _tables(args)
+    data = read_report_data(spark, locations, args.model_name)
+    out = Path(args.out)
+    out.write_text(render_html(data), encoding="utf-8")
+    print(
+        f"wrote {out}: {args.model_name}, {len(data.versions)} versions, {data.accepted_count} accepted updates, "
+        f"{data.rejected_count} rejected messages, {len(data.clients)} clients"
+    )
     return 0
 
 
