@@ -89,5 +89,5 @@ class FederatedClient:
     def run_once(self, subscriber: GlobalModelSubscriber, publisher: UpdatePublisher) -> PreparedUpdate:
         """One cycle: newest global version → local training → acknowledged publish."""
         prepared = self.prepare_update(subscriber.newest())
-        publisher.publish(self.client_id, prepared.value)
+        publisher.publish(self.client_id, prepared.value, model_name=prepared.header.model_name)
         return prepared

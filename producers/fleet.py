@@ -115,7 +115,9 @@ class SimulatedFleet:
                     continue
             client = self.clients[index]
             if prepared is not None:
-                self.publisher.publish(client.client_id, prepared.value, wait=False)
+                self.publisher.publish(
+                    client.client_id, prepared.value, model_name=prepared.header.model_name, wait=False
+                )
                 report.published += 1
                 report.bytes_sent += len(prepared.value)
                 report.per_client[client.client_id] = report.per_client.get(client.client_id, 0) + 1

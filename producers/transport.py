@@ -12,7 +12,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from producers.trusted_versions import IgnoredVersion, IgnoreReason, VersionChain, job_public_key_from_env
 from schemas.kafka_settings import KafkaSettings
-from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
+from schemas.topics import MODEL_HEADER, MODELS_TOPIC, UPDATES_TOPIC
 from schemas.wire import DecodedModel
 
 logger = logging.getLogger(__name__)
@@ -120,9 +120,16 @@ class UpdatePublisher:
     def __init__(self, settings: KafkaSettings) -> None:
         self._producer = KafkaProducer(**settings.producer_options())
 
-    def publish(self, client_id: str, value: bytes, *, wait: bool = True) -> PublishedAt | None:
-        """Send one update; with ``wait`` block until the broker has acknowledged it and return where it is."""
-        future = self._producer.send(UPDATES_TOPIC, key=client_id.encode(), value=value)
+    def publish(
+        self, client_id: str, value: bytes, *, model_name: str | None = None, wait: bool = True
+    ) -> PublishedAt | None:
+        """Send one update; with ``wait`` block until the broker has acknowledged it and return where it is.
+
+        ``model_name`` goes into the message's ``fedstream-model`` header, so the jobs of other models on the
+        topic read past it (:data:`schemas.topics.MODEL_HEADER`).
+        """
+        headers = [] if model_name is None else [(MODEL_HEADER, model_name.encode())]
+        future = self._producer.send(UPDATES_TOPIC, key=client_id.encode(), value=value, headers=headers)
         if not wait:
             return None
         metadata = future.get(timeout=60)

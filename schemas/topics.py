@@ -11,6 +11,12 @@ from typing import Final
 UPDATES_TOPIC: Final = "fl.updates"
 MODELS_TOPIC: Final = "fl.models"
 
+MODEL_HEADER: Final = "fedstream-model"
+"""Kafka record header of an ``fl.updates`` message naming its model (UTF-8), so that several models share the
+topic: a job reads past the messages whose header names another model without recording them. A message
+without the header is judged as any other (and rejected as ``unknown_model`` if it is another model's): the
+header only routes, the signed update header inside the value is what the job trusts."""
+
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 """Largest Kafka message (header + payload) anywhere in fedstream: 16 MiB."""
 

@@ -77,7 +77,7 @@ class JobProgress:
         self.status_file = status_file
         self.recent_batches: deque[dict[str, object]] = deque(maxlen=RECENT_BATCHES_KEPT)
         self.sequence = 0
-        self.totals = {"batches": 0, "messages": 0, "accepted": 0, "rejected": 0, "versions": 0}
+        self.totals = {"batches": 0, "messages": 0, "accepted": 0, "rejected": 0, "versions": 0, "other_models": 0}
         self.rejected_by_reason: dict[str, int] = {}
         self.last: BatchOutcome | None = None
         self.epsilon: float | None = None
@@ -114,6 +114,7 @@ class JobProgress:
         self._note_privacy(versions, privacy_refusal)
         self.totals["batches"] += outcome.batch_id >= 0
         self.totals["messages"] += outcome.messages
+        self.totals["other_models"] += outcome.other_models
         self.totals["accepted"] += outcome.accepted
         self.totals["rejected"] += outcome.rejected
         self.totals["versions"] += len(outcome.new_versions)
@@ -217,6 +218,7 @@ def run_job(
         spark.readStream.format("kafka")
         .options(**settings.kafka.spark_source_options())
         .option("subscribe", UPDATES_TOPIC)
+        .option("includeHeaders", "true")  # the model header: other models' messages are read past
         .option("startingOffsets", spark_starting_offsets(identity))
         .option("maxOffsetsPerTrigger", limits.max_offsets_per_trigger)
         .option("failOnDataLoss", "false")

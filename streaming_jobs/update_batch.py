@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F  # noqa: N812
 
 from aggregator import PendingUpdate
@@ -29,6 +29,7 @@ from aggregator.intake import Intake, IntakeMessage, internal_error
 from schemas.rejections import Rejection, RejectionReason
 from schemas.rows import ModelVersionRow, RejectedUpdateRow, UpdateRow
 from schemas.tensors import sha256_hex
+from schemas.topics import MODEL_HEADER
 from schemas.wire import DecodedUpdate, decode_update
 from streaming_jobs.aggregation import aggregate_ready_versions, version_rows
 from streaming_jobs.checkpoint_identity import CheckpointIdentity
@@ -70,6 +71,8 @@ class BatchOutcome:
     """Bytes of the messages brought into Python (oversized ones never are): bounded by the batch budget."""
     started_at: float = 0.0
     """When the handler began, epoch seconds (Spark's planning of the batch comes just before)."""
+    other_models: int = 0
+    """Messages read past because their ``fedstream-model`` header names another model (in no count above)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,17 @@ class KafkaMessage:
     size: int
     sha256: str | None
     """SHA-256 of an oversized message's value (computed in Spark); None for every other message."""
+    other_model: bool = False
+    """Its ``fedstream-model`` header names another model: read past, not judged (``value`` is None)."""
+
+
+def _names_another_model(batch: DataFrame, model_name: str) -> Column:
+    """True where the message's ``fedstream-model`` header names a model other than ``model_name``."""
+    if "headers" not in batch.columns:  # a source read without includeHeaders: every message is judged
+        return F.lit(False)
+    mine = F.lit(model_name.encode())
+    named_other = F.exists("headers", lambda header: (header["key"] == MODEL_HEADER) & (header["value"] != mine))
+    return F.coalesce(named_other, F.lit(False))
 
 
 def _kafka_messages(table: pa.Table) -> list[KafkaMessage]:
@@ -241,30 +255,40 @@ class UpdateBatchProcessor:
 
     def _process(self, batch: DataFrame, batch_id: int) -> tuple[BatchOutcome, list[ModelVersionRow]]:
         clock = _PhaseClock()
-        messages, oversized = self._read_messages(batch)
+        messages, oversized, other_models = self._read_messages(batch)
         clock.lap("read_kafka")
-        return self._process_messages(messages, oversized, batch_id, clock)
+        outcome, versions = self._process_messages(messages, oversized, batch_id, clock)
+        return replace(outcome, other_models=other_models), versions
 
-    def _read_messages(self, batch: DataFrame) -> tuple[list[KafkaMessage], list[KafkaMessage]]:
-        """The batch's messages that can be updates, and the oversized ones as metadata (size and SHA-256).
+    def _read_messages(self, batch: DataFrame) -> tuple[list[KafkaMessage], list[KafkaMessage], int]:
+        """The batch's possible updates, its oversized messages (size and SHA-256 only), and others' count.
 
-        One pass over the batch, brought to Python as Arrow: an oversized message's bytes are dropped in Spark
-        (only its size and hash come back), so they never reach Python.
+        Others are the messages whose ``fedstream-model`` header names another model.
+
+        One pass over the batch, brought to Python as Arrow: an oversized message's bytes and another model's
+        are dropped in Spark (only an oversized one's size and hash come back), so they never reach Python.
         """
         size = F.coalesce(F.length("value"), F.lit(0))
         fits = size <= self.limits.max_update_bytes
+        other_model = _names_another_model(batch, self.settings.model_name)
         table = batch.select(
             F.substring("key", 1, MAX_KEY_BYTES).alias("key"),
-            F.when(fits, F.col("value")).alias("value"),
+            F.when(fits & ~other_model, F.col("value")).alias("value"),
             "topic",
             "partition",
             "offset",
             "timestamp",
             size.alias("size"),
-            F.when(~fits, F.sha2("value", 256)).alias("sha256"),
+            F.when(~fits & ~other_model, F.sha2("value", 256)).alias("sha256"),
+            other_model.alias("other_model"),
         ).toArrow()
         read = sorted(_kafka_messages(table), key=_kafka_order)
-        return [m for m in read if m.sha256 is None], [m for m in read if m.sha256 is not None]
+        mine = [message for message in read if not message.other_model]
+        return (
+            [message for message in mine if message.sha256 is None],
+            [message for message in mine if message.sha256 is not None],
+            len(read) - len(mine),
+        )
 
     def _process_messages(
         self, messages: list[KafkaMessage], oversized: list[KafkaMessage], batch_id: int, clock: _PhaseClock
