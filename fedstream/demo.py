@@ -270,6 +270,7 @@ def _summary(settings: DemoSettings, job: Any, points: list[_Point], mlflow_uri:
         for point in points:
             writer.writerow([f"{point.elapsed:.1f}", point.version, point.accepted, point.accuracy, point.macro_f1])
     plot = _plot(points, run_dir / "accuracy.png", settings)
+    report = _report(settings, run_dir)
     aggregation = settings.aggregation
     print()
     print("=" * 78)
@@ -302,8 +303,31 @@ def _summary(settings: DemoSettings, job: Any, points: list[_Point], mlflow_uri:
     print(f"Delta tables : {run_dir / 'tables'} (updates, rejected_updates, model_versions)")
     print(f"MLflow       : {mlflow_uri} (experiment fedstream-demo)")
     print(f"plot, csv    : {plot or 'matplotlib not installed'}, {run_dir / 'accuracy.csv'}")
+    print(f"report       : {report.as_uri() if report else 'not written (see the message above)'}")
     print(f"job log      : {job.log_path}")
     print("=" * 78)
+
+
+def _report(settings: DemoSettings, run_dir: Path) -> Path | None:
+    """``fedstream report`` of the run, written beside its tables; None (and why, said) if it could not be."""
+    _say("writing the HTML report from the Delta tables (Spark starts once more, ~20 s) ...")
+    try:
+        from fedstream.report import render_html
+        from fedstream.report.read import read_report_data
+        from streaming_jobs.spark_session import get_spark
+        from streaming_jobs.tables import TableLocations
+
+        spark = get_spark("fedstream-demo-report")
+        try:
+            data = read_report_data(spark, TableLocations(str(run_dir / "tables")), settings.model_name)
+        finally:
+            spark.stop()
+    except Exception as error:  # the run's results stand without the report
+        _say(f"the report could not be written: {error}")
+        return None
+    path = run_dir / "report.html"
+    path.write_text(render_html(data), encoding="utf-8")
+    return path
 
 
 def _plot(points: list[_Point], path: Path, settings: DemoSettings) -> Path | None:
