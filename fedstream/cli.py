@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -22,12 +23,94 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
-    result: int = args.handler(args)
+    missing = missing_modules(args.handler.__name__)
+    if missing:
+        print(_install_hint(_command_name(args), missing), file=sys.stderr)
+        return 2
+    try:
+        result: int = args.handler(args)
+    except ModuleNotFoundError as error:
+        module = (error.name or "").partition(".")[0]
+        if module not in _EXTRA_OF_MODULE:
+            raise
+        print(_install_hint(_command_name(args), [module]), file=sys.stderr)
+        return 2
     return result
 
 
+# What each command imports beyond the core install, by handler; the extra that brings each module. A client-only
+# install (`fedstream[client]`) lacks the server's modules: the command then names the extra instead of a traceback.
+_SERVER_TABLES = ("pyspark", "delta")
+_REQUIRED_MODULES: dict[str, tuple[str, ...]] = {
+    "_stack": ("kafka",),  # `stack up` also needs pyspark: the dispatch check names the extra when it is missing
+    "_job": (*_SERVER_TABLES, "mlflow", "kafka"),
+    "_job_key": ("cryptography",),
+    "_clients_keygen": ("cryptography",),
+    "_clients_enrol": _SERVER_TABLES,
+    "_clients_revoke": _SERVER_TABLES,
+    "_audit": _SERVER_TABLES,
+    "_export": (*_SERVER_TABLES, "torch"),
+    "_report": _SERVER_TABLES,
+    "_topics": ("kafka",),
+    "_demo": ("torch", "kafka", *_SERVER_TABLES, "mlflow"),
+}
+_EXTRA_OF_MODULE: dict[str, str] = {
+    "pyspark": "server",
+    "delta": "server",
+    "mlflow": "server",
+    "pyarrow": "server",
+    "pandas": "server",
+    "dp_accounting": "server",
+    "kafka": "client",
+    "torch": "client",
+    "cryptography": "client",
+}
+_PACKAGE_OF_MODULE = {"delta": "delta-spark", "kafka": "kafka-python", "dp_accounting": "dp-accounting"}
+_COMMAND_GROUPS = (
+    ("commands without Spark", "fedstream[client]", "clients keygen, job-key, topics, databricks grants"),
+    ("server commands", "fedstream[server]", "job, clients enrol|revoke, audit, export, report"),
+    ("development, from a checkout", "fedstream[dev]", "stack, demo"),
+)
+
+
+def missing_modules(handler_name: str) -> list[str]:
+    """The modules the command run by ``handler_name`` needs that this install lacks (found without importing)."""
+    return [module for module in _REQUIRED_MODULES.get(handler_name, ()) if importlib.util.find_spec(module) is None]
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    handler_name: str = args.handler.__name__
+    name = handler_name.lstrip("_").replace("clients_", "clients ").replace("databricks_", "databricks ")
+    question = f" {args.question}" if handler_name == "_audit" else ""
+    return name.replace("_", "-") + question
+
+
+def _install_hint(command: str, missing: Sequence[str]) -> str:
+    extras = sorted({_EXTRA_OF_MODULE.get(module, "dev") for module in missing})
+    packages = [_PACKAGE_OF_MODULE.get(module, module) for module in missing]
+    named = packages[0] if len(packages) == 1 else ", ".join(packages[:-1]) + " and " + packages[-1]
+    return (
+        f"fedstream {command} needs {named}, which this install lacks; "
+        f"install them with: pip install 'fedstream[{','.join(extras)}]'"
+    )
+
+
+def _commands_epilog() -> str:
+    server_installed = not missing_modules("_report")
+    lines = []
+    for title, extra, commands in _COMMAND_GROUPS:
+        absent = " (not installed here)" if extra == "fedstream[server]" and not server_installed else ""
+        lines.append(f"{title}: {commands}\n  pip install '{extra}'{absent}")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedstream", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fedstream",
+        description=__doc__,
+        epilog=_commands_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(title="commands")
 
     stack = commands.add_parser("stack", help="the local Kafka broker, Spark jars and MLflow store")
@@ -96,6 +179,23 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--tables-root", help="folder of the Delta tables (default: <state>/tables)")
     report.add_argument("--out", default="report.html", help="the HTML file to write")
     report.set_defaults(handler=_report)
+
+    topics = commands.add_parser(
+        "topics", help="create fl.updates and fl.models on the cluster FEDSTREAM_KAFKA_* names (SASL/TLS too)"
+    )
+    topic_commands = topics.add_subparsers(title="actions", required=True)
+    create = topic_commands.add_parser(
+        "create",
+        aliases=["ensure"],
+        help="create the topics that are missing with fedstream's settings; report those found (run as an admin)",
+    )
+    create.add_argument("--replication-factor", type=int, default=3, help="replicas of each partition (default 3)")
+    create.add_argument("--updates-partitions", type=int, default=3, help="partitions of fl.updates (default 3)")
+    create.add_argument("--models-partitions", type=int, default=1, help="partitions of fl.models (default 1)")
+    create.add_argument(
+        "--max-message-bytes", type=int, help="a plan's message cap, which every party must use too (default 16 MiB)"
+    )
+    create.set_defaults(handler=_topics)
 
     workspace = commands.add_parser("databricks", help="Unity Catalog set-up printed as SQL for a workspace")
     workspace_commands = workspace.add_subparsers(title="actions", required=True)
@@ -399,6 +499,42 @@ def _job(args: argparse.Namespace) -> int:
     except InvalidInitialModelError as error:
         print(f"fedstream job: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from kafka.errors import KafkaError
+
+    from fedstream.cluster_topics import ensure_cluster_topics
+    from schemas.kafka_settings import KafkaSettings
+    from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
+
+    for name in ("replication_factor", "updates_partitions", "models_partitions", "max_message_bytes"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            print(f"fedstream topics: --{name.replace('_', '-')} must be ≥ 1, got {value}", file=sys.stderr)
+            return 2
+    overrides = {} if args.max_message_bytes is None else {"max_message_bytes": args.max_message_bytes}
+    try:
+        settings = KafkaSettings.from_env(**overrides)
+    except ValueError as error:
+        print(f"fedstream topics: the FEDSTREAM_KAFKA_* settings are not usable: {error}", file=sys.stderr)
+        return 2
+    partitions = {UPDATES_TOPIC: args.updates_partitions, MODELS_TOPIC: args.models_partitions}
+    try:
+        outcome = ensure_cluster_topics(settings, replication_factor=args.replication_factor, partitions=partitions)
+    except KafkaError as error:
+        print(
+            f"fedstream topics: {settings.bootstrap_servers} ({settings.security_protocol}): "
+            f"{type(error).__name__}: {error}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"cluster {settings.bootstrap_servers} ({settings.security_protocol})")
+    for name in outcome.created:
+        print(f"created {name} ({partitions[name]} partitions, replication factor {args.replication_factor})")
+    for name, differing in outcome.found.items():
+        print(f"found   {name}" + "".join(f"\n  {key}: {change} (left as is)" for key, change in differing.items()))
     return 0
 
 

@@ -22,12 +22,16 @@ if TYPE_CHECKING:  # the caller brings its transport: training and the simulator
 
 @dataclass(frozen=True)
 class LocalData:
-    """A client's own data; it never leaves the client."""
+    """A client's own data; it never leaves the client.
+
+    Labels are int64 class indices for the default cross-entropy, or whatever targets the training
+    config's ``loss`` takes (float32 values for a regression such as heart rate).
+    """
 
     train_features: npt.NDArray[np.float32]
-    train_labels: npt.NDArray[np.int64]
+    train_labels: npt.NDArray[np.int64] | npt.NDArray[np.float32]
     validation_features: npt.NDArray[np.float32]
-    validation_labels: npt.NDArray[np.int64]
+    validation_labels: npt.NDArray[np.int64] | npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,15 @@ class FederatedClient:
         load_model_weights(self.model, base)
         global_evaluation = None
         if len(self.data.validation_labels):
-            global_evaluation = evaluate(self.model, self.data.validation_features, self.data.validation_labels)
+            global_evaluation = evaluate(
+                self.model, self.data.validation_features, self.data.validation_labels, loss=self.training.loss
+            )
         report = train_locally(self.model, self.data.train_features, self.data.train_labels, self.training, base)
         metrics = ClientMetrics(
             validation_loss=None if global_evaluation is None else global_evaluation.loss,
-            validation_accuracy=None if global_evaluation is None else global_evaluation.accuracy,
+            validation_accuracy=(
+                global_evaluation.accuracy if global_evaluation is not None and global_evaluation.has_accuracy else None
+            ),
             validation_count=0 if global_evaluation is None else global_evaluation.count,
             training_loss=report.mean_loss,
             training_steps=report.steps,

