@@ -59,6 +59,9 @@ class RejectedUpdateRow(KafkaCoordinates):
     raw_size: NonNegative
     rejected_at: AwareDatetime
     batch_id: NonNegative
+    job_model: Identifier | None
+    """The model whose job rejected the message: which job's record it is (jobs of several models may share the
+    tables), not a claim of the message's. None in rows written before fedstream recorded it."""
 
 
 class ModelVersionRow(_Row):

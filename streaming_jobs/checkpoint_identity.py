@@ -58,8 +58,12 @@ def resolve_checkpoint_identity(
     locations: TableLocations,
     topic: str,
     partition_count: Callable[[], int],
+    model_name: str,
 ) -> CheckpointIdentity:
-    """Read the checkpoint's identity, or give a new checkpoint one (and write it there before Spark starts)."""
+    """Read the checkpoint's identity, or give a new checkpoint one (and write it there before Spark starts).
+
+    A new checkpoint over existing tables resumes ``topic`` after the last offset ``model_name``'s job recorded.
+    """
     files = _CheckpointFiles(spark, checkpoint_location)
     existing = files.read(IDENTITY_FILE)
     if existing is not None:
@@ -73,7 +77,7 @@ def resolve_checkpoint_identity(
             writer_id=f"{configured_writer_id}:{uuid.uuid4().hex[:16]}",
             first_batch_id=_next_batch_id(spark, locations),
             created_at=now,
-            starting_offsets=_resume_offsets(spark, locations, topic, partition_count),
+            starting_offsets=_resume_offsets(spark, locations, topic, partition_count, model_name),
         )
         logger.warning(
             "new checkpoint at %s: writer %s, batch ids from %d, reading %s from %s",
@@ -102,14 +106,27 @@ def _next_batch_id(spark: SparkSession, locations: TableLocations) -> int:
 
 
 def _resume_offsets(
-    spark: SparkSession, locations: TableLocations, topic: str, partition_count: Callable[[], int]
+    spark: SparkSession,
+    locations: TableLocations,
+    topic: str,
+    partition_count: Callable[[], int],
+    model_name: str,
 ) -> dict[str, dict[str, int]] | None:
-    """One past the highest offset ``updates`` or ``rejected_updates`` holds, per partition (-2: earliest)."""
+    """One past the highest offset this model's job recorded, per partition (-2: earliest).
+
+    Its rows only: ``model_name``'s updates and the rejections its job recorded (and rejections from before
+    fedstream recorded which job made them). Another model's job may be ahead on the shared topic; resuming
+    after its rows would skip this model's messages in between.
+    """
     highest: dict[int, int] = {}
-    for table in (UPDATES, REJECTED_UPDATES):
+    mine = {
+        UPDATES: F.col("model_name") == model_name,
+        REJECTED_UPDATES: F.col("job_model").isNull() | (F.col("job_model") == model_name),
+    }
+    for table, recorded_by_this_job in mine.items():
         rows = (
             locations.read(spark, table)
-            .where(F.col("kafka_topic") == topic)
+            .where((F.col("kafka_topic") == topic) & recorded_by_this_job)
             .groupBy("kafka_partition")
             .agg(F.max("kafka_offset").alias("offset"))
             .collect()

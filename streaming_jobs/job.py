@@ -209,6 +209,7 @@ def run_job(
         locations,
         UPDATES_TOPIC,
         partition_count=lambda: _partition_count(settings),
+        model_name=settings.model_name,
     )
     logger.info("intake limits %s; checkpoint identity %s", limits, identity)
     processor = UpdateBatchProcessor(spark, settings, identity, limits, publish=publisher.publish, on_batch=report)

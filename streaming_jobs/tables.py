@@ -77,6 +77,7 @@ REJECTED_UPDATES_SCHEMA = StructType(
         StructField("raw_size", LongType(), False),
         StructField("rejected_at", TimestampType(), False),
         StructField("batch_id", LongType(), False),
+        StructField("job_model", StringType(), True),
     ]
 )
 

@@ -336,7 +336,10 @@ class UpdateBatchProcessor:
 
         judged = self.intake.step(fresh, update_row, now=now)
         accepted = [item.record for item in judged.accepted]
-        rejected = [_oversized_row(message, self.limits.max_update_bytes, now, batch_id) for message in oversized]
+        model = self.settings.model_name
+        rejected = [
+            _oversized_row(message, self.limits.max_update_bytes, now, batch_id, model) for message in oversized
+        ]
         versions = version_rows(state, judged.versions, now=now, batch_id=batch_id)
         versions += aggregate_ready_versions(state, now=now, batch_id=batch_id, time_trigger=True)
         recorded_ids = self._recorded_version_update_ids(batch_id) if MODEL_VERSIONS.name in written else None
@@ -352,7 +355,7 @@ class UpdateBatchProcessor:
                 )
                 accepted.append(_update_row(item.source, item.decoded, now, batch_id))
                 continue
-            rejected.append(_rejected_row(item.source, item.problems, item.decoded, now, batch_id, kept))
+            rejected.append(_rejected_row(item.source, item.problems, item.decoded, now, batch_id, kept, model))
         clock.lap("validate_aggregate")
         if versions:
             crash_point("during_aggregation")
@@ -515,8 +518,9 @@ def _rejected_row(
     now: datetime,
     batch_id: int,
     bytes_kept: int,
+    job_model: str,
 ) -> RejectedUpdateRow:
-    """The rejection row of one message; at most ``bytes_kept`` leading bytes of it are stored."""
+    """The rejection row of one message (by ``job_model``'s job); at most ``bytes_kept`` leading bytes are stored."""
     value = _bytes(message.value)
     size = len(value or b"")
     detail = "; ".join(str(problem) for problem in problems)
@@ -535,10 +539,13 @@ def _rejected_row(
         raw_size=size,
         rejected_at=now,
         batch_id=batch_id,
+        job_model=job_model,
     )
 
 
-def _oversized_row(message: KafkaMessage, limit: int, now: datetime, batch_id: int) -> RejectedUpdateRow:
+def _oversized_row(
+    message: KafkaMessage, limit: int, now: datetime, batch_id: int, job_model: str
+) -> RejectedUpdateRow:
     """An oversized message, recognised in Spark: its size and SHA-256 are kept, never its bytes."""
     return RejectedUpdateRow(
         **_kafka_fields(message),  # type: ignore[arg-type]
@@ -554,4 +561,5 @@ def _oversized_row(message: KafkaMessage, limit: int, now: datetime, batch_id: i
         raw_size=message.size,
         rejected_at=now,
         batch_id=batch_id,
+        job_model=job_model,
     )

@@ -82,5 +82,6 @@ def rejected_row(**overrides: Any) -> RejectedUpdateRow:
         "raw_size": 0,
         "rejected_at": CREATED_AT,
         "batch_id": 1,
+        "job_model": "m",
     }
     return RejectedUpdateRow(**{**fields, **overrides})

@@ -25,7 +25,7 @@ from streaming_jobs.intake_limits import IntakeLimits
 from streaming_jobs.settings import JobSettings
 from streaming_jobs.tables import MODEL_VERSIONS, REJECTED_UPDATES, UPDATES, TableLocations
 from streaming_jobs.update_batch import KafkaMessage, UpdateBatchProcessor, _PhaseClock
-from tests.rows import update_row, version_row
+from tests.rows import rejected_row, update_row, version_row
 
 pytestmark = pytest.mark.stack
 
@@ -135,3 +135,27 @@ def test_a_replayed_batch_writes_what_its_interrupted_attempt_did_not_and_nothin
         assert [row.reason for row in rejected] == ["malformed_envelope"], restart
         newly_made = [1, 2] if interrupted == "versions" and restart == 0 else []
         assert [row.version for row in versions] == newly_made, "versions an earlier attempt recorded are not made"
+
+
+def test_a_new_checkpoint_resumes_after_this_models_own_records_not_another_models(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from streaming_jobs.checkpoint_identity import _resume_offsets
+
+    locations = TableLocations(str(tmp_path / "tables"))
+    locations.ensure(spark)
+    updates = [
+        update_row(10, model_name="mine", kafka_partition=0),
+        update_row(50, model_name="theirs", kafka_partition=0),  # the other model's job is ahead
+        update_row(7, model_name="theirs", kafka_partition=1),
+    ]
+    rejected = [
+        rejected_row(kafka_partition=0, kafka_offset=60, job_model="theirs"),
+        rejected_row(kafka_partition=0, kafka_offset=12, job_model="mine"),
+        rejected_row(kafka_partition=1, kafka_offset=3, job_model=None),  # from before rows named their job
+    ]
+    locations.append(spark, UPDATES, updates, app_id=None, batch_id=None)
+    locations.append(spark, REJECTED_UPDATES, rejected, app_id=None, batch_id=None)
+
+    resume = _resume_offsets(spark, locations, "fl.updates", lambda: 3, "mine")
+    assert resume == {"fl.updates": {"0": 13, "1": 4, "2": -2}}, "after its own rows; the earliest where it has none"
+    theirs = _resume_offsets(spark, locations, "fl.updates", lambda: 3, "theirs")
+    assert theirs == {"fl.updates": {"0": 61, "1": 8, "2": -2}}

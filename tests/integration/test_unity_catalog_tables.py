@@ -140,6 +140,7 @@ def _rejected(client_id: str) -> RejectedUpdateRow:
         raw_size=19,
         rejected_at=datetime.now(UTC),
         batch_id=2,
+        job_model="har-cnn",
     )
 
 
