@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,18 +130,15 @@ class JobProcess:
 
     def wait_for_version(self, kafka: KafkaSettings, version: int, timeout_seconds: float = 240) -> None:
         """Block until ``fl.models`` holds ``version`` (or newer) of this model; raise if the job exits first."""
-        subscriber = GlobalModelSubscriber(kafka, self.options.model_name)
-        try:
-            deadline = time.monotonic() + timeout_seconds
-            while time.monotonic() < deadline:
-                if not self.running():
-                    raise RuntimeError(f"the job exited with {self._started().returncode}:\n{self.log()}")
-                newest = subscriber.poll(1.0)
-                if newest is not None and newest >= version:
-                    return
-            raise TimeoutError(f"no version {version} within {timeout_seconds:.0f} s:\n{self.log()}")
-        finally:
-            subscriber.close()
+        wait_for_version(
+            kafka,
+            self.options.model_name,
+            version,
+            timeout_seconds,
+            running=self.running,
+            exit_reason=lambda: f"the job exited with {self._started().returncode}",
+            log=self.log,
+        )
 
     def status(self) -> dict[str, Any]:
         """The job's progress file (counts of messages, accepted, rejected, pending, ...); empty before the first."""
@@ -154,3 +152,31 @@ class JobProcess:
         if self.process is None:
             raise RuntimeError("the job has not been started")
         return self.process
+
+
+def wait_for_version(
+    kafka: KafkaSettings,
+    model_name: str,
+    version: int,
+    timeout_seconds: float,
+    *,
+    running: Callable[[], bool],
+    exit_reason: Callable[[], str],
+    log: Callable[[], str],
+) -> None:
+    """Block until ``fl.models`` holds ``version`` (or newer) of ``model_name``.
+
+    Raises once the job is not ``running`` (with ``exit_reason`` and its ``log``) or after ``timeout_seconds``.
+    """
+    subscriber = GlobalModelSubscriber(kafka, model_name)
+    try:
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            if not running():
+                raise RuntimeError(f"{exit_reason()}:\n{log()}")
+            newest = subscriber.poll(1.0)
+            if newest is not None and newest >= version:
+                return
+        raise TimeoutError(f"no version {version} within {timeout_seconds:.0f} s:\n{log()}")
+    finally:
+        subscriber.close()

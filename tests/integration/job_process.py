@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fedstream.cli import job_settings, parse_job_arguments
-from fedstream.job_process import JobOptions, JobProcess
-from producers.transport import GlobalModelSubscriber
+from fedstream.job_process import JobOptions, JobProcess, wait_for_version
 from schemas.kafka_settings import KafkaSettings
 
 
@@ -96,18 +95,15 @@ class JobThread:
 
     def wait_for_version(self, kafka: KafkaSettings, version: int, timeout_seconds: float = 240) -> None:
         """Block until ``fl.models`` holds ``version`` (or newer) of this model; raise if the job ends first."""
-        subscriber = GlobalModelSubscriber(kafka, self.options.model_name)
-        try:
-            deadline = time.monotonic() + timeout_seconds
-            while time.monotonic() < deadline:
-                if not self.running():
-                    raise RuntimeError(f"the job ended:\n{self.log()}")
-                newest = subscriber.poll(1.0)
-                if newest is not None and newest >= version:
-                    return
-            raise TimeoutError(f"no version {version} within {timeout_seconds:.0f} s")
-        finally:
-            subscriber.close()
+        wait_for_version(
+            kafka,
+            self.options.model_name,
+            version,
+            timeout_seconds,
+            running=self.running,
+            exit_reason=lambda: "the job ended",
+            log=self.log,
+        )
 
 
 def test_job_thread(
