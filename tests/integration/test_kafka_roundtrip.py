@@ -68,3 +68,15 @@ def test_the_broker_stamps_fl_updates_and_an_older_topic_is_brought_in_line(loca
     finally:
         ensure_topics(local_stack.kafka)
         admin.close()
+
+
+def test_topics_create_finds_the_topics_on_a_real_broker_with_fedstreams_settings(local_stack: RunningStack) -> None:
+    from devstack.topics import ensure_topics
+    from fedstream.cluster_topics import TopicsOutcome, ensure_cluster_topics
+    from schemas.topics import MODELS_TOPIC
+
+    ensure_topics(local_stack.kafka)
+    outcome = ensure_cluster_topics(
+        local_stack.kafka, replication_factor=1, partitions={UPDATES_TOPIC: 1, MODELS_TOPIC: 1}
+    )
+    assert outcome == TopicsOutcome(created=[], found={UPDATES_TOPIC: {}, MODELS_TOPIC: {}})
