@@ -164,9 +164,11 @@ def wait_for_version(
     exit_reason: Callable[[], str],
     log: Callable[[], str],
 ) -> None:
-    """Block until ``fl.models`` holds ``version`` (or newer) of ``model_name``.
+    """Block until ``fl.models`` holds ``version`` (or newer) of ``model_name``, whole or in chunks.
 
-    Raises once the job is not ``running`` (with ``exit_reason`` and its ``log``) or after ``timeout_seconds``.
+    It reads as a client does (:class:`GlobalModelSubscriber`): only a complete version signed by the job's key
+    counts. Raises once the job is not ``running`` (with ``exit_reason`` and its ``log``) or after
+    ``timeout_seconds``.
     """
     subscriber = GlobalModelSubscriber(kafka, model_name)
     try:

@@ -115,11 +115,11 @@ class SimulatedFleet:
                     continue
             client = self.clients[index]
             if prepared is not None:
-                self.publisher.publish(
-                    client.client_id, prepared.value, model_name=prepared.header.model_name, wait=False
+                self.publisher.publish_chunks(
+                    client.client_id, list(prepared.values), model_name=prepared.header.model_name, wait=False
                 )
                 report.published += 1
-                report.bytes_sent += len(prepared.value)
+                report.bytes_sent += prepared.size_bytes
                 report.per_client[client.client_id] = report.per_client.get(client.client_id, 0) + 1
                 if self.on_publish is not None:
                     self.on_publish(
@@ -132,7 +132,9 @@ class SimulatedFleet:
                     heapq.heappush(events, (time.monotonic() + 0.5, sequence, index, None))
                     sequence += 1
                     continue
-                update = client.prepare_update(self.subscriber.newest())
+                update = client.prepare_update(
+                    self.subscriber.newest(), max_message_bytes=self.publisher.max_message_bytes
+                )
                 last_base[index] = update.header.base_version
                 delay = self.delays[index] * float(np.exp(0.3 * self._jitter.standard_normal()))
                 heapq.heappush(events, (time.monotonic() + delay, sequence, index, update))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from producers.trusted_versions import IgnoredVersion, IgnoreReason, VersionChain, job_public_key_from_env
+from schemas.chunks import is_models_key_of
 from schemas.kafka_settings import KafkaSettings
 from schemas.topics import MODEL_HEADER, MODELS_TOPIC, UPDATES_TOPIC
 from schemas.wire import DecodedModel
@@ -21,9 +23,11 @@ logger = logging.getLogger(__name__)
 class GlobalModelSubscriber:
     """Follows ``fl.models`` and remembers the newest trusted version of one model (the topic is compacted).
 
-    A version counts only when the job's key signed it (see :mod:`producers.trusted_versions`); every other
-    message under this model's key is logged with its reason, kept in ``ignored`` (the most recent 100, with
-    ``ignored_count`` of all) and skipped. Nothing a message holds makes ``poll`` or ``newest`` raise.
+    A version counts only when the job's key signed it (see :mod:`producers.trusted_versions`); a version too
+    large for one message arrives as chunks keyed ``model_name/<index>`` and counts once all of them have.
+    Every other message under this model's keys is logged with its reason, kept in ``ignored`` (the most
+    recent 100, with ``ignored_count`` of all) and skipped. Nothing a message holds makes ``poll`` or
+    ``newest`` raise.
     """
 
     def __init__(self, settings: KafkaSettings, model_name: str, job_public_key: bytes | None = None) -> None:
@@ -56,7 +60,7 @@ class GlobalModelSubscriber:
         batches = self._consumer.poll(timeout_ms=int(timeout_seconds * 1000), max_records=1000)
         for records in batches.values():
             for record in records:
-                if record.key != self.model_name.encode():
+                if not is_models_key_of(record.key, self.model_name):
                     continue  # another model's versions share the topic
                 self._offer(record)
         newest = self._chain.newest
@@ -114,10 +118,19 @@ class PublishedAt:
     offset: int
 
 
+def _published_at(metadata: Any) -> PublishedAt:
+    return PublishedAt(int(metadata.partition), int(metadata.offset))
+
+
 class UpdatePublisher:
-    """Idempotent, acknowledged producer of update messages keyed by client id."""
+    """Idempotent, acknowledged producer of update messages keyed by client id.
+
+    ``max_message_bytes`` is the settings' limit: a client cuts an update larger than it into chunks
+    (``producers.updates.build_update_messages``) and sends them with :meth:`publish_chunks`.
+    """
 
     def __init__(self, settings: KafkaSettings) -> None:
+        self.max_message_bytes = settings.max_message_bytes
         self._producer = KafkaProducer(**settings.producer_options())
 
     def publish(
@@ -132,8 +145,24 @@ class UpdatePublisher:
         future = self._producer.send(UPDATES_TOPIC, key=client_id.encode(), value=value, headers=headers)
         if not wait:
             return None
-        metadata = future.get(timeout=60)
-        return PublishedAt(int(metadata.partition), int(metadata.offset))
+        return _published_at(future.get(timeout=60))
+
+    def publish_chunks(
+        self, client_id: str, values: Sequence[bytes], *, model_name: str | None = None, wait: bool = True
+    ) -> list[PublishedAt]:
+        """Send the chunk values of one update in order; with ``wait`` block until all are acknowledged.
+
+        Every chunk goes out as :meth:`publish` sends an update (key ``client_id``, the same ``fedstream-model``
+        header), so all land in one partition in index order. Returns where each landed, in ``values``' order
+        (empty without ``wait``). A whole update is a one-value list, so clients may send every update this way.
+        """
+        headers = [] if model_name is None else [(MODEL_HEADER, model_name.encode())]
+        key = client_id.encode()
+        futures = [self._producer.send(UPDATES_TOPIC, key=key, value=value, headers=headers) for value in values]
+        if not wait:
+            return []
+        # Sent back to back, they are acknowledged together: waiting on each in turn costs one round trip.
+        return [_published_at(future.get(timeout=60)) for future in futures]
 
     def flush(self) -> None:
         """Wait for every sent update to be acknowledged."""

@@ -4,8 +4,9 @@ Anyone whose Kafka login may write ``fl.models`` (a leaked job password, a misco
 "version 999", and a client follows the highest version it sees. So the job signs every version with its own
 Ed25519 key (``streaming_jobs.signing_key``) and a client is configured with the matching public key: a
 message becomes the client's global model only when that key signed it, its payload matches the signed hashes,
-and its parent hash equals the hash of the parent the client already holds (where it holds it). Everything
-else is an :class:`IgnoredVersion` naming the reason; checking a message never raises.
+and its parent hash equals the hash of the parent the client already holds (where it holds it). A version too
+large for one message comes as chunks (``schemas.chunks``), each signed and checked as it comes, and is taken
+once complete. Everything else is an :class:`IgnoredVersion` naming the reason; checking a message never raises.
 
 The client finds the job's public key in ``FEDSTREAM_JOB_PUBLIC_KEY`` (64 hex digits), else in the file
 ``FEDSTREAM_JOB_PUBLIC_KEY_FILE`` (a ``.pub`` file as ``fedstream job-key`` writes it), else in the local
@@ -17,7 +18,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Final
@@ -25,11 +26,13 @@ from typing import Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from schemas.chunks import ModelChunk, assemble_model, decode_model_chunk, is_model_chunk
+from schemas.messages import ModelHeader
 from schemas.paths import local_job_key_files
 from schemas.rejections import Rejection
 from schemas.tensors import parameter_hash
 from schemas.topics import MAX_MESSAGE_BYTES
-from schemas.wire import DecodedModel, decode_model_message
+from schemas.wire import UNSIGNED, DecodedModel, decode_model_message
 
 JOB_PUBLIC_KEY_VARIABLE: Final = "FEDSTREAM_JOB_PUBLIC_KEY"
 """The job's raw Ed25519 public key as 64 hex digits."""
@@ -126,11 +129,33 @@ def check_signed_version(
     decoded = decode_model_message(value, max_message_bytes)
     if isinstance(decoded, Rejection):
         return IgnoredVersion(IgnoreReason.MALFORMED, str(decoded))
-    header = decoded.header
-    if not decoded.is_signed:
+    problem = _trust_problem(decoded.header, decoded.signature, decoded.signed_bytes, job_key, model_name)
+    return problem or _parameters_problem(decoded) or decoded
+
+
+def check_signed_chunk(
+    value: bytes | None,
+    job_key: Ed25519PublicKey,
+    model_name: str,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+) -> ModelChunk | IgnoredVersion:
+    """``value`` decoded when it is a well-formed chunk of a version of ``model_name`` signed by ``job_key``.
+
+    The same checks as :func:`check_signed_version` but the parameter hash, which needs every chunk; never raises.
+    """
+    chunk = decode_model_chunk(value, max_message_bytes)
+    if isinstance(chunk, Rejection):
+        return IgnoredVersion(IgnoreReason.MALFORMED, str(chunk))
+    return _trust_problem(chunk.header, chunk.signature, chunk.signed_bytes, job_key, model_name) or chunk
+
+
+def _trust_problem(
+    header: ModelHeader, signature: bytes, signed: bytes, job_key: Ed25519PublicKey, model_name: str
+) -> IgnoredVersion | None:
+    if signature == UNSIGNED:
         return IgnoredVersion(IgnoreReason.UNSIGNED, "the signature slot holds zeros", header.version)
     try:
-        job_key.verify(decoded.signature, decoded.signed_bytes)
+        job_key.verify(signature, signed)
     except InvalidSignature:
         return IgnoredVersion(
             IgnoreReason.BAD_SIGNATURE, "the signature does not verify with the job's key", header.version
@@ -141,6 +166,11 @@ def check_signed_version(
             f"the header names model {header.model_name!r}, not {model_name!r}",
             header.version,
         )
+    return None
+
+
+def _parameters_problem(decoded: DecodedModel) -> IgnoredVersion | None:
+    header = decoded.header
     actual = parameter_hash(decoded.parameters)
     if actual != header.parameter_hash:
         return IgnoredVersion(
@@ -148,7 +178,16 @@ def check_signed_version(
             f"the parameters hash to {actual}, the header says {header.parameter_hash}",
             header.version,
         )
-    return decoded
+    return None
+
+
+@dataclass
+class _Assembly:
+    """The chunks of one chunked version received so far, by index."""
+
+    version: int
+    chunk_count: int
+    chunks: dict[int, ModelChunk] = field(default_factory=dict)
 
 
 class VersionChain:
@@ -157,6 +196,12 @@ class VersionChain:
     ``offer`` takes a message only if :func:`check_signed_version` accepts it, it is newer than the newest, and
     its parent hash matches the remembered hash of its parent version. Where the parent was never seen (the
     client started later, or compaction removed it) there is nothing to compare, and the signature must do.
+
+    A chunked version's chunks are checked one by one as they come (:func:`check_signed_chunk`) and held by
+    ``assembly_id`` until all have come; the assembled version then goes through the same checks as a whole
+    one. Only chunks of versions newer than the newest are held, of at most ``max_incomplete_versions``
+    versions: a compacted ``fl.models`` keeps stray chunks of older versions that never complete, so the
+    lowest incomplete version gives way to a newer one.
     """
 
     def __init__(
@@ -166,33 +211,48 @@ class VersionChain:
         *,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         remembered_versions: int = 4096,
+        max_incomplete_versions: int = 2,
     ) -> None:
+        if max_incomplete_versions < 1:
+            raise ValueError(f"max_incomplete_versions must be at least 1, got {max_incomplete_versions}")
         self.job_key = public_key_from_bytes(job_public_key)
         self.model_name = model_name
         self.max_message_bytes = max_message_bytes
         self.remembered_versions = remembered_versions
+        self.max_incomplete_versions = max_incomplete_versions
         self.newest: DecodedModel | None = None
         self._hashes: OrderedDict[int, str] = OrderedDict()
+        self._assemblies: dict[str, _Assembly] = {}
+
+    @property
+    def incomplete_versions(self) -> int:
+        """How many chunked versions have some of their chunks held (at most ``max_incomplete_versions``)."""
+        return len(self._assemblies)
+
+    @property
+    def held_chunks(self) -> int:
+        """How many chunks of incomplete versions are held."""
+        return sum(len(assembly.chunks) for assembly in self._assemblies.values())
 
     def offer(self, value: bytes | None) -> DecodedModel | IgnoredVersion | None:
         """The version now taken, why ``value`` was ignored, or None for a trusted version not newer than the newest.
 
-        A version the job publishes again (it does on every start) is such a None.
+        A version the job publishes again (it does on every start) is such a None, and so is a good chunk of a
+        version not yet complete; the chunk that completes a version returns what the version's checks give.
         """
+        if is_model_chunk(value):
+            return self._offer_chunk(value)
         checked = check_signed_version(value, self.job_key, self.model_name, self.max_message_bytes)
         if isinstance(checked, IgnoredVersion):
             return checked
+        return self._take(checked)
+
+    def _take(self, checked: DecodedModel) -> DecodedModel | IgnoredVersion | None:
         header = checked.header
-        known = self._hashes.get(header.version)
-        if known is not None:
-            if known == header.parameter_hash:
-                return None
-            return IgnoredVersion(
-                IgnoreReason.CONFLICTING_VERSION,
-                f"version {header.version} was taken with parameter hash {known}, this one has {header.parameter_hash}",
-                header.version,
-            )
-        if self.newest is not None and header.version <= self.newest.header.version:
+        conflict = self._conflict(header)
+        if conflict is not None:
+            return conflict
+        if not self._is_newer(header.version):
             return None
         problem = self._chain_problem(checked)
         if problem is not None:
@@ -201,7 +261,59 @@ class VersionChain:
         self._hashes[header.version] = header.parameter_hash
         while len(self._hashes) > self.remembered_versions:
             self._hashes.popitem(last=False)
+        self._drop_not_newer()
         return checked
+
+    def _conflict(self, header: ModelHeader) -> IgnoredVersion | None:
+        known = self._hashes.get(header.version)
+        if known is None or known == header.parameter_hash:
+            return None
+        return IgnoredVersion(
+            IgnoreReason.CONFLICTING_VERSION,
+            f"version {header.version} was taken with parameter hash {known}, this one has {header.parameter_hash}",
+            header.version,
+        )
+
+    def _is_newer(self, version: int) -> bool:
+        return self.newest is None or version > self.newest.header.version
+
+    def _offer_chunk(self, value: bytes | None) -> DecodedModel | IgnoredVersion | None:
+        chunk = check_signed_chunk(value, self.job_key, self.model_name, self.max_message_bytes)
+        if isinstance(chunk, IgnoredVersion):
+            return chunk
+        conflict = self._conflict(chunk.header)
+        if conflict is not None:
+            return conflict
+        if not self._is_newer(chunk.header.version):
+            return None
+        assembly_id = chunk.assembly_id
+        assembly = self._assemblies.setdefault(assembly_id, _Assembly(chunk.header.version, chunk.layout.chunk_count))
+        assembly.chunks.setdefault(chunk.index, chunk)  # a duplicate carries the same bytes: the hash says so
+        if len(assembly.chunks) < assembly.chunk_count:
+            self._bound_incomplete()
+            return None
+        del self._assemblies[assembly_id]
+        return self._assembled(list(assembly.chunks.values()))
+
+    def _assembled(self, chunks: list[ModelChunk]) -> DecodedModel | IgnoredVersion | None:
+        decoded = assemble_model(chunks)
+        if isinstance(decoded, Rejection):
+            return IgnoredVersion(IgnoreReason.MALFORMED, str(decoded), chunks[0].header.version)
+        problem = _parameters_problem(decoded)
+        if problem is not None:
+            return problem
+        return self._take(decoded)
+
+    def _bound_incomplete(self) -> None:
+        # The lowest version goes first (the oldest held among equals): what is newest matters to a client.
+        while len(self._assemblies) > self.max_incomplete_versions:
+            lowest = min(self._assemblies, key=lambda assembly_id: self._assemblies[assembly_id].version)
+            del self._assemblies[lowest]
+
+    def _drop_not_newer(self) -> None:
+        stale = [key for key, assembly in self._assemblies.items() if not self._is_newer(assembly.version)]
+        for key in stale:
+            del self._assemblies[key]
 
     def _chain_problem(self, candidate: DecodedModel) -> str | None:
         header = candidate.header

@@ -7,6 +7,7 @@ and unknown fields are refused (``extra="forbid"``), so no personal data can rid
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -45,6 +46,88 @@ def _in_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+MAX_CHUNKS: Final = 1024
+"""Most chunks one update or model version may have (each names its SHA-256 in the signed header)."""
+MAX_TENSORS: Final = 4096
+MAX_DIMENSIONS: Final = 8
+TENSOR_NAME_PATTERN: Final = r"^[A-Za-z0-9_.:/-]{1,256}$"
+TensorName = Annotated[str, Field(pattern=TENSOR_NAME_PATTERN)]
+"""A tensor name in a chunk layout: a model's parameter name (``state_dict`` names fit)."""
+
+
+class Encoding(StrEnum):
+    """How a chunked payload stores each float32 value."""
+
+    FLOAT32 = "float32"
+    """4 bytes, little-endian: exact."""
+    FLOAT16 = "float16"
+    """2 bytes, little-endian IEEE half precision: values beyond ±65504 cannot be sent this way."""
+    INT8 = "int8"
+    """Per chunk: a little-endian float32 scale, then one signed byte per value (value = byte × scale)."""
+
+
+class TensorShape(_Strict):
+    """One tensor of a chunked payload: its name and shape, in the order the flat vector holds them."""
+
+    name: TensorName
+    shape: Annotated[list[Annotated[int, Field(strict=True, ge=0, le=2**31)]], Field(max_length=MAX_DIMENSIONS)]
+
+
+class ChunkLayout(_Strict):
+    """How a payload too large for one Kafka message is cut: part of the signed header of every chunk.
+
+    The payload is the tensors' values, flattened in ``tensors`` order (each tensor in C order), then cut into
+    chunks of ``chunk_elements`` values (the last may hold fewer), each encoded with ``encoding``. Chunk ``i``'s
+    body hashes to ``chunk_sha256[i]``; the header's ``payload_sha256`` is :func:`schemas.chunks.chunks_root` of
+    that list, so the signature covers every chunk, and each chunk can be checked on its own as it arrives.
+    """
+
+    encoding: Encoding
+    tensors: Annotated[list[TensorShape], Field(min_length=1, max_length=MAX_TENSORS)]
+    chunk_elements: Annotated[int, Field(strict=True, gt=0, le=2**31)]
+    chunk_sha256: Annotated[list[Sha256Hex], Field(min_length=1, max_length=MAX_CHUNKS)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChunkLayout:
+        names = [tensor.name for tensor in self.tensors]
+        if len(set(names)) != len(names):
+            raise ValueError("tensor names repeat")
+        total = self.total_elements
+        if total == 0:
+            raise ValueError("the tensors hold no values")
+        expected = -(-total // self.chunk_elements)
+        if len(self.chunk_sha256) != expected:
+            raise ValueError(
+                f"{total} values in chunks of {self.chunk_elements} make {expected} chunks, "
+                f"the layout names {len(self.chunk_sha256)}"
+            )
+        return self
+
+    @property
+    def total_elements(self) -> int:
+        """Values in the whole payload."""
+        return sum(_product(tensor.shape) for tensor in self.tensors)
+
+    @property
+    def chunk_count(self) -> int:
+        """How many chunks the payload has."""
+        return len(self.chunk_sha256)
+
+    def chunk_bounds(self, index: int) -> tuple[int, int]:
+        """The ``[start, stop)`` range of flat values chunk ``index`` holds."""
+        if not 0 <= index < self.chunk_count:
+            raise IndexError(f"chunk {index} of {self.chunk_count}")
+        start = index * self.chunk_elements
+        return start, min(start + self.chunk_elements, self.total_elements)
+
+
+def _product(shape: list[int]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
 class ClientMetrics(_Strict):
     """What a client measured: the received global model on its own validation split, then its training."""
 
@@ -67,6 +150,8 @@ class UpdateHeader(_Strict):
     created_at: AwareDatetime
     payload_sha256: Sha256Hex
     metrics: ClientMetrics = ClientMetrics()
+    layout: ChunkLayout | None = None
+    """Set on a chunked update only (``schemas.chunks``); a whole ``FSU1`` message has none."""
 
     _created_at_in_utc = field_validator("created_at")(_in_utc)
 
@@ -87,6 +172,8 @@ class ModelHeader(_Strict):
     payload_sha256: Sha256Hex
     created_at: AwareDatetime
     update_count: Annotated[int, Field(strict=True, ge=0)] = 0
+    layout: ChunkLayout | None = None
+    """Set on a chunked version only (``schemas.chunks``, always float32); a whole ``FSM2`` message has none."""
 
     _created_at_in_utc = field_validator("created_at")(_in_utc)
 

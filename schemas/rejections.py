@@ -28,6 +28,12 @@ class RejectionReason(StrEnum):
     REVOKED_CLIENT = "revoked_client"
     BAD_SIGNATURE = "bad_signature"
     OUTSIDE_REPLAY_WINDOW = "outside_replay_window"
+    INCOMPLETE = "incomplete"
+    """A chunked update whose chunks did not all arrive before its deadline (or a chunk of one that expired)."""
+    DUPLICATE_CHUNK = "duplicate_chunk"
+    """A chunk whose index of the same update the job already holds."""
+    CHUNK_LIMIT = "chunk_limit"
+    """A chunk the job cannot hold: its client, or all clients together, have too many incomplete updates open."""
     INTERNAL_ERROR = "internal_error"
     """Processing this one message raised; the exception is in the detail and the batch went on."""
 

@@ -16,7 +16,7 @@ import json
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +35,8 @@ _PREFIX_BYTES: Final = len(UPDATE_MAGIC) + _LENGTH.size
 MAX_HEADER_BYTES: Final = 64 * 1024
 SIGNATURE_BYTES: Final = 64
 UNSIGNED: Final = bytes(SIGNATURE_BYTES)
+
+_Header = TypeVar("_Header", UpdateHeader, ModelHeader)
 
 Signer = Callable[[bytes], bytes]
 """Signs the bytes :func:`signed_bytes` returns; a client's private key lives inside it."""
@@ -86,10 +88,11 @@ def signed_bytes(header_json: bytes) -> bytes:
 
 
 def encode_update(header: UpdateHeader, payload: bytes, signer: Signer | None = None) -> bytes:
-    """Encode an update whose ``payload_sha256`` already names ``payload``, signed when ``signer`` is given."""
-    if header.payload_sha256 != sha256_hex(payload):
-        raise ValueError(f"header.payload_sha256 {header.payload_sha256!r} does not match the payload")
-    header_json = header.model_dump_json().encode()
+    """Encode an update whose ``payload_sha256`` already names ``payload``, signed when ``signer`` is given.
+
+    Raises ``ValueError`` for a header with a ``layout``: a chunked update is sent by ``schemas.chunks``.
+    """
+    header_json = _whole_header_json(header, payload)
     signature = signer(signed_bytes(header_json)) if signer is not None else UNSIGNED
     if len(signature) != SIGNATURE_BYTES:
         raise ValueError(f"a signature is {SIGNATURE_BYTES} bytes, the signer returned {len(signature)}")
@@ -105,14 +108,23 @@ def encode_model(header: ModelHeader, payload: bytes, signer: Signer | None = No
     """Encode a global model version whose ``payload_sha256`` already names ``payload``, signed by ``signer``.
 
     Without ``signer`` the signature slot holds zeros, which no client configured with the job's key accepts.
+    Raises ``ValueError`` for a header with a ``layout``: a chunked version is sent by ``schemas.chunks``.
     """
-    if header.payload_sha256 != sha256_hex(payload):
-        raise ValueError(f"header.payload_sha256 {header.payload_sha256!r} does not match the payload")
-    header_json = header.model_dump_json().encode()
+    header_json = _whole_header_json(header, payload)
     signature = signer(model_signed_bytes(header_json)) if signer is not None else UNSIGNED
     if len(signature) != SIGNATURE_BYTES:
         raise ValueError(f"a signature is {SIGNATURE_BYTES} bytes, the signer returned {len(signature)}")
     return frame(MODEL_MAGIC, header_json, signature + payload)
+
+
+def _whole_header_json(header: UpdateHeader | ModelHeader, payload: bytes) -> bytes:
+    if header.layout is not None:
+        raise ValueError("a header with a chunk layout cannot be sent as a whole message (use schemas.chunks)")
+    if header.payload_sha256 != sha256_hex(payload):
+        raise ValueError(f"header.payload_sha256 {header.payload_sha256!r} does not match the payload")
+    # Without the layout key the bytes are exactly those written before chunking existed, so signatures and
+    # readers of whole messages are unaffected.
+    return header.model_dump_json(exclude={"layout"}).encode()
 
 
 def tensors_payload(tensors: Mapping[str, npt.NDArray[np.float32]]) -> tuple[bytes, str]:
@@ -154,9 +166,11 @@ def decode_update(
     if len(signed_payload) < SIGNATURE_BYTES:
         return Rejection(RejectionReason.MALFORMED_ENVELOPE, f"no room for the {SIGNATURE_BYTES}-byte signature")
     signature, payload = signed_payload[:SIGNATURE_BYTES], signed_payload[SIGNATURE_BYTES:]
-    header = _parse_header(header_json)
+    header = _parse_header(header_json, UpdateHeader)
     if isinstance(header, Rejection):
         return header
+    if header.layout is not None:
+        return _layout_in_whole_message()
     if key is not None and key != header.client_id.encode():
         return Rejection(RejectionReason.KEY_MISMATCH, f"key {key[:80]!r} != client_id {header.client_id!r}")
     actual_hash = sha256_hex(payload)
@@ -195,6 +209,8 @@ def decode_model_message(value: bytes | None, max_message_bytes: int = MAX_MESSA
     except ValidationError as error:  # bad UTF-8 and bad JSON too
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:5])
         return Rejection(RejectionReason.INVALID_HEADER, problems[:500])
+    if header.layout is not None:
+        return _layout_in_whole_message()
     actual_hash = sha256_hex(payload)
     if actual_hash != header.payload_sha256:
         return Rejection(
@@ -222,7 +238,15 @@ def decode_model(value: bytes) -> DecodedModel:
     return decoded
 
 
-def _parse_header(header_json: bytes) -> UpdateHeader | Rejection:
+def _layout_in_whole_message() -> Rejection:
+    return Rejection(
+        RejectionReason.INVALID_HEADER, "layout: a whole message carries no chunk layout (only a chunk's header does)"
+    )
+
+
+def _parse_header(header_json: bytes, header_type: type[_Header]) -> _Header | Rejection:
+    # The schema version is read before pydantic, so a newer client's header is reported as such and not as
+    # whatever field this version of the schema happens to trip over first. Shared with ``schemas.chunks``.
     try:
         raw = json.loads(header_json)
     except (ValueError, RecursionError) as error:  # includes bad UTF-8, bad JSON, over-long integers, deep nesting
@@ -236,7 +260,7 @@ def _parse_header(header_json: bytes) -> UpdateHeader | Rejection:
             f"schema_version {version!r}; this job reads {SCHEMA_VERSION}",
         )
     try:
-        return UpdateHeader.model_validate_json(header_json)
+        return header_type.model_validate_json(header_json)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:5])
         return Rejection(RejectionReason.INVALID_HEADER, problems[:500])

@@ -2,7 +2,8 @@
 
 Each message carries the job's Ed25519 signature over its header (which names the payload's and the parent's
 hashes); clients configured with the job's public key take no other (``producers.trusted_versions``). The
-Kafka send is acknowledged before :meth:`VersionPublisher.publish` returns; MLflow is told in the background
+Kafka send (of every chunk, for a version too large for one message) is acknowledged before
+:meth:`VersionPublisher.publish` returns; MLflow is told in the background
 (:mod:`streaming_jobs.mlflow_recorder`), off the micro-batch's path.
 """
 
@@ -10,13 +11,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from typing import Final
 
 from kafka import KafkaProducer
 
 from aggregator import BudgetCheck
+from schemas.chunks import encode_model_chunks, model_chunk_key
 from schemas.messages import ModelHeader
 from schemas.rows import ModelVersionRow
-from schemas.tensors import sha256_hex
+from schemas.tensors import decode_tensors, sha256_hex
 from schemas.topics import MODELS_TOPIC
 from schemas.wire import Signer, encode_model
 from streaming_jobs.mlflow_recorder import BackgroundRecorder, MlflowRecorder
@@ -25,21 +28,48 @@ from streaming_jobs.signing_key import job_signing_key
 
 logger = logging.getLogger(__name__)
 
+_UNSET_PAYLOAD_SHA256: Final = "0" * 64
+"""A well-formed stand-in for a chunked version's payload hash, which the chunk encoder sets."""
+
 
 def model_message(row: ModelVersionRow, signer: Signer) -> bytes:
     """The ``fl.models`` value announcing ``row``, signed by ``signer`` (the job's key)."""
     payload = bytes(row.parameters)
-    header = ModelHeader(
+    return encode_model(_header(row, sha256_hex(payload)), payload, signer)
+
+
+def model_records(row: ModelVersionRow, signer: Signer, max_message_bytes: int) -> list[tuple[bytes, bytes]]:
+    """The ``(key, value)`` records announcing ``row`` on ``fl.models``, each value at most ``max_message_bytes``.
+
+    One record keyed by the model name (:func:`model_message`) when it fits; else the version's chunks
+    (``schemas.chunks.encode_model_chunks``), chunk ``i`` keyed ``model_chunk_key(model_name, i)`` so that
+    compaction keeps every chunk of the newest chunked version. ``ValueError`` when even chunks cannot fit.
+    """
+    # Parameters alone over the limit cannot fit whole: skip framing a large model only to find that out.
+    if len(row.parameters) < max_message_bytes:
+        whole = model_message(row, signer)
+        if len(whole) <= max_message_bytes:
+            return [(row.model_name.encode(), whole)]
+    # Chunks carry the values, not safetensors: the chunk encoder sets the layout and payload hash it names.
+    # Tensors in name order (safetensors decodes in no fixed order): a version published again on a restart
+    # is then the same chunks, byte for byte, so a reader holding some of them completes it with the rest.
+    parameters = dict(sorted(decode_tensors(bytes(row.parameters)).items()))
+    header = _header(row, _UNSET_PAYLOAD_SHA256)
+    chunks = encode_model_chunks(header, parameters, max_message_bytes=max_message_bytes, signer=signer)
+    return [(model_chunk_key(row.model_name, index), chunk) for index, chunk in enumerate(chunks)]
+
+
+def _header(row: ModelVersionRow, payload_sha256: str) -> ModelHeader:
+    return ModelHeader(
         model_name=row.model_name,
         version=row.version,
         parent_version=row.parent_version,
         parent_parameter_hash=row.parent_parameter_hash,
         parameter_hash=row.parameter_hash,
-        payload_sha256=sha256_hex(payload),
+        payload_sha256=payload_sha256,
         created_at=row.created_at,
         update_count=len(row.update_ids),
     )
-    return encode_model(header, payload, signer)
 
 
 class VersionPublisher:
@@ -62,10 +92,14 @@ class VersionPublisher:
         self.mlflow.submit(rows)
 
     def send(self, rows: Sequence[ModelVersionRow]) -> None:
-        """Send every row in version order to ``fl.models`` and wait for the acknowledgement (no MLflow)."""
+        """Send every row in version order to ``fl.models`` and wait for the acknowledgement (no MLflow).
+
+        A version larger than ``settings.kafka.max_message_bytes`` goes out as chunks (:func:`model_records`).
+        """
+        limit = self.settings.kafka.max_message_bytes
         for row in sorted(rows, key=lambda row: row.version):
-            value = model_message(row, self._signing_key.sign)
-            self._producer.send(MODELS_TOPIC, key=row.model_name.encode(), value=value)
+            for key, value in model_records(row, self._signing_key.sign, limit):
+                self._producer.send(MODELS_TOPIC, key=key, value=value)
         self._producer.flush(timeout=60)
 
     def backfill_mlflow(self, newer_than: Callable[[int | None, int | None], Iterable[ModelVersionRow]]) -> None:
