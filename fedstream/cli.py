@@ -193,7 +193,10 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--updates-partitions", type=int, default=3, help="partitions of fl.updates (default 3)")
     create.add_argument("--models-partitions", type=int, default=1, help="partitions of fl.models (default 1)")
     create.add_argument(
-        "--max-message-bytes", type=int, help="a plan's message cap, which every party must use too (default 16 MiB)"
+        "--max-message-bytes",
+        type=int,
+        help="largest message value every party uses (default 1,000,000 bytes, which fits stock Kafka); at most "
+        "the plan's cap minus 4096 (the topics take values of this size plus room for key and headers)",
     )
     create.set_defaults(handler=_topics)
 
@@ -436,6 +439,12 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enrol-public-keys", help="folder of <client_id>.pub files to enrol at start")
     parser.add_argument("--registry-refresh-seconds", type=float, default=10.0, help="how often keys are re-read")
     parser.add_argument(
+        "--chunk-deadline-seconds",
+        type=float,
+        default=600.0,
+        help="reject a chunked update as incomplete when its chunks have not all arrived this long after the first",
+    )
+    parser.add_argument(
         "--signing-key",
         help="PEM file of the key that signs global versions (default: FEDSTREAM_JOB_SIGNING_KEY[_FILE], the "
         "secret scope, else the local stack's key, made on first use)",
@@ -468,6 +477,7 @@ def job_settings(args: argparse.Namespace) -> JobSettings:
         "enrol_public_keys_dir": args.enrol_public_keys,
         "require_signatures": not args.allow_unsigned,
         "registry_refresh_seconds": args.registry_refresh_seconds,
+        "chunk_deadline_seconds": args.chunk_deadline_seconds,
     }
     if args.tables_root:
         overrides["tables_root"] = args.tables_root

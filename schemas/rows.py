@@ -64,6 +64,26 @@ class RejectedUpdateRow(KafkaCoordinates):
     tables), not a claim of the message's. None in rows written before fedstream recorded it."""
 
 
+class UpdateChunkRow(KafkaCoordinates):
+    """``update_chunks``: one well-formed, signed chunk of a chunked update (append-only, like every table).
+
+    The whole chunk message is kept (``value``): the job assembles an update from these rows when its last chunk
+    arrives in a later micro-batch, and an auditor can check every chunk's signature and hash from them.
+    """
+
+    model_name: Identifier
+    assembly_id: Sha256Hex
+    """SHA-256 of the chunk's signed header and signature: every chunk of one update shares it."""
+    update_id: UpdateId
+    client_id: Identifier
+    chunk_index: NonNegative
+    chunk_count: Annotated[int, Field(gt=0)]
+    key: bytes | None
+    value: bytes
+    received_at: AwareDatetime
+    batch_id: NonNegative
+
+
 class ModelVersionRow(_Row):
     """``model_versions``: one global version, with everything needed to recompute and audit it."""
 

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F  # noqa: N812
 
-from streaming_jobs.tables import MODEL_VERSIONS, REJECTED_UPDATES, UPDATES, TableLocations
+from streaming_jobs.tables import MODEL_VERSIONS, REJECTED_UPDATES, UPDATE_CHUNKS, UPDATES, TableLocations
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def spark_starting_offsets(identity: CheckpointIdentity) -> str:
 
 def _next_batch_id(spark: SparkSession, locations: TableLocations) -> int:
     highest = -1
-    for table in (UPDATES, REJECTED_UPDATES, MODEL_VERSIONS):
+    for table in (UPDATES, REJECTED_UPDATES, MODEL_VERSIONS, UPDATE_CHUNKS):
         found = locations.read(spark, table).agg(F.max("batch_id")).collect()[0][0]
         if found is not None:
             highest = max(highest, int(found))
@@ -114,13 +114,14 @@ def _resume_offsets(
 ) -> dict[str, dict[str, int]] | None:
     """One past the highest offset this model's job recorded, per partition (-2: earliest).
 
-    Its rows only: ``model_name``'s updates and the rejections its job recorded (and rejections from before
-    fedstream recorded which job made them). Another model's job may be ahead on the shared topic; resuming
-    after its rows would skip this model's messages in between.
+    Its rows only: ``model_name``'s updates, the chunks of its chunked updates, and the rejections its job
+    recorded (and rejections from before fedstream recorded which job made them). Another model's job may be
+    ahead on the shared topic; resuming after its rows would skip this model's messages in between.
     """
     highest: dict[int, int] = {}
     mine = {
         UPDATES: F.col("model_name") == model_name,
+        UPDATE_CHUNKS: F.col("model_name") == model_name,
         REJECTED_UPDATES: F.col("job_model").isNull() | (F.col("job_model") == model_name),
     }
     for table, recorded_by_this_job in mine.items():

@@ -309,7 +309,7 @@ def _message(problems: list[str]) -> str:
 
 # ── Unity Catalog grants: the job's principal and auditors ──────────────────────────────────────────────────────
 
-AUDITED_TABLES = ("updates", "rejected_updates", "model_versions", "client_keys")
+AUDITED_TABLES = ("updates", "rejected_updates", "model_versions", "client_keys", "update_chunks")
 """The job's tables; each has an auditor's view ``<table>_audit`` without binary blobs (``streaming_jobs.tables``)."""
 
 

@@ -8,14 +8,20 @@ that breaks any of this would make every update fail (a float64 file: every upda
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from schemas.chunks import chunk_elements_for
+from schemas.messages import TENSOR_NAME_PATTERN, Encoding
 from schemas.tensors import Tensors, decode_tensors
 from streaming_jobs.intake_limits import largest_update_bytes
+
+UPDATE_HEADER_ROOM = 2048
+"""Bytes of an update's JSON header without its layout: its fields are bounded (ids, numbers, a timestamp)."""
 
 
 class InvalidInitialModelError(ValueError):
@@ -25,7 +31,8 @@ class InvalidInitialModelError(ValueError):
 def read_initial_model(path: Path, *, max_message_bytes: int) -> Tensors:
     """The parameters of version 0 in ``path``, or ``InvalidInitialModelError`` naming the first problem.
 
-    ``max_message_bytes``: Kafka's message limit, which the largest update of this model must fit.
+    ``max_message_bytes``: Kafka's message limit. An update larger than one message travels in chunks
+    (``schemas.chunks``): the model must fit ``MAX_CHUNKS`` of them, and its tensor names a chunk layout.
     """
     try:
         payload = path.read_bytes()
@@ -39,13 +46,26 @@ def read_initial_model(path: Path, *, max_message_bytes: int) -> Tensors:
         raise InvalidInitialModelError(f"initial model {path} holds no tensors")
     for name in sorted(parameters):
         _check_tensor(path, name, parameters[name])
-    needed = largest_update_bytes(parameters)
-    if needed > max_message_bytes:
-        raise InvalidInitialModelError(
-            f"initial model {path}: an update of this model takes {needed} bytes, more than Kafka's "
-            f"max_message_bytes ({max_message_bytes}); raise the topic's and the clients' limits or use a smaller model"
-        )
+    if largest_update_bytes(parameters) > max_message_bytes:
+        _check_chunkable(path, parameters, max_message_bytes)
     return parameters
+
+
+def _check_chunkable(path: Path, parameters: Tensors, max_message_bytes: int) -> None:
+    """Raise unless updates of ``parameters`` can travel as chunks of ``max_message_bytes``."""
+    bad_names = sorted(name for name in parameters if not re.fullmatch(TENSOR_NAME_PATTERN, name))
+    if bad_names:
+        raise InvalidInitialModelError(
+            f"initial model {path}: its updates travel in chunks, whose layout names tensors with letters, digits "
+            f"and '_.:/-' only; rename {bad_names[:5]}"
+        )
+    try:
+        chunk_elements_for(parameters, Encoding.FLOAT32, max_message_bytes, header_bytes=UPDATE_HEADER_ROOM)
+    except ValueError as error:
+        raise InvalidInitialModelError(
+            f"initial model {path}: an update of this model does not fit Kafka's max_message_bytes "
+            f"({max_message_bytes}) even in chunks: {error}"
+        ) from None
 
 
 def _check_tensor(path: Path, name: str, tensor: npt.NDArray[Any]) -> None:

@@ -77,7 +77,15 @@ class JobProgress:
         self.status_file = status_file
         self.recent_batches: deque[dict[str, object]] = deque(maxlen=RECENT_BATCHES_KEPT)
         self.sequence = 0
-        self.totals = {"batches": 0, "messages": 0, "accepted": 0, "rejected": 0, "versions": 0, "other_models": 0}
+        self.totals = {
+            "batches": 0,
+            "messages": 0,
+            "accepted": 0,
+            "rejected": 0,
+            "versions": 0,
+            "other_models": 0,
+            "chunks": 0,
+        }
         self.rejected_by_reason: dict[str, int] = {}
         self.last: BatchOutcome | None = None
         self.epsilon: float | None = None
@@ -115,6 +123,7 @@ class JobProgress:
         self.totals["batches"] += outcome.batch_id >= 0
         self.totals["messages"] += outcome.messages
         self.totals["other_models"] += outcome.other_models
+        self.totals["chunks"] += outcome.chunks
         self.totals["accepted"] += outcome.accepted
         self.totals["rejected"] += outcome.rejected
         self.totals["versions"] += len(outcome.new_versions)
@@ -126,6 +135,7 @@ class JobProgress:
                 "rejected_by_reason": self.rejected_by_reason,
                 "current_version": outcome.current_version,
                 "pending": outcome.pending,
+                "open_chunked_updates": outcome.open_chunked,
                 "epsilon": self.epsilon,
                 "privacy": self.privacy,
                 "largest_batch_message_bytes": self.largest_batch_message_bytes,

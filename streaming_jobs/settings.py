@@ -107,6 +107,12 @@ class JobSettings(BaseModel):
     registry_refresh_seconds: float = Field(default=10.0, gt=0)
     """How often the job re-reads ``client_keys``: a revocation takes effect within this time."""
     replay_window_seconds: float | None = Field(default=900.0, gt=0)
+    chunk_deadline_seconds: float = Field(default=600.0, gt=0)
+    """A chunked update still missing chunks this long (Kafka time) after its first is rejected as ``incomplete``."""
+    max_open_chunked_updates_per_client: int = Field(default=2, gt=0)
+    """Incomplete chunked updates one client may have open at once."""
+    max_open_chunk_bytes: int = Field(default=2 * 2**30, gt=0)
+    """Chunk bytes the job holds for all incomplete chunked updates together (in ``update_chunks``, not memory)."""
     """Reject an update whose ``created_at`` is further than this from its Kafka timestamp (None: no limit)."""
     enrol_public_keys_dir: str | None = None
     """Folder of ``<client_id>.pub`` files enrolled at start (convenience for local runs and the demo)."""

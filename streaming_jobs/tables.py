@@ -33,7 +33,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from schemas.rows import ClientKeyRow, ModelVersionRow, RejectedUpdateRow, UpdateRow
+from schemas.rows import ClientKeyRow, ModelVersionRow, RejectedUpdateRow, UpdateChunkRow, UpdateRow
 
 _KAFKA_FIELDS = [
     StructField("kafka_topic", StringType(), False),
@@ -78,6 +78,22 @@ REJECTED_UPDATES_SCHEMA = StructType(
         StructField("rejected_at", TimestampType(), False),
         StructField("batch_id", LongType(), False),
         StructField("job_model", StringType(), True),
+    ]
+)
+
+UPDATE_CHUNKS_SCHEMA = StructType(
+    [
+        *_KAFKA_FIELDS,
+        StructField("model_name", StringType(), False),
+        StructField("assembly_id", StringType(), False),
+        StructField("update_id", StringType(), False),
+        StructField("client_id", StringType(), False),
+        StructField("chunk_index", LongType(), False),
+        StructField("chunk_count", LongType(), False),
+        StructField("key", BinaryType(), True),
+        StructField("value", BinaryType(), False),
+        StructField("received_at", TimestampType(), False),
+        StructField("batch_id", LongType(), False),
     ]
 )
 
@@ -178,7 +194,13 @@ MODEL_VERSIONS = TableSpec(
 CLIENT_KEYS = TableSpec(
     "client_keys", CLIENT_KEYS_SCHEMA, ClientKeyRow, audit_columns=(("public_key_sha256", "sha2(public_key, 256)"),)
 )
-ALL_TABLES = (UPDATES, REJECTED_UPDATES, MODEL_VERSIONS, CLIENT_KEYS)
+UPDATE_CHUNKS = TableSpec(
+    "update_chunks",
+    UPDATE_CHUNKS_SCHEMA,
+    UpdateChunkRow,
+    stats_columns=("model_name", "assembly_id", "update_id", "client_id", "received_at", "batch_id"),
+)
+ALL_TABLES = (UPDATES, REJECTED_UPDATES, MODEL_VERSIONS, CLIENT_KEYS, UPDATE_CHUNKS)
 
 CHECKPOINT_INTERVAL = 100
 """Commits between Delta checkpoints of fedstream's tables (see ``bench.delta_commits``)."""

@@ -26,19 +26,30 @@ from pyspark.sql import functions as F  # noqa: N812
 
 from aggregator import PendingUpdate
 from aggregator.intake import Intake, IntakeMessage, internal_error
+from schemas.chunks import is_update_chunk
 from schemas.rejections import Rejection, RejectionReason
-from schemas.rows import ModelVersionRow, RejectedUpdateRow, UpdateRow
+from schemas.rows import ModelVersionRow, RejectedUpdateRow, UpdateChunkRow, UpdateRow
 from schemas.tensors import sha256_hex
 from schemas.topics import MODEL_HEADER
 from schemas.wire import DecodedUpdate, decode_update
 from streaming_jobs.aggregation import aggregate_ready_versions, version_rows
 from streaming_jobs.checkpoint_identity import CheckpointIdentity
+from streaming_jobs.chunk_assembly import ChunkLimits, OpenUpdate, incomplete_detail
+from streaming_jobs.chunked_updates import ChunkedUpdates, ChunkOutcome
 from streaming_jobs.client_registry import ClientRegistry
 from streaming_jobs.faults import crash_point, inject_message_failure
 from streaming_jobs.global_state import GlobalState, load_global_state
 from streaming_jobs.intake_limits import MAX_KEY_BYTES, IntakeLimits
+from streaming_jobs.kafka_messages import KafkaMessage
 from streaming_jobs.settings import JobSettings
-from streaming_jobs.tables import MODEL_VERSIONS, REJECTED_UPDATES, UPDATES, TableLocations, TableSpec
+from streaming_jobs.tables import (
+    MODEL_VERSIONS,
+    REJECTED_UPDATES,
+    UPDATE_CHUNKS,
+    UPDATES,
+    TableLocations,
+    TableSpec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,23 +84,10 @@ class BatchOutcome:
     """When the handler began, epoch seconds (Spark's planning of the batch comes just before)."""
     other_models: int = 0
     """Messages read past because their ``fedstream-model`` header names another model (in no count above)."""
-
-
-@dataclass(frozen=True)
-class KafkaMessage:
-    """One ``fl.updates`` record as the batch read it (``value`` is None for an oversized one)."""
-
-    key: bytes | None
-    value: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    timestamp: datetime
-    size: int
-    sha256: str | None
-    """SHA-256 of an oversized message's value (computed in Spark); None for every other message."""
-    other_model: bool = False
-    """Its ``fedstream-model`` header names another model: read past, not judged (``value`` is None)."""
+    chunks: int = 0
+    """Of ``messages``, the chunks of chunked updates (each update counts once in ``accepted`` or ``rejected``)."""
+    open_chunked: int = 0
+    """Chunked updates still missing chunks after this batch."""
 
 
 def _names_another_model(batch: DataFrame, model_name: str) -> Column:
@@ -127,6 +125,7 @@ class UpdateBatchProcessor:
         self.on_batch = on_batch
         self._state: GlobalState | None = None
         self._intake: Intake | None = None
+        self._chunks: ChunkedUpdates | None = None
         self._fresh_state = True
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -158,6 +157,19 @@ class UpdateBatchProcessor:
             authenticate=None if self.registry is None else self.registry.check,
             replay_window_seconds=self.settings.replay_window_seconds,
             before_judging=inject_message_failure,
+        )
+        self._chunks = ChunkedUpdates(
+            self.spark,
+            self.locations,
+            self.settings.model_name,
+            ChunkLimits(
+                deadline_seconds=self.settings.chunk_deadline_seconds,
+                max_open_per_client=self.settings.max_open_chunked_updates_per_client,
+                max_open_bytes=self.settings.max_open_chunk_bytes,
+            ),
+            max_message_bytes=self.limits.max_update_bytes,
+            authenticate=None if self.registry is None else self.registry.check,
+            before_batch=before_batch,
         )
         self._state = state
 
@@ -248,6 +260,7 @@ class UpdateBatchProcessor:
                     pending=len(self._state.pending),
                     seconds=clock.laps,
                     started_at=started_at,
+                    open_chunked=self.chunks.open_count,
                 )
                 logger.info("buffer deadline: %s", outcome)
                 self.on_batch(versions, outcome)
@@ -311,7 +324,9 @@ class UpdateBatchProcessor:
         most of each commit's time. ``rejected_updates`` (rows without a trusted model to check by) keeps
         Delta's ``txnAppId``/``txnVersion``.
         """
-        decoded_messages = [self._decode(message) for message in messages]
+        chunk_messages = [message for message in messages if is_update_chunk(message.value)]
+        whole_messages = [message for message in messages if not is_update_chunk(message.value)]
+        decoded_messages = [self._decode(message) for message in whole_messages]
         clock.lap("decode")
         # A micro-batch is replayed only after a restart or a failure, and both reload the state.
         written = self._tables_written_by(batch_id) if self._state is None or self._fresh_state else set()
@@ -324,10 +339,14 @@ class UpdateBatchProcessor:
         clock.lap("load_state")
         now = datetime.now(UTC)
         kept = self.limits.rejected_bytes_kept
-        fresh = [
-            IntakeMessage(message, decoded, _aware(message.timestamp))
-            for message, decoded in zip(messages, decoded_messages, strict=True)
-        ]
+        chunked = self._take_chunks(chunk_messages, [*messages, *oversized], batch_id, now)
+        fresh = sorted(
+            (
+                IntakeMessage(message, decoded, _aware(message.timestamp))
+                for message, decoded in [*zip(whole_messages, decoded_messages, strict=True), *chunked.whole]
+            ),
+            key=lambda item: _kafka_order(item.source),
+        )
 
         def update_row(
             message: IntakeMessage[KafkaMessage], decoded: DecodedUpdate, update: PendingUpdate
@@ -340,6 +359,12 @@ class UpdateBatchProcessor:
         rejected = [
             _oversized_row(message, self.limits.max_update_bytes, now, batch_id, model) for message in oversized
         ]
+        rejected += [
+            _rejected_row(message, [problem], decoded, now, batch_id, kept, model)
+            for message, problem, decoded in chunked.refused
+        ]
+        deadline = self.settings.chunk_deadline_seconds
+        rejected += [_incomplete_row(update, deadline, now, batch_id, model) for update in chunked.expired]
         versions = version_rows(state, judged.versions, now=now, batch_id=batch_id)
         versions += aggregate_ready_versions(state, now=now, batch_id=batch_id, time_trigger=True)
         recorded_ids = self._recorded_version_update_ids(batch_id) if MODEL_VERSIONS.name in written else None
@@ -361,7 +386,11 @@ class UpdateBatchProcessor:
             crash_point("during_aggregation")
         # The versions and the updates are appended side by side; the versions go out as soon as theirs is durable.
         updates_written = self._writer.submit(
-            self._append_updates, [] if UPDATES.name in written else accepted, rejected, batch_id
+            self._append_updates,
+            [] if UPDATES.name in written else accepted,
+            rejected,
+            batch_id,
+            [] if UPDATE_CHUNKS.name in written else chunked.kept,
         )
         try:
             if recorded_ids is None:
@@ -391,6 +420,8 @@ class UpdateBatchProcessor:
             pending=len(self.state.pending),
             seconds=clock.laps,
             message_bytes=sum(message.size for message in messages),
+            chunks=len(chunk_messages),
+            open_chunked=self.chunks.open_count,
         )
         return outcome, versions
 
@@ -401,17 +432,39 @@ class UpdateBatchProcessor:
             logger.exception("decoding message %s/%s raised", message.partition, message.offset)
             return internal_error(error)
 
+    @property
+    def chunks(self) -> ChunkedUpdates:
+        """The chunked updates' handling (made with the state, on first use)."""
+        self.state  # noqa: B018 -- loading the state makes it
+        assert self._chunks is not None
+        return self._chunks
+
+    def _take_chunks(
+        self, chunk_messages: list[KafkaMessage], batch: list[KafkaMessage], batch_id: int, now: datetime
+    ) -> ChunkOutcome:
+        """Keep, refuse or assemble the batch's chunks; expire chunked updates past their deadline in Kafka time."""
+        kafka_now = max((_aware(message.timestamp) for message in batch), default=None)
+        known = self.intake.known_update_ids
+        return self.chunks.take(
+            chunk_messages, kafka_now=kafka_now, is_accepted=known.__contains__, batch_id=batch_id, now=now
+        )
+
     def _append_updates(
-        self, accepted: Sequence[UpdateRow], rejected: Sequence[RejectedUpdateRow], batch_id: int
+        self,
+        accepted: Sequence[UpdateRow],
+        rejected: Sequence[RejectedUpdateRow],
+        batch_id: int,
+        chunks: Sequence[UpdateChunkRow] = (),
     ) -> None:
-        """Append the accepted updates (none when an earlier attempt recorded them), then the rejections."""
+        """Append the kept chunks and the accepted updates (none where an earlier attempt did), then rejections."""
+        self._append_once(UPDATE_CHUNKS, chunks)
         self._append_once(UPDATES, accepted)
         if accepted:
             crash_point("after_updates_write")
         # Delta skips a (writer, batch) it already committed: a replay finds no model in these rows to check by.
         self.locations.append(self.spark, REJECTED_UPDATES, rejected, app_id=self.identity.writer_id, batch_id=batch_id)
 
-    def _append_once(self, table: TableSpec, rows: Sequence[UpdateRow | ModelVersionRow]) -> None:
+    def _append_once(self, table: TableSpec, rows: Sequence[UpdateRow | ModelVersionRow | UpdateChunkRow]) -> None:
         """Append rows of a batch that ``table`` does not hold yet (the replay check found none)."""
         self.locations.append(self.spark, table, rows, app_id=None, batch_id=None)
 
@@ -424,7 +477,7 @@ class UpdateBatchProcessor:
         model) needs no look-up: it changes no state, and Delta skips its replayed append.
         """
         written = set()
-        for table in (UPDATES, MODEL_VERSIONS):
+        for table in (UPDATES, MODEL_VERSIONS, UPDATE_CHUNKS):
             rows = self.locations.read(self.spark, table).where(
                 (F.col("batch_id") == batch_id) & (F.col("model_name") == self.settings.model_name)
             )
@@ -493,7 +546,8 @@ def _update_row(message: KafkaMessage, decoded: DecodedUpdate, now: datetime, ba
         model_name=header.model_name,
         base_version=header.base_version,
         sample_count=header.sample_count,
-        payload_sha256=header.payload_sha256,
+        # a chunked update's signed hash names its encoded chunks; the row's names the float32 payload it stores
+        payload_sha256=header.payload_sha256 if header.layout is None else sha256_hex(decoded.payload),
         payload=decoded.payload,
         signature=decoded.signature,
         validation_loss=header.metrics.validation_loss,
@@ -559,6 +613,29 @@ def _oversized_row(
         key=_bytes(message.key),
         raw_value=None,
         raw_size=message.size,
+        rejected_at=now,
+        batch_id=batch_id,
+        job_model=job_model,
+    )
+
+
+def _incomplete_row(
+    update: OpenUpdate, deadline_seconds: float, now: datetime, batch_id: int, job_model: str
+) -> RejectedUpdateRow:
+    """The rejection of a chunked update that expired incomplete: it points at its first chunk."""
+    return RejectedUpdateRow(
+        kafka_topic=update.first.topic,
+        kafka_partition=update.first.partition,
+        kafka_offset=update.first.offset,
+        kafka_timestamp=update.first.timestamp,
+        reason=RejectionReason.INCOMPLETE.value,
+        detail=incomplete_detail(update, deadline_seconds)[:2000],
+        all_reasons=[RejectionReason.INCOMPLETE.value],
+        update_id=update.update_id,
+        client_id=update.client_id,
+        key=update.client_id.encode(),
+        raw_value=None,
+        raw_size=update.held_bytes,
         rejected_at=now,
         batch_id=batch_id,
         job_model=job_model,

@@ -19,15 +19,20 @@ def test_job(
     folder: Path, model_name: str, initial_model: Path, aggregation: dict[str, Any], public_keys: Path | None = None
 ) -> JobProcess:
     """A :class:`JobProcess` over ``folder`` that triggers every 0.5 s and re-reads enrolled keys every 2 s."""
-    return JobProcess(folder, _test_options(model_name, initial_model, aggregation, public_keys))
+    return JobProcess(folder, quick_job_options(model_name, initial_model, aggregation, public_keys))
 
 
 test_job.__test__ = False  # type: ignore[attr-defined]  # a factory, not a test
 
 
-def _test_options(
-    model_name: str, initial_model: Path, aggregation: dict[str, Any], public_keys: Path | None
+def quick_job_options(
+    model_name: str,
+    initial_model: Path,
+    aggregation: dict[str, Any],
+    public_keys: Path | None,
+    extra_arguments: tuple[str, ...] = (),
 ) -> JobOptions:
+    """:class:`JobOptions` of a test's job: 0.5 s triggers, keys re-read every 2 s, MLflow registration every 2."""
     return JobOptions(
         model_name,
         initial_model,
@@ -37,6 +42,7 @@ def _test_options(
         register_every=2,
         trigger_seconds=0.5,
         registry_refresh_seconds=2.0,
+        extra_arguments=extra_arguments,
     )
 
 
@@ -115,7 +121,7 @@ def test_job_thread(
     public_keys: Path | None = None,
 ) -> JobThread:
     """A :class:`JobThread` with :func:`test_job`'s options."""
-    return JobThread(spark, folder, _test_options(model_name, initial_model, aggregation, public_keys))
+    return JobThread(spark, folder, quick_job_options(model_name, initial_model, aggregation, public_keys))
 
 
 test_job_thread.__test__ = False  # type: ignore[attr-defined]  # a factory, not a test

@@ -47,10 +47,22 @@ def test_a_file_that_is_not_safetensors_or_missing_is_refused(tmp_path: Path) ->
         read_initial_model(tmp_path / "absent.safetensors", max_message_bytes=LIMIT)
 
 
-def test_a_model_whose_updates_exceed_the_kafka_limit_is_refused(tmp_path: Path) -> None:
-    path = _file(tmp_path, {"w": np.zeros(300_000, dtype=np.float32)})  # 1.2 MB
-    with pytest.raises(InvalidInitialModelError, match=r"more than Kafka's max_message_bytes \(1048576\)"):
-        read_initial_model(path, max_message_bytes=2**20)
+def test_a_model_larger_than_one_kafka_message_is_taken_when_its_updates_fit_in_chunks(tmp_path: Path) -> None:
+    path = _file(tmp_path, {"w": np.zeros(300_000, dtype=np.float32)})  # 1.2 MB: two chunks at 1 MiB
+    assert read_initial_model(path, max_message_bytes=2**20)["w"].shape == (300_000,)
+
+
+def test_a_model_that_does_not_fit_even_in_chunks_or_cannot_name_its_tensors_in_a_layout_is_refused(
+    tmp_path: Path,
+) -> None:
+    huge = _file(tmp_path, {"w": np.zeros(300_000, dtype=np.float32)})  # > MAX_CHUNKS chunks of 1 KiB
+    with pytest.raises(
+        InvalidInitialModelError, match=r"does not fit Kafka's max_message_bytes \(1024\) even in chunks"
+    ):
+        read_initial_model(huge, max_message_bytes=1024)
+    spaced = _file(tmp_path, {"a weight": np.zeros(300_000, dtype=np.float32)})
+    with pytest.raises(InvalidInitialModelError, match=r"rename \['a weight'\]"):
+        read_initial_model(spaced, max_message_bytes=2**20)
 
 
 def test_the_job_command_names_the_problem_and_exits_2_before_starting_spark(

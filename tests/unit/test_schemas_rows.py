@@ -22,7 +22,14 @@ from pyspark.sql.types import (
 )
 
 from schemas import rows
-from schemas.rows import ClientKeyRow, KafkaCoordinates, ModelVersionRow, RejectedUpdateRow, UpdateRow
+from schemas.rows import (
+    ClientKeyRow,
+    KafkaCoordinates,
+    ModelVersionRow,
+    RejectedUpdateRow,
+    UpdateChunkRow,
+    UpdateRow,
+)
 from streaming_jobs.tables import ALL_TABLES, TableSpec
 from tests import rows as rows_for_tests
 
@@ -87,7 +94,13 @@ def test_every_row_model_has_a_table_and_every_table_a_row_model() -> None:
         and not value.__name__.startswith("_")
     }
     assert row_models - {KafkaCoordinates} == {table.row_model for table in ALL_TABLES}
-    assert {table.row_model for table in ALL_TABLES} == {UpdateRow, RejectedUpdateRow, ModelVersionRow, ClientKeyRow}
+    assert {table.row_model for table in ALL_TABLES} == {
+        UpdateRow,
+        RejectedUpdateRow,
+        ModelVersionRow,
+        ClientKeyRow,
+        UpdateChunkRow,
+    }
     assert len({table.name for table in ALL_TABLES}) == len(ALL_TABLES)
 
 
@@ -144,8 +157,25 @@ def client_key_row() -> ClientKeyRow:
     return ClientKeyRow(client_id="client-007", public_key=bytes(32), action="enrol", recorded_at=NOW)
 
 
+def update_chunk_row() -> UpdateChunkRow:
+    return UpdateChunkRow(
+        **KAFKA,
+        model_name="har.mlp",
+        assembly_id="a" * 64,
+        update_id="0" * 32,
+        client_id="client-007",
+        chunk_index=1,
+        chunk_count=3,
+        key=b"client-007",
+        value=b"FUC1...",
+        received_at=NOW,
+        batch_id=2,
+    )
+
+
 SAMPLES: dict[type[BaseModel], Callable[[], BaseModel]] = {
     ClientKeyRow: client_key_row,
+    UpdateChunkRow: update_chunk_row,
     UpdateRow: update_row,
     RejectedUpdateRow: rejected_row,
     ModelVersionRow: model_version_row,
