@@ -21,7 +21,6 @@ from importlib import resources
 from pathlib import Path
 
 from schemas.paths import state_dir
-from schemas.topics import MAX_MESSAGE_BYTES
 from streaming_jobs.jars import resolve
 
 BROKER_HEAP = "-Xmx512m"
@@ -145,6 +144,8 @@ class LocalKafkaBroker:
         return pid if _alive(pid) else None
 
     def _write_config(self) -> None:
+        # Message limits stay Kafka's defaults, as on a managed cluster; a larger configured limit is set per
+        # topic (schemas.topics.topic_configs).
         self.home.mkdir(parents=True, exist_ok=True)
         settings = {
             "process.roles": "broker,controller",
@@ -164,9 +165,6 @@ class LocalKafkaBroker:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
-            "message.max.bytes": str(MAX_MESSAGE_BYTES),
-            "replica.fetch.max.bytes": str(MAX_MESSAGE_BYTES),
-            "socket.request.max.bytes": str(4 * MAX_MESSAGE_BYTES),
             "log.retention.hours": "168",
         }
         self.config_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))

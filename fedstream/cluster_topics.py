@@ -24,13 +24,18 @@ class TopicsOutcome:
 def ensure_cluster_topics(
     settings: KafkaSettings, *, replication_factor: int, partitions: dict[str, int]
 ) -> TopicsOutcome:
-    """Create fedstream's missing topics on the cluster ``settings`` reach, with ``schemas.topics.topic_configs``."""
+    """Create fedstream's missing topics on the cluster ``settings`` reach, with ``schemas.topics.topic_configs``.
+
+    The topics keep the cluster's ``max.message.bytes`` unless ``settings.max_message_bytes`` needs more; a
+    found topic whose limit is too small for fedstream's largest message is reported.
+    """
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-    from schemas.topics import topic_configs
+    from schemas.topics import topic_configs, topic_message_bytes
 
     wanted = topic_configs(settings.max_message_bytes)
+    needed_message_bytes = topic_message_bytes(settings.max_message_bytes)
     admin = KafkaAdminClient(**settings.admin_options())
     try:
         existing = set(admin.list_topics())
@@ -47,7 +52,8 @@ def ensure_cluster_topics(
         found: dict[str, dict[str, str]] = {}
         for name in sorted(existing & set(wanted)):
             found[name] = {}
-            resource = ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(wanted[name]))
+            keys = dict.fromkeys([*wanted[name], "max.message.bytes"])
+            resource = ConfigResource(ConfigResourceType.TOPIC, name, keys)
             try:
                 described = admin.describe_configs([resource], config_filter="all")["topic"][name]
             except (KafkaError, KeyError):  # a login without DescribeConfigs: report the topic as found
@@ -56,6 +62,10 @@ def ensure_cluster_topics(
                 theirs = described.get(key, {}).get("value")
                 if theirs is not None and theirs != value:
                     found[name][key] = f"{theirs} → {value}"
+            # A topic that keeps its cluster's limit must still take fedstream's largest message.
+            limit = str(described.get("max.message.bytes", {}).get("value"))
+            if "max.message.bytes" not in wanted[name] and limit.isdigit() and int(limit) < needed_message_bytes:
+                found[name]["max.message.bytes"] = f"{limit} → {needed_message_bytes}"
         return TopicsOutcome(created=created, found=found)
     finally:
         admin.close()

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from schemas.topics import MAX_MESSAGE_BYTES
+from schemas.topics import MAX_MESSAGE_BYTES, topic_message_bytes
 
 DEFAULT_BOOTSTRAP_SERVERS = "localhost:9092"
 
@@ -33,6 +33,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "FEDSTREAM_KAFKA_SASL_USERNAME": "sasl_username",
     "FEDSTREAM_KAFKA_SASL_PASSWORD": "sasl_password",
     "FEDSTREAM_KAFKA_SSL_CAFILE": "ssl_cafile",
+    "FEDSTREAM_KAFKA_MAX_MESSAGE_BYTES": "max_message_bytes",
 }
 """Environment variable → ``KafkaSettings`` field, as ``from_env`` reads them."""
 
@@ -132,7 +133,8 @@ class KafkaSettings(BaseModel):
             "bootstrap_servers": self.bootstrap_servers.split(","),
             "acks": "all",
             "enable_idempotence": True,
-            "max_request_size": self.max_message_bytes,
+            # the record around a value of max_message_bytes: key, headers and framing (what the topics allow)
+            "max_request_size": topic_message_bytes(self.max_message_bytes),
             "retries": 10,
             **self._client_security_options(),
         }
@@ -141,8 +143,8 @@ class KafkaSettings(BaseModel):
         """Keyword arguments for ``kafka.KafkaConsumer`` able to fetch the largest message."""
         return {
             "bootstrap_servers": self.bootstrap_servers.split(","),
-            "max_partition_fetch_bytes": self.max_message_bytes,
-            "fetch_max_bytes": self.max_message_bytes,
+            "max_partition_fetch_bytes": topic_message_bytes(self.max_message_bytes),
+            "fetch_max_bytes": topic_message_bytes(self.max_message_bytes),
             **self._client_security_options(),
         }
 
@@ -154,8 +156,8 @@ class KafkaSettings(BaseModel):
         """Options for Spark's Kafka source (``kafka.``-prefixed consumer settings)."""
         options = {
             "kafka.bootstrap.servers": self.bootstrap_servers,
-            "kafka.max.partition.fetch.bytes": str(self.max_message_bytes),
-            "kafka.fetch.max.bytes": str(self.max_message_bytes),
+            "kafka.max.partition.fetch.bytes": str(topic_message_bytes(self.max_message_bytes)),
+            "kafka.fetch.max.bytes": str(topic_message_bytes(self.max_message_bytes)),
         }
         if self.security_protocol != "PLAINTEXT":
             options["kafka.security.protocol"] = self.security_protocol

@@ -1,43 +1,55 @@
-"""kafka-python through the local broker, with messages above Kafka's default 1 MiB limit."""
+"""kafka-python through the local broker, which keeps Kafka's stock message limits as a managed cluster does."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from schemas.topics import MAX_MESSAGE_BYTES, UPDATES_TOPIC
+from schemas.topics import KAFKA_DEFAULT_MESSAGE_MAX_BYTES, MODEL_HEADER, UPDATES_TOPIC
 from tests.conftest import RunningStack
 
 pytestmark = pytest.mark.stack
 
+STOCK_PRODUCER_REQUEST_BYTES = 1_048_576
+"""Apache Kafka's default producer ``max.request.size``."""
 
-def test_a_3_mib_update_crosses_fl_updates_intact(local_stack: RunningStack) -> None:
-    payload = os.urandom(3 * 1024 * 1024)
-    producer = KafkaProducer(**local_stack.kafka.producer_options())
-    metadata = producer.send(UPDATES_TOPIC, key=b"client-big", value=payload).get(timeout=60)
+
+def test_the_largest_message_crosses_a_stock_broker_from_a_stock_producer(local_stack: RunningStack) -> None:
+    payload = os.urandom(local_stack.kafka.max_message_bytes)
+    key = b"k" * 256
+    headers = [(MODEL_HEADER, b"m" * 64)]
+    producer = KafkaProducer(
+        **{**local_stack.kafka.producer_options(), "max_request_size": STOCK_PRODUCER_REQUEST_BYTES}
+    )
+    metadata = producer.send(UPDATES_TOPIC, key=key, value=payload, headers=headers).get(timeout=60)
     producer.close()
 
     consumer = KafkaConsumer(**local_stack.kafka.consumer_options(), consumer_timeout_ms=30_000)
-    from kafka import TopicPartition
-
     partition = TopicPartition(UPDATES_TOPIC, metadata.partition)
     consumer.assign([partition])
     consumer.seek(partition, metadata.offset)
     received = next(iter(consumer))
     consumer.close()
-    assert received.key == b"client-big"
+    assert received.key == key
     assert received.value == payload
+    assert received.headers == headers
 
 
-def test_a_message_above_the_limit_is_refused_by_the_producer(local_stack: RunningStack) -> None:
+def test_a_message_above_the_stock_limit_is_refused(local_stack: RunningStack) -> None:
     from kafka.errors import MessageSizeTooLargeError
 
+    too_large = b"x" * (KAFKA_DEFAULT_MESSAGE_MAX_BYTES + 1)
     producer = KafkaProducer(**local_stack.kafka.producer_options())
-    with pytest.raises(MessageSizeTooLargeError):
-        producer.send(UPDATES_TOPIC, value=b"x" * (MAX_MESSAGE_BYTES + 1)).get(timeout=30)
+    with pytest.raises(MessageSizeTooLargeError):  # fedstream's producer refuses it before sending
+        producer.send(UPDATES_TOPIC, value=too_large).get(timeout=30)
     producer.close()
+
+    unchecked = KafkaProducer(**{**local_stack.kafka.producer_options(), "max_request_size": 4 * len(too_large)})
+    with pytest.raises(MessageSizeTooLargeError):  # and the broker refuses it from a producer that does not
+        unchecked.send(UPDATES_TOPIC, value=too_large).get(timeout=30)
+    unchecked.close()
 
 
 def test_the_broker_stamps_fl_updates_and_an_older_topic_is_brought_in_line(local_stack: RunningStack) -> None:

@@ -22,7 +22,8 @@ from tests.conftest import RunningStack
 
 pytestmark = pytest.mark.stack
 
-LARGEST_UPDATE = 2**20
+LARGEST_UPDATE = 2**18
+"""The job's largest update here: "oversized" messages of twice that still fit the broker's stock limit."""
 
 
 def _update(model: str) -> bytes:

@@ -35,12 +35,14 @@ def test_stream_to_delta_and_restart_without_duplicates(spark, local_stack: Runn
 
     topic = f"fl.updates.test-{uuid.uuid4().hex[:8]}"
     admin = KafkaAdminClient(**local_stack.kafka.admin_options())
-    admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": str(16 * 2**20)})])
+    admin.create_topics([NewTopic(topic, 1, 1)])  # the broker's stock message limit
     admin.close()
 
-    producer = KafkaProducer(**local_stack.kafka.producer_options())
+    largest = local_stack.kafka.max_message_bytes
+    # a stock producer's max.request.size, room for the largest value and its record
+    producer = KafkaProducer(**{**local_stack.kafka.producer_options(), "max_request_size": 1_048_576})
     for index in range(5):
-        producer.send(topic, key=f"client-{index}".encode(), value=bytes([index]) * (1_500_000 if index == 0 else 10))
+        producer.send(topic, key=f"client-{index}".encode(), value=bytes([index]) * (largest if index == 0 else 10))
     producer.flush()
 
     table, checkpoint = tmp_path / "updates", tmp_path / "checkpoint"
@@ -48,7 +50,7 @@ def test_stream_to_delta_and_restart_without_duplicates(spark, local_stack: Runn
     _stream_once(spark, local_stack.kafka, topic, table, checkpoint)  # same checkpoint, nothing new
     rows = spark.read.format("delta").load(str(table)).collect()
     assert sorted(row.offset for row in rows) == [0, 1, 2, 3, 4]
-    assert max(len(row.value) for row in rows) == 1_500_000
+    assert max(len(row.value) for row in rows) == largest
 
     producer.send(topic, key=b"client-late", value=b"late").get(timeout=30)
     producer.close()

@@ -13,7 +13,14 @@ from kafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError
 import fedstream.cli as cli
 import fedstream.cluster_topics as cluster_topics
 from schemas.kafka_settings import ENVIRONMENT_VARIABLES, KafkaSettings
-from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC, topic_configs
+from schemas.topics import (
+    KAFKA_DEFAULT_MESSAGE_MAX_BYTES,
+    MAX_MESSAGE_BYTES,
+    MODELS_TOPIC,
+    UPDATES_TOPIC,
+    topic_configs,
+    topic_message_bytes,
+)
 
 SECURED = {
     "FEDSTREAM_KAFKA_BOOTSTRAP_SERVERS": "b-1.example.com:9096,b-2.example.com:9096",
@@ -93,6 +100,8 @@ class FakeAdmin:
     instances: ClassVar[list[FakeAdmin]] = []
     existing: ClassVar[tuple[str, ...]] = (MODELS_TOPIC, "other")
     refuse: ClassVar[BaseException | None] = None
+    message_bytes: ClassVar[str | None] = None
+    """The found topics' ``max.message.bytes``; None: not described."""
 
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -112,6 +121,8 @@ class FakeAdmin:
         (resource,) = resources
         values = {key: {"value": value} for key, value in topic_configs()[resource.name].items()}
         values["segment.ms"] = {"value": "604800000"}
+        if self.message_bytes is not None:
+            values.setdefault("max.message.bytes", {"value": self.message_bytes})
         return {"topic": {resource.name: values}}
 
     def close(self) -> None:
@@ -155,3 +166,27 @@ def test_a_topic_made_meanwhile_counts_as_found_and_a_refusal_is_reported(
     assert cli.main(["topics", "create", "--replication-factor", "1"]) == 1
     assert "localhost:9092 (PLAINTEXT): TopicAuthorizationFailedError" in capsys.readouterr().err
     assert all(admin.closed for admin in fake_admin.instances)
+
+
+def test_the_topics_keep_the_clusters_message_limit_unless_a_larger_one_is_configured() -> None:
+    assert all("max.message.bytes" not in config for config in topic_configs().values())
+    assert topic_message_bytes(MAX_MESSAGE_BYTES) <= KAFKA_DEFAULT_MESSAGE_MAX_BYTES
+    raised = topic_configs(8 * 1024 * 1024)
+    assert {config["max.message.bytes"] for config in raised.values()} == {str(topic_message_bytes(8 * 1024 * 1024))}
+    assert raised[UPDATES_TOPIC]["message.timestamp.type"] == "LogAppendTime"
+    assert raised[MODELS_TOPIC]["cleanup.policy"] == "compact"
+
+
+@pytest.mark.parametrize(("theirs", "reported"), [("500000", True), (str(KAFKA_DEFAULT_MESSAGE_MAX_BYTES), False)])
+def test_a_found_topic_too_small_for_the_largest_message_is_reported(
+    fake_admin: type[FakeAdmin], monkeypatch: pytest.MonkeyPatch, theirs: str, reported: bool
+) -> None:
+    monkeypatch.setattr(FakeAdmin, "message_bytes", theirs)
+    outcome = cluster_topics.ensure_cluster_topics(
+        KafkaSettings(), replication_factor=1, partitions={UPDATES_TOPIC: 1, MODELS_TOPIC: 1}
+    )
+    needed = topic_message_bytes(KafkaSettings().max_message_bytes)
+    expected = {"segment.ms": "604800000 → 3600000"}
+    if reported:
+        expected["max.message.bytes"] = f"{theirs} → {needed}"
+    assert outcome.found == {MODELS_TOPIC: expected}

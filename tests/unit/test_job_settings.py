@@ -11,6 +11,7 @@ from pydantic import SecretStr, ValidationError
 
 from schemas.kafka_settings import ENVIRONMENT_VARIABLES as KAFKA_VARIABLES
 from schemas.kafka_settings import KafkaSettings, jaas_config, login_module
+from schemas.topics import topic_message_bytes
 from streaming_jobs import databricks
 from streaming_jobs.settings import ENVIRONMENT_VARIABLES, JobSettings
 
@@ -88,19 +89,19 @@ def test_plaintext_client_options_are_unchanged() -> None:
         "bootstrap_servers": ["a:9092", "b:9092"],
         "acks": "all",
         "enable_idempotence": True,
-        "max_request_size": kafka.max_message_bytes,
+        "max_request_size": topic_message_bytes(kafka.max_message_bytes),
         "retries": 10,
     }
     assert kafka.consumer_options() == {
         "bootstrap_servers": ["a:9092", "b:9092"],
-        "max_partition_fetch_bytes": kafka.max_message_bytes,
-        "fetch_max_bytes": kafka.max_message_bytes,
+        "max_partition_fetch_bytes": topic_message_bytes(kafka.max_message_bytes),
+        "fetch_max_bytes": topic_message_bytes(kafka.max_message_bytes),
     }
     assert kafka.admin_options() == {"bootstrap_servers": ["a:9092", "b:9092"]}
     assert kafka.spark_source_options() == {
         "kafka.bootstrap.servers": "a:9092,b:9092",
-        "kafka.max.partition.fetch.bytes": str(kafka.max_message_bytes),
-        "kafka.fetch.max.bytes": str(kafka.max_message_bytes),
+        "kafka.max.partition.fetch.bytes": str(topic_message_bytes(kafka.max_message_bytes)),
+        "kafka.fetch.max.bytes": str(topic_message_bytes(kafka.max_message_bytes)),
     }
 
 
@@ -197,6 +198,7 @@ def test_every_environment_variable_is_read() -> None:
         "FEDSTREAM_KAFKA_SASL_USERNAME": "job",
         "FEDSTREAM_KAFKA_SASL_PASSWORD": "pw",
         "FEDSTREAM_KAFKA_SSL_CAFILE": "/ca.pem",
+        "FEDSTREAM_KAFKA_MAX_MESSAGE_BYTES": "1000000",
         "FEDSTREAM_JOB_SIGNING_KEY_FILE": "/keys/fedstream-job.key",
     }
     # FEDSTREAM_JOB_SIGNING_KEY (the PEM itself) is the file's alternative: tests/unit/test_signing_key.py
@@ -210,6 +212,7 @@ def test_every_environment_variable_is_read() -> None:
     assert settings.kafka.sasl_mechanism == "SCRAM-SHA-256"
     assert settings.kafka.sasl_password == SecretStr("pw")
     assert settings.kafka.ssl_cafile == "/ca.pem"
+    assert settings.kafka.max_message_bytes == 1_000_000
     assert not settings.kafka.shaded_kafka_classes
     assert (settings.signing_key, settings.signing_key_file) == (None, "/keys/fedstream-job.key")
 
