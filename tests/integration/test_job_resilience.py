@@ -30,7 +30,7 @@ from streaming_jobs.checkpoint_identity import IDENTITY_FILE
 from streaming_jobs.faults import FAILING_UPDATE_VARIABLE
 from streaming_jobs.tables import MODEL_VERSIONS, REJECTED_UPDATES, UPDATES, TableLocations
 from tests.conftest import RunningStack
-from tests.integration.job_process import test_job, wait_until
+from tests.integration.job_process import JobThread, test_job, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -41,6 +41,8 @@ PARAMETERS = {"dense.weight": np.ones((16, 8), dtype=np.float32), "dense.bias": 
 
 
 def _job(local_stack: RunningStack, folder: Path, *extra_arguments: str) -> tuple[str, JobProcess]:
+    """A fresh model and its job's layout and options over ``folder`` (started as a process or, by
+    :class:`JobThread`, in a thread)."""
     ensure_topics(local_stack.kafka)
     model = f"test-{uuid.uuid4().hex[:8]}"
     initial = folder / "initial.safetensors"
@@ -90,39 +92,45 @@ def _unsigned_with_created_at(model: str, created_at: str) -> bytes:
     return UPDATE_MAGIC + len(header_json).to_bytes(4, "big") + header_json + UNSIGNED + payload
 
 
-def _rows(spark, job: JobProcess, table, model: str | None = None):  # type: ignore[no-untyped-def]
+def _rows(spark, job: JobProcess | JobThread, table, model: str | None = None):  # type: ignore[no-untyped-def]
     frame = TableLocations(str(job.tables)).read(spark, table)
     return frame.where(F.col("model_name") == model).collect() if model else frame.collect()
 
 
 def test_a_raising_message_fails_alone_and_a_deleted_checkpoint_neither_skips_nor_repeats_a_write(
-    spark, local_stack: RunningStack, tmp_path: Path
+    spark, local_stack: RunningStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    """One job, three starts: a batch with a raising message and edge headers, then an operator's checkpoint reset."""
-    model, job = _job(local_stack, tmp_path)
+    """One job, three starts: a batch with a raising message and edge headers, then an operator's checkpoint reset.
+
+    The job runs in a thread of the tests (its starts are what is tested, not its process).
+    """
+    model, process = _job(local_stack, tmp_path)
     updates = _signed_updates(model, 0, BUFFER_SIZE + 1, seed=1)
     failing_id = updates[2][0]
     ids = [update_id for update_id, _, _ in updates]
     second = _signed_updates(model, 1, BUFFER_SIZE, seed=4)
-    faulty = {FAILING_UPDATE_VARIABLE: failing_id}
+    monkeypatch.setenv(FAILING_UPDATE_VARIABLE, failing_id)  # the job reads it as it judges each update
     publisher = UpdatePublisher(local_stack.kafka)
+    job = JobThread(spark, tmp_path, process.options)
     try:
         # everything is on the topic before the job starts, so it all arrives in one micro-batch after the restart
-        job.start(faulty)
+        job.start()
         job.wait_for_version(local_stack.kafka, 0)
         job.stop()
         for edge in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
             publisher.publish("clinic-a", _unsigned_with_created_at(model, edge))
         for _, client, value in updates:
             publisher.publish(client, value)
-        job.start(faulty)
+        job = JobThread(spark, tmp_path, process.options)
+        job.start()
         job.wait_for_version(local_stack.kafka, 1)
         wait_until(lambda: job.status().get("messages", 0) >= len(updates) + 2, 60, "every message handled")
         assert job.running(), "the job keeps running"
         job.stop()
         first_identity = json.loads((job.checkpoint / IDENTITY_FILE).read_text())
         shutil.rmtree(job.checkpoint)  # an operator's reset: batch ids start again at 0 in Spark
-        job.start(faulty)  # were the raising message read again, it would be recorded twice
+        job = JobThread(spark, tmp_path, process.options)
+        job.start()  # were the raising message read again, it would be recorded twice
         job.wait_for_version(local_stack.kafka, 1)
         for _, client, value in second:
             publisher.publish(client, value)
@@ -165,10 +173,10 @@ def test_a_raising_message_fails_alone_and_a_deleted_checkpoint_neither_skips_no
 def test_messages_at_the_broker_limit_never_reach_python_and_updates_between_them_are_accepted(
     spark, local_stack: RunningStack, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    budget = 8 * 1024 * 1024
+    budget = 4 * 1024 * 1024
     model, job = _job(local_stack, tmp_path, "--batch-bytes-budget", str(budget))
-    limit = local_stack.kafka.max_message_bytes - 1024  # room for the record's own framing
-    flood = [bytes([index]) * limit for index in range(BUFFER_SIZE)]
+    limit = local_stack.kafka.max_message_bytes  # the largest value the stock broker takes from fedstream
+    flood = [bytes([index]) * limit for index in range(6 * BUFFER_SIZE)]  # ~24 MB: six times the budget
     updates = _signed_updates(model, 0, BUFFER_SIZE, seed=2)
     publisher = UpdatePublisher(local_stack.kafka)
     try:
@@ -177,11 +185,12 @@ def test_messages_at_the_broker_limit_never_reach_python_and_updates_between_the
         # MLflow's worker imports and connects beside the stream's start: part of the baseline, not the flood's
         wait_until(lambda: _mlflow_logged_a_version(f"test-{model}"), 120, "MLflow to record version 0")
         driver_peak_before = _peak_rss_bytes(job)
-        for (_, client, value), large in zip(updates, flood, strict=True):
-            publisher.publish("flooder", large)
+        for index, (_, client, value) in enumerate(updates):
+            for large in flood[index::BUFFER_SIZE]:
+                publisher.publish("flooder", large)
             publisher.publish(client, value)
         job.wait_for_version(local_stack.kafka, 1)
-        wait_until(lambda: job.status().get("rejected", 0) >= len(updates), 120, "the flood recorded")
+        wait_until(lambda: job.status().get("rejected", 0) >= len(flood), 120, "the flood recorded")
         driver_peak_after = _peak_rss_bytes(job)
         largest_intake = job.status()["largest_batch_message_bytes"]
     finally:

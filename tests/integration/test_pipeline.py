@@ -1,4 +1,4 @@
-"""The whole loop on the real stack: clients → Kafka → job → Delta → versions → fl.models, with a crash."""
+"""The whole loop on the real stack: clients → Kafka → job → Delta → versions → fl.models, with a restart."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from pyspark.sql import functions as F  # noqa: N812
 
 from devstack.topics import ensure_topics
 from fedstream import cli
-from fedstream.job_process import JobProcess
 from producers.identity import ClientIdentity
 from producers.transport import GlobalModelSubscriber, UpdatePublisher
 from producers.updates import build_update
@@ -23,7 +22,7 @@ from schemas.tensors import encode_tensors
 from streaming_jobs.audit import verify_version
 from streaming_jobs.tables import TableLocations
 from tests.conftest import RunningStack
-from tests.integration.job_process import JobThread, test_job, test_job_thread, wait_until
+from tests.integration.job_process import JobThread, test_job_thread, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -64,16 +63,10 @@ def _enrolled_keys(folder: Path) -> Path:
     return folder
 
 
-def _new_job(local_stack: RunningStack, folder: Path, aggregation: dict[str, object]) -> tuple[str, JobProcess]:
-    """A fresh model name and a job process over ``folder`` for it, with the test clients enrolled."""
-    model, initial = _new_model(local_stack, folder)
-    return model, test_job(folder, model, initial, aggregation, _enrolled_keys(folder))
-
-
 def _new_job_thread(
     spark, local_stack: RunningStack, folder: Path, aggregation: dict[str, object]
 ) -> tuple[str, JobThread]:  # type: ignore[no-untyped-def]
-    """As :func:`_new_job`, the job in a thread on the tests' Spark session (for tests without crashes)."""
+    """A fresh model name and its job over ``folder`` in a thread on the tests' Spark session, clients enrolled."""
     model, initial = _new_model(local_stack, folder)
     return model, test_job_thread(spark, folder, model, initial, aggregation, _enrolled_keys(folder))
 
@@ -130,10 +123,15 @@ def _publish_valid(
     return ids
 
 
-def test_updates_become_consecutive_reproducible_versions_across_a_crash(
+def test_updates_become_consecutive_reproducible_versions_across_a_restart(
     spark, local_stack: RunningStack, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    model, job = _new_job(local_stack, tmp_path, AGGREGATION)
+    """Bad input of every kind, replays before and after a restart, and the audit CLI over the result.
+
+    The restart is a clean stop and a fresh start on the tests' Spark session: the job rebuilds its state from
+    Delta. SIGKILLs at every crash point are ``test_faults``' (the fault campaign's) to prove.
+    """
+    model, job = _new_job_thread(spark, local_stack, tmp_path, AGGREGATION)
     publisher = UpdatePublisher(local_stack.kafka)
     rng = np.random.default_rng(1)
     expected_rejections: dict[str, str] = {}  # update id (or raw marker) -> reason
@@ -177,9 +175,10 @@ def test_updates_become_consecutive_reproducible_versions_across_a_crash(
         accepted += _publish_valid(publisher, model, 3, BUFFER_SIZE - 1, rng)
         job.wait_for_version(local_stack.kafka, 4)
 
-        job.kill()  # a crash: no shutdown, no flush
+        job.stop()
         publisher.publish("client-2", value)  # the replay again, now against the state rebuilt from Delta
         accepted += _publish_valid(publisher, model, 4, 2 * BUFFER_SIZE, rng)  # arrive while the job is down
+        job = JobThread(spark, tmp_path, job.options)
         job.start()
         job.wait_for_version(local_stack.kafka, 6)
         time.sleep(3)  # let a further (wrong) version show up if the restart were to duplicate work
@@ -227,7 +226,7 @@ def test_updates_become_consecutive_reproducible_versions_across_a_crash(
     assert all(row["rejected_at"].endswith("+00:00") for row in activity["rejected"]), "audit times name UTC"
 
 
-def _audit(job: JobProcess, model: str, *question: str):  # type: ignore[no-untyped-def]
+def _audit(job: JobThread, model: str, *question: str):  # type: ignore[no-untyped-def]
     """What ``fedstream audit QUESTION --json`` prints, run by the CLI's entry point on the tests' Spark session."""
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
