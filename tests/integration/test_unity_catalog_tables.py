@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql.types import BinaryType, StructType
 
-from schemas.rows import ClientKeyRow, ModelVersionRow, RejectedUpdateRow, UpdateRow
+from schemas.rows import ClientKeyRow, ModelVersionRow, RejectedUpdateRow, UpdateChunkRow, UpdateRow
 from streaming_jobs.tables import (
     ALL_TABLES,
     CLIENT_KEYS,
@@ -30,6 +30,7 @@ from streaming_jobs.tables import (
     MODEL_VERSIONS,
     MODEL_VERSIONS_SCHEMA,
     REJECTED_UPDATES,
+    UPDATE_CHUNKS,
     UPDATES,
     TableLocations,
     table_properties,
@@ -150,6 +151,12 @@ def _fill(spark, locations: TableLocations) -> None:  # type: ignore[no-untyped-
     locations.append(spark, REJECTED_UPDATES, [_rejected("subject-07")], app_id="t", batch_id=2)
     key = ClientKeyRow(client_id="subject-07", public_key=b"\x02" * 32, action="enrol", recorded_at=WHEN)
     locations.append(spark, CLIENT_KEYS, [key], app_id=None, batch_id=None)
+    chunk = UpdateChunkRow(
+        kafka_topic="fl.updates", kafka_partition=0, kafka_offset=9, kafka_timestamp=WHEN, model_name="har-cnn",
+        assembly_id="c" * 64, update_id=U1, client_id="subject-07", chunk_index=0, chunk_count=2,
+        key=b"subject-07", value=b"FUC1 secret-tensors", received_at=WHEN, batch_id=1,
+    )  # fmt: skip
+    locations.append(spark, UPDATE_CHUNKS, [chunk], app_id=None, batch_id=None)
 
 
 # ── tables ───────────────────────────────────────────────────────────────────────────────────────────────────────
@@ -252,6 +259,7 @@ def test_the_views_leave_out_the_blobs_and_return_the_rows(spark, filled: TableL
     assert {"payload", "signature"}.isdisjoint(spark.read.table(locations.audit_view(UPDATES)).columns)
     assert {"raw_value", "key"}.isdisjoint(spark.read.table(locations.audit_view(REJECTED_UPDATES)).columns)
     assert {"parameters", "optimizer_state"}.isdisjoint(spark.read.table(locations.audit_view(MODEL_VERSIONS)).columns)
+    assert {"value", "key"}.isdisjoint(spark.read.table(locations.audit_view(UPDATE_CHUNKS)).columns)
 
     (version,) = spark.read.table(locations.audit_view(MODEL_VERSIONS)).where("version = 1").collect()
     assert str(SEED) not in version.config_json, "the DP noise seed must not reach auditors"
