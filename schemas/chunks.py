@@ -32,7 +32,7 @@ import numpy.typing as npt
 from schemas.messages import MAX_CHUNKS, ChunkLayout, Encoding, ModelHeader, TensorShape, UpdateHeader
 from schemas.rejections import Rejection, RejectionReason
 from schemas.tensors import Tensors, encode_tensors, sha256_hex
-from schemas.wire import SIGNATURE_BYTES, UNSIGNED, DecodedModel, DecodedUpdate, Signer, _parse_header
+from schemas.wire import SIGNATURE_BYTES, UNSIGNED, DecodedModel, DecodedUpdate, Signer, parse_header
 
 UPDATE_CHUNK_MAGIC: Final = b"FUC1"
 MODEL_CHUNK_MAGIC: Final = b"FMC1"
@@ -435,7 +435,7 @@ def _decode_chunk(
     if max_message_bytes is not None and len(value) > max_message_bytes:
         return Rejection(RejectionReason.OVERSIZED, f"{len(value)} bytes exceeds {max_message_bytes}")
     header_json, signature, index, body = split
-    header = _parse_header(header_json, header_type)
+    header = parse_header(header_json, header_type)
     if isinstance(header, Rejection):
         return header
     problem = _header_problem(header, key)

@@ -166,7 +166,7 @@ def decode_update(
     if len(signed_payload) < SIGNATURE_BYTES:
         return Rejection(RejectionReason.MALFORMED_ENVELOPE, f"no room for the {SIGNATURE_BYTES}-byte signature")
     signature, payload = signed_payload[:SIGNATURE_BYTES], signed_payload[SIGNATURE_BYTES:]
-    header = _parse_header(header_json, UpdateHeader)
+    header = parse_header(header_json, UpdateHeader)
     if isinstance(header, Rejection):
         return header
     if header.layout is not None:
@@ -244,9 +244,10 @@ def _layout_in_whole_message() -> Rejection:
     )
 
 
-def _parse_header(header_json: bytes, header_type: type[_Header]) -> _Header | Rejection:
+def parse_header(header_json: bytes, header_type: type[_Header]) -> _Header | Rejection:
+    """The header in ``header_json`` (whole messages' and chunks'), or why it is not one; never raises."""
     # The schema version is read before pydantic, so a newer client's header is reported as such and not as
-    # whatever field this version of the schema happens to trip over first. Shared with ``schemas.chunks``.
+    # whatever field this version of the schema happens to trip over first.
     try:
         raw = json.loads(header_json)
     except (ValueError, RecursionError) as error:  # includes bad UTF-8, bad JSON, over-long integers, deep nesting
