@@ -6,6 +6,7 @@
 - :mod:`simulation.fleet`: how devices are scheduled (own hardware, or queued on one machine as in the demo);
 - :mod:`simulation.cadence`: how the streaming job judges updates and publishes versions;
 - :mod:`simulation.clients`: the clients' real local training and personal layers;
+- :mod:`simulation.encoding`: a compressed update's round trip, client's encoder to job's decoder;
 - :mod:`simulation.strategy` and :mod:`simulation.results`: what to run and what it reached.
 """
 

@@ -15,8 +15,10 @@ import numpy as np
 from producers.client import LocalData
 from producers.models import build_model, load_model_weights, model_weights
 from producers.personalization import check_prefixes, evaluate_client, merge_weights, split_weights
-from producers.training import Evaluation, LocalTrainingConfig, train_locally
+from producers.training import Evaluation, LocalTrainingConfig, TrainingReport, train_locally
 from producers.updates import model_delta
+from schemas.messages import Encoding
+from simulation.encoding import decoded_by_job, training_metrics, update_header
 from simulation.results import Weights
 from simulation.strategy import StrategyConfig
 
@@ -66,8 +68,11 @@ class SimulatedClients:
     def __len__(self) -> int:
         return len(self.data)
 
-    def train(self, client: int, base: Weights) -> TrainedUpdate:
-        """Train ``client`` from the shared weights ``base`` plus its personal layers; keep its new personal ones."""
+    def train(self, client: int, base: Weights, base_version: int = 0) -> TrainedUpdate:
+        """Train ``client`` from the shared weights ``base`` plus its personal layers; keep its new personal ones.
+
+        The delta is the one the server gets: in the strategy's ``update_encoding``, as the job decodes it.
+        """
         data = self.data[client]
         count = self.update_counts[client]
         self.update_counts[client] += 1
@@ -82,7 +87,21 @@ class SimulatedClients:
         delta = model_delta(local_shared, base)
         if self.update_transform is not None:
             delta = self.update_transform(self.client_ids[client], delta)
+        if self.strategy.update_encoding is not Encoding.FLOAT32:  # float32 reaches the job exactly: left as is
+            delta = self._as_job_decodes(client, delta, base_version, report)
         return TrainedUpdate(delta, report.sample_count, report.steps)
+
+    def _as_job_decodes(self, client: int, delta: Weights, base_version: int, report: TrainingReport) -> Weights:
+        """``delta`` sent in the strategy's encoding with the client's header, decoded as the job decodes it."""
+        header = update_header(
+            self.client_ids[client],
+            self.model_name,
+            sequence=self.update_counts[client] - 1,
+            base_version=base_version,
+            sample_count=report.sample_count,
+            metrics=training_metrics(report.mean_loss, report.steps),
+        )
+        return decoded_by_job(delta, header, self.strategy.update_encoding)
 
     def evaluation_weights(self, shared: Weights) -> Weights:
         """The global model for unseen subjects: ``shared`` plus, if any, the mean of the personal layers.

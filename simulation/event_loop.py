@@ -220,7 +220,7 @@ class EventLoop:
     def _train(self, client: int, sequence: int, asked_at: float, now: float) -> None:
         """Train ``client`` now from the newest published version; its update is due after delay and upload."""
         base_version, base = self.published
-        trained = self.clients.train(client, base)
+        trained = self.clients.train(client, base, base_version)
         if self.fleet.training_slots is not None:
             self._push(now + self.costs.training_seconds(trained.training_steps), _Kind.FREE, client)
         update = _Update(client, sequence, asked_at, now, base_version, trained)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aggregator import AggregationConfig
 from producers.training import LocalTrainingConfig
+from schemas.messages import Encoding
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,10 @@ class StrategyConfig:
     ``fedavg``); with ``fedbuff`` a synchronous round is one FedBuff version (a server optimizer).
     ``personal_prefixes``: parameter-name prefixes that stay on each client (see
     :mod:`producers.personalization`). ``fine_tuning``: local steps a client takes on the final global
-    model before it is evaluated on the client's own data (``None``: no fine-tuning).
+    model before it is evaluated on the client's own data (``None``: no fine-tuning). ``update_encoding``:
+    how clients send their deltas (as ``FederatedClient(update_encoding=...)``); the server aggregates what
+    the job decodes from those bytes (:mod:`simulation.encoding`). Only the values change: uploads are
+    still charged the float32 message, so runs that differ only in encoding see the same arrivals.
     """
 
     name: str
@@ -27,8 +31,11 @@ class StrategyConfig:
     synchronous: bool = False
     personal_prefixes: tuple[str, ...] = ()
     fine_tuning: LocalTrainingConfig | None = None
+    update_encoding: Encoding = Encoding.FLOAT32
 
     def __post_init__(self) -> None:
         """Check that the fields fit together."""
         if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {self.concurrency!r}")
+        if not isinstance(self.update_encoding, Encoding):
+            raise ValueError(f"update_encoding must be an Encoding, got {self.update_encoding!r}")
