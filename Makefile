@@ -50,9 +50,13 @@ bench-quality: $(STAMP)
 bench-quality-quick: $(STAMP)
 	$(BIN)/python -m bench.quality --quick
 
-.PHONY: bench-privacy bench-robustness bench-faults bench-pipeline bench-cadence
+.PHONY: bench-privacy bench-robustness bench-faults bench-pipeline bench-scale bench-cadence
 bench-privacy: $(STAMP)
 	$(BIN)/python -m bench.privacy $(BENCH_ARGS)
+
+.PHONY: bench-compression
+bench-compression: $(STAMP)
+	$(BIN)/python -m bench.compression $(BENCH_ARGS)
 
 bench-robustness: $(STAMP)
 	$(BIN)/python -m bench.robustness $(BENCH_ARGS)
@@ -62,6 +66,9 @@ bench-faults: $(STAMP)
 
 bench-pipeline: $(STAMP)
 	$(BIN)/python -m bench.pipeline $(BENCH_ARGS)
+
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale $(BENCH_ARGS)
 
 # The job on the open-source pair closest to Databricks Runtime 17.3 LTS (pyspark 4.0.0, delta-spark 4.0.0, Python
 # 3.12): the runtime's preinstalled versions first, then databricks.yml's pinned libraries on top, as the cluster

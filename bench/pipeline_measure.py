@@ -16,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -357,25 +358,42 @@ def warm_up_batch(batches: list[BatchStatus], warmup: int) -> tuple[BatchStatus,
     raise RunnerFailedError(f"the runner never accepted its {warmup} warm-up updates")
 
 
-def run_benchmark(settings: BenchSettings, say: Callable[[str], None]) -> Report:
-    """Run every measurement on a fresh stack in a temporary ``FEDSTREAM_HOME``; always stop the broker."""
-    settings.check()
+@contextmanager
+def benchmark_stack(port: int, keep_state: bool, say: Callable[[str], None]) -> Iterator[Path]:
+    """A broker on ``port`` in a temporary ``FEDSTREAM_HOME`` (yielded); the broker is always stopped after.
+
+    This process's environment points at it (and at the folder's own MLflow store), so the runners it starts
+    inherit the same stack.
+    """
     home = Path(tempfile.mkdtemp(prefix="fedstream-bench-"))
     os.environ.update(
         FEDSTREAM_HOME=str(home),
-        FEDSTREAM_KAFKA_PORT=str(settings.port),
-        FEDSTREAM_KAFKA_BOOTSTRAP_SERVERS=f"localhost:{settings.port}",
+        FEDSTREAM_KAFKA_PORT=str(port),
+        FEDSTREAM_KAFKA_BOOTSTRAP_SERVERS=f"localhost:{port}",
     )
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         os.environ.pop(name, None)
     from devstack.local_stack import stack_down, stack_up
 
-    report = Report(settings=settings, started_at=datetime.now(UTC).isoformat(timespec="seconds"))
-    say(f"state folder {home}; broker on port {settings.port}")
+    say(f"state folder {home}; broker on port {port}")
     try:
         status = stack_up()
         if not status.healthy:
             raise RuntimeError(status.describe())
+        yield home
+    finally:
+        stack_down()
+        if keep_state:
+            say(f"state kept in {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def run_benchmark(settings: BenchSettings, say: Callable[[str], None]) -> Report:
+    """Run every measurement on a fresh stack in a temporary ``FEDSTREAM_HOME``; always stop the broker."""
+    settings.check()
+    report = Report(settings=settings, started_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    with benchmark_stack(settings.port, settings.keep_state, say) as home:
         bench = Bench(settings, home, say)
         signed = "signed (Ed25519, keys enrolled in the job)" if bench.keys_dir else "unsigned"
         report.notes.append(f"updates {signed}; staleness bound and buffer deadline off, so every update is accepted")
@@ -394,10 +412,4 @@ def run_benchmark(settings: BenchSettings, say: Callable[[str], None]) -> Report
             report.backlogs.append(run)
             if latency is not None:
                 report.latencies.append(latency)
-    finally:
-        stack_down()
-        if settings.keep_state:
-            say(f"state kept in {home}")
-        else:
-            shutil.rmtree(home, ignore_errors=True)
     return report

@@ -195,7 +195,7 @@ def format_summary(rows: Sequence[Row]) -> str:
         )
         for row in rows
     ]
-    return _table(header, lines)
+    return text_table(header, lines)
 
 
 def format_runs(rows: Sequence[dict[str, object]]) -> str:
@@ -207,7 +207,8 @@ def format_runs(rows: Sequence[dict[str, object]]) -> str:
         "run", "batches", "messages_per_batch", "startup_seconds", "drain_seconds", "updates_per_second", "peak_mib",
         "peak_java_mib", "peak_other_mib", "highest_load",
     )  # fmt: skip
-    return _table(header, [tuple(f"{row[key]:,}" if key != "run" else str(row[key]) for key in keys) for row in rows])
+    lines = [tuple(f"{row[key]:,}" if key != "run" else str(row[key]) for key in keys) for row in rows]
+    return text_table(header, lines)
 
 
 def format_phases(rows: Sequence[dict[str, object]]) -> str:
@@ -224,10 +225,11 @@ def format_phases(rows: Sequence[dict[str, object]]) -> str:
         )
         for r in rows
     ]
-    return _table(header, lines)
+    return text_table(header, lines)
 
 
-def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+def text_table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, the first left-aligned and the rest right-aligned, under a rule."""
     widths = [max(len(cell) for cell in column) for column in zip(header, *lines, strict=True)]
     numeric = [index > 0 for index in range(len(header))]
 

@@ -31,6 +31,8 @@ class RssSample:
     by_command: dict[str, int]
     load_average: float = 0.0
     """The machine's one-minute load average at that moment."""
+    root_bytes: int = 0
+    """The RSS of the root process alone (a runner's Python driver, without its JVM or workers)."""
 
 
 def tree_rss(root: int) -> RssSample:
@@ -50,6 +52,7 @@ def tree_rss(root: int) -> RssSample:
             continue
         children[int(stat.rsplit(")", 1)[1].split()[1])].append(int(entry.name))
     by_command: dict[str, int] = defaultdict(int)
+    root_bytes = 0
     waiting: list[tuple[int, tuple[str, str] | None]] = [(root, None)]
     while waiting:
         pid, parent = waiting.pop()
@@ -63,7 +66,9 @@ def tree_rss(root: int) -> RssSample:
         if parent is not None and parent[0] == executable and parent[1] != command:
             continue  # forked, not yet exec'd
         by_command[command] += resident
-    return RssSample(time.time(), sum(by_command.values()), dict(by_command), os.getloadavg()[0])
+        if pid == root:
+            root_bytes = resident
+    return RssSample(time.time(), sum(by_command.values()), dict(by_command), os.getloadavg()[0], root_bytes)
 
 
 class RssSampler:

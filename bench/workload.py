@@ -92,14 +92,7 @@ class UpdateFactory:
     ) -> None:
         rng = np.random.default_rng(seed)
         self.model_name = model_name
-        self._signers: dict[str, Callable[[bytes], bytes]] = {}
-        if keys_dir is not None:
-            from producers.identity import ClientIdentity
-
-            for index in range(CLIENTS):
-                identity = ClientIdentity.generate(_client_id(index))
-                identity.save(keys_dir)
-                self._signers[identity.client_id] = identity.sign
+        self._signers = client_signers(keys_dir) if keys_dir is not None else {}
         self._payloads: list[tuple[bytes, str]] = []
         for _ in range(8):
             delta = {
@@ -121,7 +114,7 @@ class UpdateFactory:
         payload, digest = self._payloads[index % len(self._payloads)]
         header = UpdateHeader(
             update_id=uuid.uuid4().hex,
-            client_id=_client_id(index),
+            client_id=client_id(index),
             model_name=self.model_name,
             base_version=base_version,
             sample_count=self._sample_counts[index % CLIENTS],
@@ -135,7 +128,20 @@ class UpdateFactory:
         return header.client_id, encode_update(header, payload, signer)  # type: ignore[call-arg,unused-ignore]
 
 
-def _client_id(index: int) -> str:
+def client_signers(keys_dir: Path) -> dict[str, Callable[[bytes], bytes]]:
+    """A fresh Ed25519 key pair per benchmark client; public keys go to ``keys_dir`` for the job to enrol."""
+    from producers.identity import ClientIdentity
+
+    signers: dict[str, Callable[[bytes], bytes]] = {}
+    for index in range(CLIENTS):
+        identity = ClientIdentity.generate(client_id(index))
+        identity.save(keys_dir)
+        signers[identity.client_id] = identity.sign
+    return signers
+
+
+def client_id(index: int) -> str:
+    """The id of the ``index``-th update's client (the ids rotate through ``CLIENTS``)."""
     return f"bench-client-{index % CLIENTS:02d}"
 
 
