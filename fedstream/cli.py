@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from fedstream.demo_data import TableSource
     from streaming_jobs.settings import JobSettings
     from streaming_jobs.tables import TableLocations
 
@@ -213,7 +214,9 @@ def _parser() -> argparse.ArgumentParser:
     grants.add_argument("--warehouse-id", help="SQL warehouse the auditors query with (prints a CLI command)")
     grants.set_defaults(handler=_databricks_grants)
 
-    demo = commands.add_parser("demo", help="a local end-to-end federated run on the UCI HAPT activity data")
+    demo = commands.add_parser(
+        "demo", help="a local end-to-end federated run on the UCI HAPT activity data, or on your own table"
+    )
     demo.add_argument("--minutes", type=float, default=3.0, help="how long the devices train")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
@@ -224,6 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--aggregate-bursts", action="store_true", help="a micro-batch of more than K updates makes one version"
     )
+    _add_table_arguments(demo)
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -391,18 +395,95 @@ def _databricks_grants(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_table_arguments(demo: argparse.ArgumentParser) -> None:
+    table = demo.add_argument_group("your own table", "train on a Parquet/CSV table's subjects instead of UCI HAPT's")
+    table.add_argument("--table", help="a .parquet, .pq or .csv file: one client per subject")
+    table.add_argument("--subject-column", help="the column naming each row's subject (one client each)")
+    table.add_argument("--label-column", help="the column of the class to learn")
+    table.add_argument("--feature-columns", help="comma-separated (default: every other column)")
+    table.add_argument("--held-out-subjects", help="comma-separated subjects kept out of training (default: a fifth)")
+    table.add_argument("--order-column", help="sensor samples: the column ordering each subject's rows")
+    table.add_argument("--window", type=int, help="sensor samples: rows per window (with --order-column)")
+    table.add_argument("--step", type=int, help="sensor samples: rows between window starts (default: --window)")
+    table.add_argument(
+        "--sequence-column", help="sensor samples: the recording a row belongs to, where the order restarts in each"
+    )
+
+
+def _table_source(args: argparse.Namespace) -> TableSource | None:
+    """The ``--table`` options as a :class:`fedstream.demo_data.TableSource`; None without ``--table``.
+
+    Raises ValueError naming the option that is missing or out of place.
+    """
+    from pathlib import Path
+
+    from fedstream.demo_data import TableSource
+
+    def names(text: str | None) -> tuple[str, ...] | None:
+        return None if text is None else tuple(name.strip() for name in text.split(",") if name.strip())
+
+    given = [f"--{name.replace('_', '-')}" for name in _TABLE_OPTIONS if getattr(args, name) is not None]
+    if args.table is None:
+        if given:
+            raise ValueError(f"{', '.join(given)} need --table")
+        return None
+    needed = [
+        f"--{name}" for name in ("subject-column", "label-column") if getattr(args, name.replace("-", "_")) is None
+    ]
+    if needed:
+        raise ValueError(f"--table needs {' and '.join(needed)}")
+    if (args.window is None) != (args.order_column is None):
+        raise ValueError("--order-column and --window go together: cut the rows into windows in that order")
+    if args.window is None and (args.step is not None or args.sequence_column is not None):
+        raise ValueError("--step and --sequence-column need --order-column and --window")
+    return TableSource(
+        path=Path(args.table),
+        subject_column=args.subject_column,
+        label_column=args.label_column,
+        feature_columns=names(args.feature_columns),
+        order_column=args.order_column,
+        window=args.window,
+        step=args.step,
+        sequence_column=args.sequence_column,
+        held_out_subjects=names(args.held_out_subjects),
+    )
+
+
+_TABLE_OPTIONS = (
+    "subject_column",
+    "label_column",
+    "feature_columns",
+    "held_out_subjects",
+    "order_column",
+    "window",
+    "step",
+    "sequence_column",
+)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from fedstream.demo import DemoSettings, private_aggregation, run_demo
+    from fedstream.demo_data import load_table_data
 
     settings = DemoSettings(duration_seconds=60 * args.minutes, seed=args.seed)
+    data = None
+    try:  # a bad table is refused here, before the stack or the job starts
+        source = _table_source(args)
+        if source is not None:
+            data = load_table_data(source, args.seed)
+            settings = dataclasses.replace(settings, table=source)
+    except (ValueError, FileNotFoundError) as error:  # a TableFormatError, or a file pandas cannot parse
+        print(f"fedstream demo: {error}", file=sys.stderr)
+        return 2
     if args.buffer_size is not None:
         settings = dataclasses.replace(settings, aggregation={**settings.aggregation, "buffer_size": args.buffer_size})
     if args.aggregate_bursts:
         settings = dataclasses.replace(settings, aggregation={**settings.aggregation, "aggregate_bursts": True})
     if args.dp_noise_multiplier is not None:
-        aggregation = private_aggregation(settings, args.dp_noise_multiplier, args.dp_clip_norm)
+        population = None if data is None else len(data.training)
+        aggregation = private_aggregation(settings, args.dp_noise_multiplier, args.dp_clip_norm, population)
         settings = dataclasses.replace(settings, aggregation=aggregation)
-    return run_demo(settings)
+    return run_demo(settings, data)
 
 
 def _add_job_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,8 +1,12 @@
-"""``fedstream demo``: a local end-to-end federated run on the UCI HAPT activity data.
+"""``fedstream demo``: a local end-to-end federated run on the UCI HAPT activity data, or on your own table.
 
 One simulated device per training subject trains a small CNN on its own windows and publishes updates to
 Kafka; the streaming job (a separate process, as in production) validates them, buffers them into Delta
 and aggregates asynchronously; held-out subjects, never seen in training, measure each global version.
+
+With a :class:`TableSource` the subjects are those of a Parquet/CSV table: its rows as samples for an MLP,
+or windows cut from its rows in order for the CNN; the summary then also sets the final global model against
+each training client's model trained alone, on every held-out subject.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from fedstream.demo_data import DemoData, HeldOutEvaluator, TableSource, hapt_data, load_table_data
+from fedstream.local_only import LocalOnlyComparison, LocalTrainingSettings, local_only_comparison
 
 DEFAULT_HELD_OUT = (5, 10, 15, 20, 25, 30)
 DEFAULT_AGGREGATION: dict[str, Any] = {
@@ -42,24 +49,31 @@ class DemoSettings:
     seed: int = 0
     model_name: str = "har-cnn"
     progress_every_seconds: float = 5.0
+    table: TableSource | None = None
+    """Train on this table's subjects instead of UCI HAPT's."""
+    local_only_clients: int = 8
+    """With a table: how many training clients (a seeded sample) also train alone for the comparison."""
 
 
 HAPT_SUBJECTS = 30
 
 
-def private_aggregation(settings: DemoSettings, noise_multiplier: float, clip_norm: float) -> dict[str, Any]:
+def private_aggregation(
+    settings: DemoSettings, noise_multiplier: float, clip_norm: float, population: int | None = None
+) -> dict[str, Any]:
     """The demo's aggregation with client-level DP: uniform weights, clipping at ``clip_norm``, Gaussian noise.
 
-    The population is the demo's training devices. The demo's devices publish whenever they finish, not by a
-    random check-in, so epsilon claims no sampling amplification (``dp_participation="arbitrary"``); the
-    population only bounds the buffer (a version takes at most one update per device).
+    The population is the demo's training devices (``population``; by default HAPT's). The demo's devices
+    publish whenever they finish, not by a random check-in, so epsilon claims no sampling amplification
+    (``dp_participation="arbitrary"``); the population only bounds the buffer (a version takes at most one
+    update per device).
     """
     return {
         **settings.aggregation,
         "weight_by_sample_count": False,
         "dp_noise_multiplier": noise_multiplier,
         "dp_clip_norm": clip_norm,
-        "dp_population": HAPT_SUBJECTS - len(settings.held_out_subjects),
+        "dp_population": HAPT_SUBJECTS - len(settings.held_out_subjects) if population is None else population,
     }
 
 
@@ -72,19 +86,21 @@ class _Point:
     macro_f1: float
 
 
-def run_demo(settings: DemoSettings) -> int:
-    """Run the demo; return a process exit code."""
+def run_demo(settings: DemoSettings, data: DemoData | None = None) -> int:
+    """Run the demo; return a process exit code.
+
+    ``data`` is the training and held-out data when already loaded (the CLI loads a table first, to refuse a
+    bad one before anything starts); otherwise it is loaded here from ``settings``.
+    """
     import torch
 
     from devstack.local_stack import stack_up
     from devstack.topics import reset_topics
     from fedstream.job_process import JobOptions, JobProcess
-    from producers.client import FederatedClient, LocalData
-    from producers.data.hapt import load_hapt_clients
-    from producers.evaluation import HeldOutEvaluator
-    from producers.fleet import DeviceSpeeds, SimulatedFleet
+    from producers.client import FederatedClient
+    from producers.fleet import DeviceSpeeds, FleetReport, SimulatedFleet
     from producers.identity import ClientIdentity
-    from producers.models import build_model, model_weights
+    from producers.models import model_weights
     from producers.training import LocalTrainingConfig
     from producers.transport import GlobalModelSubscriber, UpdatePublisher
     from schemas.kafka_settings import KafkaSettings
@@ -102,15 +118,20 @@ def run_demo(settings: DemoSettings) -> int:
     reset_topics(kafka)
     _say("topics fl.updates and fl.models reset for a clean run")
 
-    clients_data = load_hapt_clients()
-    held_out = {subject: clients_data.pop(subject) for subject in settings.held_out_subjects}
+    if data is None:
+        data = (
+            hapt_data(settings.held_out_subjects, settings.model_name)
+            if settings.table is None
+            else load_table_data(settings.table, settings.seed)
+        )
+    model_name = data.model_name
     _say(
-        f"UCI HAPT: {len(clients_data)} training devices (one per subject), "
-        f"{len(held_out)} subjects held out {tuple(sorted(held_out))}"
+        f"{data.description}: {len(data.training)} training devices (one per subject), "
+        f"{len(data.held_out)} subjects held out ({', '.join(data.held_out)})"
     )
     initial = run_dir / "initial-model.safetensors"
-    initial.write_bytes(encode_tensors(model_weights(build_model(settings.model_name, settings.seed))))
-    identities = {subject: ClientIdentity.generate(f"subject-{subject:02d}") for subject in clients_data}
+    initial.write_bytes(encode_tensors(model_weights(data.build(settings.seed))))
+    identities = {client_id: ClientIdentity.generate(client_id) for client_id in data.training}
     faulty_device = ClientIdentity.generate("faulty-device")
     enrolled = run_dir / "enrolled-keys"
     enrolled.mkdir()
@@ -123,17 +144,19 @@ def run_demo(settings: DemoSettings) -> int:
 
     job = JobProcess(
         run_dir,
-        JobOptions(settings.model_name, initial, settings.aggregation, enrolled, experiment="fedstream-demo"),
+        JobOptions(model_name, initial, settings.aggregation, enrolled, experiment="fedstream-demo"),
     )
     # The key the devices trust, even where the shell configures another one for jobs.
     job.start({SIGNING_KEY_FILE_VARIABLE: str(job_key_file), SIGNING_KEY_VARIABLE: ""})
     stop = threading.Event()
     points: list[_Point] = []
+    reports: list[FleetReport] = []
+    final: Any = None
     try:
-        evaluator_subscriber = GlobalModelSubscriber(kafka, settings.model_name, job_key.public_key)
+        evaluator_subscriber = GlobalModelSubscriber(kafka, model_name, job_key.public_key)
         _say("waiting for the streaming job to publish version 0 (Spark start-up takes ~30-60 s) ...")
         first = _wait_for_version_zero(evaluator_subscriber, job)
-        evaluator = HeldOutEvaluator(build_model(settings.model_name, settings.seed), held_out)
+        evaluator = HeldOutEvaluator(data.build(settings.seed), data.held_out)
         training = LocalTrainingConfig(
             epochs=settings.local_epochs,
             learning_rate=settings.local_learning_rate,
@@ -142,18 +165,18 @@ def run_demo(settings: DemoSettings) -> int:
         )
         clients = [
             FederatedClient(
-                client_id=f"subject-{subject:02d}",
-                model_name=settings.model_name,
-                model=build_model(settings.model_name, settings.seed),
-                data=LocalData(data.train.windows, data.train.labels, data.validation.windows, data.validation.labels),
+                client_id=client_id,
+                model_name=model_name,
+                model=data.build(settings.seed),
+                data=local,
                 training=training,
-                identity=identities[subject],
+                identity=identities[client_id],
             )
-            for subject, data in sorted(clients_data.items())
+            for client_id, local in data.training.items()
         ]
         fleet = SimulatedFleet(
             clients,
-            GlobalModelSubscriber(kafka, settings.model_name, job_key.public_key),
+            GlobalModelSubscriber(kafka, model_name, job_key.public_key),
             UpdatePublisher(kafka),
             DeviceSpeeds(median_seconds=settings.device_delay_median_seconds, seed=settings.seed),
         )
@@ -161,25 +184,44 @@ def run_demo(settings: DemoSettings) -> int:
         baseline = evaluator.evaluate(first.parameters)
         points.append(_Point(0.0, 0, 0, baseline.accuracy, baseline.macro_f1))
         _say(f"version 0: held-out accuracy {baseline.accuracy:.1%} (an untrained model guesses)")
-        fleet_thread = threading.Thread(target=fleet.run, args=(settings.duration_seconds, stop), daemon=True)
+        fleet_thread = threading.Thread(
+            target=lambda: reports.append(fleet.run(settings.duration_seconds, stop)), daemon=True
+        )
         fleet_thread.start()
         injected = False
         while fleet_thread.is_alive():
             fleet_thread.join(settings.progress_every_seconds)
             elapsed = time.monotonic() - started
             if not injected and elapsed > settings.duration_seconds / 4:
-                injected = _inject_bad_updates(kafka, settings.model_name, evaluator_subscriber, faulty_device)
+                injected = _inject_bad_updates(kafka, model_name, evaluator_subscriber, faulty_device)
             _progress(points, evaluator, evaluator_subscriber, job, elapsed)
         _say("devices stopped; letting the job aggregate what is still buffered ...")
         _drain(job, settings)
         _progress(points, evaluator, evaluator_subscriber, job, time.monotonic() - started)
+        final = evaluator_subscriber.newest()
+        if final.header.version != points[-1].version:  # the summary's table ends on the version compared below
+            _progress(points, evaluator, evaluator_subscriber, job, time.monotonic() - started)
     except KeyboardInterrupt:
         _say("interrupted: stopping devices and the job")
         stop.set()
     finally:
         stop.set()
         job.stop(60)
-    _summary(settings, job, points, tracking_uri())
+    comparison = None
+    if settings.table is not None and final is not None:
+        rounds = reports[0].per_client if reports else {}
+        alone = LocalTrainingSettings(settings.local_epochs, settings.local_learning_rate, settings.seed)
+        comparison = local_only_comparison(
+            data,
+            final.parameters,
+            final.header.version,
+            rounds,
+            training=alone,
+            max_clients=settings.local_only_clients,
+            say=_say,
+        )
+        comparison.write_csv(run_dir / "local-only.csv")
+    _summary(settings, data, job, points, tracking_uri(), comparison)
     return 0
 
 
@@ -261,7 +303,14 @@ def _drain(job: Any, settings: DemoSettings) -> None:
         time.sleep(1.0)
 
 
-def _summary(settings: DemoSettings, job: Any, points: list[_Point], mlflow_uri: str) -> None:
+def _summary(
+    settings: DemoSettings,
+    data: DemoData,
+    job: Any,
+    points: list[_Point],
+    mlflow_uri: str,
+    comparison: LocalOnlyComparison | None,
+) -> None:
     run_dir = job.folder
     status = job.status()
     with (run_dir / "accuracy.csv").open("w", newline="") as handle:
@@ -269,8 +318,8 @@ def _summary(settings: DemoSettings, job: Any, points: list[_Point], mlflow_uri:
         writer.writerow(["elapsed_seconds", "version", "accepted_updates", "held_out_accuracy", "held_out_macro_f1"])
         for point in points:
             writer.writerow([f"{point.elapsed:.1f}", point.version, point.accepted, point.accuracy, point.macro_f1])
-    plot = _plot(points, run_dir / "accuracy.png", settings)
-    report = _report(settings, run_dir)
+    plot = _plot(points, run_dir / "accuracy.png", data)
+    report = _report(data.model_name, run_dir)
     aggregation = settings.aggregation
     print()
     print("=" * 78)
@@ -300,15 +349,20 @@ def _summary(settings: DemoSettings, job: Any, points: list[_Point], mlflow_uri:
         )
     else:
         print("privacy      : no differential privacy (rerun with --dp-noise-multiplier 1.0 for ε)")
+    if comparison is not None:
+        for line in comparison.lines():
+            print(line)
     print(f"Delta tables : {run_dir / 'tables'} (updates, rejected_updates, model_versions)")
     print(f"MLflow       : {mlflow_uri} (experiment fedstream-demo)")
     print(f"plot, csv    : {plot or 'matplotlib not installed'}, {run_dir / 'accuracy.csv'}")
+    if comparison is not None:
+        print(f"local-only   : {run_dir / 'local-only.csv'} (every held-out subject × every model)")
     print(f"report       : {report.as_uri() if report else 'not written (see the message above)'}")
     print(f"job log      : {job.log_path}")
     print("=" * 78)
 
 
-def _report(settings: DemoSettings, run_dir: Path) -> Path | None:
+def _report(model_name: str, run_dir: Path) -> Path | None:
     """``fedstream report`` of the run, written beside its tables; None (and why, said) if it could not be."""
     _say("writing the HTML report from the Delta tables (Spark starts once more, ~20 s) ...")
     try:
@@ -319,18 +373,18 @@ def _report(settings: DemoSettings, run_dir: Path) -> Path | None:
 
         spark = get_spark("fedstream-demo-report")
         try:
-            data = read_report_data(spark, TableLocations(str(run_dir / "tables")), settings.model_name)
+            report_data = read_report_data(spark, TableLocations(str(run_dir / "tables")), model_name)
         finally:
             spark.stop()
     except Exception as error:  # the run's results stand without the report
         _say(f"the report could not be written: {error}")
         return None
     path = run_dir / "report.html"
-    path.write_text(render_html(data), encoding="utf-8")
+    path.write_text(render_html(report_data), encoding="utf-8")
     return path
 
 
-def _plot(points: list[_Point], path: Path, settings: DemoSettings) -> Path | None:
+def _plot(points: list[_Point], path: Path, data: DemoData) -> Path | None:
     try:
         import matplotlib
 
@@ -342,7 +396,7 @@ def _plot(points: list[_Point], path: Path, settings: DemoSettings) -> Path | No
     axis.plot([p.elapsed for p in points], [100 * p.accuracy for p in points], marker="o", markersize=3)
     axis.set_xlabel("seconds since devices started")
     axis.set_ylabel("held-out accuracy (%)")
-    axis.set_title(f"fedstream on UCI HAPT: {len(settings.held_out_subjects)} unseen subjects")
+    axis.set_title(f"fedstream on {data.title}: {len(data.held_out)} unseen subjects")
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

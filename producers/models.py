@@ -15,13 +15,18 @@ from torch import nn
 from schemas.tensors import Tensors
 
 __all__ = [
+    "MIN_CNN_WINDOW",
+    "TABLE_CNN",
+    "TABLE_MLP",
     "HarCnn",
+    "TableMlp",
     "available_models",
     "build_model",
     "load_model_weights",
     "model_weights",
     "parameter_count",
     "register_model",
+    "table_model",
     "weight_problems",
 ]
 
@@ -58,9 +63,13 @@ def build_model(name: str, seed: int) -> nn.Module:
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise ValueError(f"seed must be an int, got {seed!r} ({type(seed).__name__})")
+    return _seeded(_REGISTRY[name], int(seed))
+
+
+def _seeded(builder: ModelBuilder, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        return _REGISTRY[name]()
+        torch.manual_seed(seed)
+        return builder()
 
 
 def parameter_count(module: nn.Module) -> int:
@@ -104,6 +113,46 @@ class HarCnn(nn.Module):
 @register_model("har-cnn")
 def _build_har_cnn() -> nn.Module:
     return HarCnn(in_channels=6, num_classes=6)
+
+
+class TableMlp(nn.Module):
+    """A small MLP for rows of a table: features → hidden → hidden → classes, ReLU between."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Class logits of shape (batch, num_classes)."""
+        logits: torch.Tensor = self.classifier(self.body(features))
+        return logits
+
+
+TABLE_CNN = "table-cnn"
+"""Model name of :func:`table_model` over windows: a :class:`HarCnn` sized to the table."""
+TABLE_MLP = "table-mlp"
+"""Model name of :func:`table_model` over rows: a :class:`TableMlp` sized to the table."""
+MIN_CNN_WINDOW = 4
+"""The shortest window :class:`HarCnn` takes: its two max-poolings halve the length twice."""
+
+
+def table_model(sample_shape: tuple[int, ...], num_classes: int, seed: int) -> tuple[str, nn.Module]:
+    """A model name and module that fit samples of ``sample_shape``, seeded as :func:`build_model` seeds.
+
+    Windows ``(channels, window)`` get :class:`HarCnn` (window ≥ 4); rows ``(features,)`` get
+    :class:`TableMlp`. Every client builds the same module from the same shape, class count and seed.
+    """
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if len(sample_shape) == 2:
+        channels, window = sample_shape
+        if window < MIN_CNN_WINDOW:
+            raise ValueError(f"the CNN over windows needs windows of at least {MIN_CNN_WINDOW} samples, got {window}")
+        return TABLE_CNN, _seeded(lambda: HarCnn(in_channels=channels, num_classes=num_classes), seed)
+    if len(sample_shape) == 1:
+        return TABLE_MLP, _seeded(lambda: TableMlp(sample_shape[0], num_classes), seed)
+    raise ValueError(f"no model for samples of shape {sample_shape}: rows (features,) or windows (channels, window)")
 
 
 def model_weights(module: nn.Module) -> Tensors:

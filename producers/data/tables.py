@@ -21,8 +21,11 @@ import pandas as pd
 __all__ = [
     "TableClient",
     "TableFormatError",
+    "check_columns",
+    "label_vocabulary",
     "prepare_client",
     "read_table",
+    "standardize",
     "table_clients",
 ]
 
@@ -36,7 +39,11 @@ class TableFormatError(ValueError):
 
 @dataclass(frozen=True)
 class TableClient:
-    """One subject's or silo's rows, ready to train on: float32 features (n, d), int64 labels (n,)."""
+    """One subject's or silo's data, ready to train on: int64 labels (n,) and float32 features.
+
+    Features are rows (n, d) from :func:`table_clients`, or windows (n, channels, window) from
+    :func:`producers.data.windows.window_clients`.
+    """
 
     subject: Hashable
     train_features: FloatArray
@@ -75,18 +82,9 @@ def prepare_client(
     for label in np.unique(labels):
         positions = rng.permutation(np.flatnonzero(labels == label))
         validation_mask[positions[: round(validation_fraction * len(positions))]] = True
-    train = numeric[~validation_mask]
-    if train.shape[0] == 0:
+    if not (~validation_mask).any():
         raise TableFormatError(f"subject {subject!r} has no training rows after the split")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a column this client never observed: all NaN
-        medians = np.nanmedian(train, axis=0)
-    medians = np.where(np.isnan(medians), 0.0, medians)  # a column the client never observed
-    filled = np.where(np.isnan(numeric), medians[None, :], numeric)
-    mean = filled[~validation_mask].mean(axis=0)
-    std = filled[~validation_mask].std(axis=0)
-    std = np.where(std < 1e-6, 1.0, std)
-    standardized = ((filled - mean) / std).astype(np.float32)
+    standardized = standardize(numeric[~validation_mask], numeric, axes=(0,))
     return TableClient(
         subject=subject,
         train_features=standardized[~validation_mask],
@@ -95,6 +93,61 @@ def prepare_client(
         validation_labels=labels[validation_mask],
         feature_names=tuple(feature_columns),
     )
+
+
+def standardize(
+    train: npt.NDArray[np.float64], values: npt.NDArray[np.float64], *, axes: tuple[int, ...]
+) -> FloatArray:
+    """``values`` imputed and standardized with statistics of ``train`` alone, per feature (or channel).
+
+    ``axes`` are the sample axes the statistics pool over: ``(0,)`` for rows (n, d), ``(0, 2)`` for windows
+    (n, channels, window). Missing values (NaN) take the feature's training median; a feature this client never
+    observed is 0, and a constant one keeps scale 1.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column this client never observed: all NaN
+        medians = np.nanmedian(train, axis=axes, keepdims=True)
+    medians = np.where(np.isnan(medians), 0.0, medians)
+    filled_train = np.where(np.isnan(train), medians, train)
+    mean = filled_train.mean(axis=axes, keepdims=True)
+    std = filled_train.std(axis=axes, keepdims=True)
+    std = np.where(std < 1e-6, 1.0, std)
+    filled = np.where(np.isnan(values), medians, values)
+    standardized: FloatArray = ((filled - mean) / std).astype(np.float32)
+    return standardized
+
+
+def check_columns(frame: pd.DataFrame, required: Sequence[str], feature_columns: Sequence[str] | None) -> list[str]:
+    """The feature columns (default: every column not in ``required``), after checking every name exists.
+
+    A :class:`TableFormatError` names each missing column, or each feature column that is not numeric.
+    """
+    if feature_columns is None:
+        feature_columns = [column for column in frame.columns if column not in required]
+    missing = [column for column in (*required, *feature_columns) if column not in frame.columns]
+    if missing:
+        raise TableFormatError(f"table lacks columns {missing}; it has {list(frame.columns)}")
+    if not feature_columns:
+        raise TableFormatError(f"no feature columns: name some, or give a table with columns besides {list(required)}")
+    not_numeric = [
+        column
+        for column in feature_columns
+        if not (pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]))
+    ]
+    if not_numeric:
+        raise TableFormatError(f"feature columns must be numeric or boolean, got non-numeric {not_numeric}")
+    return list(feature_columns)
+
+
+def label_vocabulary(frame: pd.DataFrame, label_column: str) -> tuple[Hashable, ...]:
+    """The label values in sorted order: class ``k`` is the ``k``-th; the only thing clients share."""
+    values = frame[label_column].dropna().unique()
+    try:
+        return tuple(sorted(values))
+    except TypeError as error:
+        raise TableFormatError(
+            f"label column {label_column!r} mixes values that do not sort together: {error}"
+        ) from None
 
 
 def table_clients(
@@ -117,24 +170,9 @@ def table_clients(
     frame = table if isinstance(table, pd.DataFrame) else read_table(table)
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
-    missing = [column for column in (subject_column, label_column) if column not in frame.columns]
-    if feature_columns is None:
-        feature_columns = [column for column in frame.columns if column not in (subject_column, label_column)]
-    missing += [column for column in feature_columns if column not in frame.columns]
-    if missing:
-        raise TableFormatError(f"table lacks columns {missing}; it has {list(frame.columns)}")
-    if not feature_columns:
-        raise TableFormatError("no feature columns: name some, or give a table with more than two columns")
-    not_numeric = [
-        column
-        for column in feature_columns
-        if not (pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]))
-    ]
-    if not_numeric:
-        raise TableFormatError(f"feature columns must be numeric or boolean, got non-numeric {not_numeric}")
+    feature_columns = check_columns(frame, (subject_column, label_column), feature_columns)
     frame = frame[frame[label_column].notna()]
-    classes = sorted(frame[label_column].unique())
-    index = {value: position for position, value in enumerate(classes)}
+    index = {value: position for position, value in enumerate(label_vocabulary(frame, label_column))}
     clients: dict[Hashable, TableClient] = {}
     for subject, rows in frame.groupby(subject_column, sort=True):
         if len(rows) < min_rows:
