@@ -41,17 +41,30 @@ def build_update(
 ) -> tuple[UpdateHeader, bytes]:
     """Return the header and the encoded ``fl.updates`` value of one update, signed by ``signer``."""
     payload, payload_hash = tensors_payload(delta)
-    header = UpdateHeader(
+    header = _header(client_id, model_name, base_version, sample_count, payload_hash, metrics, update_id)
+    return header, encode_update(header, payload, signer)
+
+
+def _header(
+    client_id: str,
+    model_name: str,
+    base_version: int,
+    sample_count: int,
+    payload_sha256: str,
+    metrics: ClientMetrics | None,
+    update_id: str | None,
+) -> UpdateHeader:
+    """An update's header, created now, with a fresh update id unless one is given."""
+    return UpdateHeader(
         update_id=update_id or uuid.uuid4().hex,
         client_id=client_id,
         model_name=model_name,
         base_version=base_version,
         sample_count=sample_count,
         created_at=datetime.now(UTC),
-        payload_sha256=payload_hash,
+        payload_sha256=payload_sha256,
         metrics=metrics or ClientMetrics(),
     )
-    return header, encode_update(header, payload, signer)
 
 
 def build_chunked_update(
@@ -72,16 +85,7 @@ def build_chunked_update(
     Every value is at most ``max_message_bytes``. ``ValueError`` when the delta cannot be cut to fit that
     limit (see :func:`schemas.chunks.chunk_elements_for`) or holds a value ``encoding`` cannot carry.
     """
-    draft = UpdateHeader(
-        update_id=update_id or uuid.uuid4().hex,
-        client_id=client_id,
-        model_name=model_name,
-        base_version=base_version,
-        sample_count=sample_count,
-        created_at=datetime.now(UTC),
-        payload_sha256=_UNSET_PAYLOAD_SHA256,
-        metrics=metrics or ClientMetrics(),
-    )
+    draft = _header(client_id, model_name, base_version, sample_count, _UNSET_PAYLOAD_SHA256, metrics, update_id)
     values = encode_update_chunks(draft, delta, max_message_bytes=max_message_bytes, encoding=encoding, signer=signer)
     # The encoder sets the layout and the payload hash: the header to return is the one every chunk carries.
     first = decode_update_chunk(values[0], client_id.encode(), max_message_bytes)

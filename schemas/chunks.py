@@ -24,7 +24,7 @@ import struct
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -62,15 +62,15 @@ _Header = TypeVar("_Header", UpdateHeader, ModelHeader)
 
 
 @dataclass(frozen=True)
-class UpdateChunk:
-    """One well-formed chunk of an update: its signed header, its index and its body (hash already checked)."""
+class _Chunk(Generic[_Header]):
+    """What every decoded chunk holds: its signed header, its index and its body (hash already checked)."""
 
-    header: UpdateHeader
+    header: _Header
     index: int
     body: bytes
     signature: bytes
     signed_bytes: bytes
-    """``UPDATE_CHUNK_MAGIC + header JSON``: what ``signature`` signs."""
+    """The chunk magic and the header JSON: what ``signature`` signs."""
 
     @property
     def layout(self) -> ChunkLayout:
@@ -79,8 +79,13 @@ class UpdateChunk:
 
     @property
     def assembly_id(self) -> str:
-        """SHA-256 (hex) of ``signed_bytes + signature``: chunks of one update share it, a forgery does not."""
+        """SHA-256 (hex) of ``signed_bytes + signature``: chunks of one message share it, a forgery does not."""
         return sha256_hex(self.signed_bytes + self.signature)
+
+
+@dataclass(frozen=True)
+class UpdateChunk(_Chunk[UpdateHeader]):
+    """One well-formed chunk of an update (its signature is checked by the job's client registry)."""
 
     def as_unassembled_update(self) -> DecodedUpdate:
         """A :class:`DecodedUpdate` with this chunk's header and signature and no tensors: to check who signed."""
@@ -90,25 +95,8 @@ class UpdateChunk:
 
 
 @dataclass(frozen=True)
-class ModelChunk:
+class ModelChunk(_Chunk[ModelHeader]):
     """One well-formed chunk of a global version (hash checked, signature not: only the reader has the key)."""
-
-    header: ModelHeader
-    index: int
-    body: bytes
-    signature: bytes
-    signed_bytes: bytes
-    """``MODEL_CHUNK_MAGIC + header JSON``: what ``signature`` signs."""
-
-    @property
-    def layout(self) -> ChunkLayout:
-        """The header's layout (always present on a decoded chunk)."""
-        return _layout_of(self.header)
-
-    @property
-    def assembly_id(self) -> str:
-        """SHA-256 (hex) of ``signed_bytes + signature``."""
-        return sha256_hex(self.signed_bytes + self.signature)
 
 
 def _layout_of(header: UpdateHeader | ModelHeader) -> ChunkLayout:
