@@ -24,6 +24,7 @@ from aggregator.errors import (
 from aggregator.privacy import (
     DP_PARTICIPATIONS,
     NO_AMPLIFICATION,
+    NOISE_STREAMS,
     BudgetCheck,
     DpParticipation,
     PrivacyLedger,
@@ -41,7 +42,9 @@ from aggregator.robust import (
     combine_deltas,
     coordinate_median,
     krum_scores,
+    krum_scores_from_distances,
     krum_select,
+    krum_select_from_distances,
     trimmed_mean,
 )
 from aggregator.server import AsyncServer, NewVersion
@@ -54,6 +57,14 @@ from aggregator.server_optimizers import (
     ServerSGD,
     ServerYogi,
     make_server_optimizer,
+)
+from aggregator.shards import (
+    SHARD_VALUES,
+    DeltasInMemory,
+    DeltaStatistics,
+    Shard,
+    ShardPlan,
+    WholeModelFacts,
 )
 from aggregator.staleness import (
     STALENESS_FUNCTIONS,
@@ -97,9 +108,11 @@ from aggregator.weights import (
 
 __all__ = [
     "DP_PARTICIPATIONS",
+    "NOISE_STREAMS",
     "NO_AMPLIFICATION",
     "ROBUST_RULES",
     "SERVER_OPTIMIZERS",
+    "SHARD_VALUES",
     "STALENESS_FUNCTIONS",
     "AggregationConfig",
     "AggregationResult",
@@ -107,6 +120,8 @@ __all__ = [
     "AsyncServer",
     "BudgetCheck",
     "BufferPolicy",
+    "DeltaStatistics",
+    "DeltasInMemory",
     "DifferentiallyPrivate",
     "DpParticipation",
     "EmptyBufferError",
@@ -133,10 +148,13 @@ __all__ = [
     "ServerSGD",
     "ServerYogi",
     "ShapeMismatchError",
+    "Shard",
+    "ShardPlan",
     "StaleUpdateError",
     "StalenessFunctionName",
     "StalenessPolicy",
     "Strategy",
+    "WholeModelFacts",
     "ZeroWeightError",
     "add",
     "aggregation_weights",
@@ -155,7 +173,9 @@ __all__ = [
     "hinge",
     "inverse_sqrt",
     "krum_scores",
+    "krum_scores_from_distances",
     "krum_select",
+    "krum_select_from_distances",
     "l2_norm",
     "make_server_optimizer",
     "make_strategy",

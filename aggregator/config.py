@@ -176,7 +176,21 @@ class AggregationConfig:
         data |= _section_to_dict(self.robust, only_changed=True)
         if self.privacy is not None:
             data |= _section_to_dict(self.privacy, only_changed=True)
+            data[PrivacyPolicy.JSON_KEYS["noise_streams"]] = self.privacy.noise_streams  # see from_recorded
         return data
+
+    @classmethod
+    def from_recorded(cls, data: Mapping[str, Any]) -> "AggregationConfig":
+        """:meth:`from_dict` of a version's recorded ``config_json``, read as it was meant when recorded.
+
+        A DP configuration recorded before noise was drawn per shard names no ``dp_noise_streams``: its
+        noise came from one stream per model (``"model"``), and an audit must draw it that way again.
+        """
+        recorded = dict(data)
+        streams_key = PrivacyPolicy.JSON_KEYS["noise_streams"]
+        if recorded.get(PrivacyPolicy.JSON_KEYS["noise_multiplier"]) is not None:
+            recorded.setdefault(streams_key, "model")
+        return cls.from_dict(recorded)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "AggregationConfig":

@@ -46,8 +46,9 @@ import numpy as np
 import numpy.typing as npt
 
 from aggregator._checks import check_int, check_non_negative, check_positive
-from aggregator.errors import InvalidConfigError, InvalidStateError
+from aggregator.errors import InvalidConfigError, InvalidStateError, ShapeMismatchError
 from aggregator.server_optimizers import Float64Array, ServerOptimizer
+from aggregator.shards import Shard, shard_bounds
 from aggregator.weights import WeightsLike, add
 from schemas.tensors import Tensors
 
@@ -66,6 +67,8 @@ _LEDGER_KEYS: Final = (LEDGER_NOISE_KEY, LEDGER_RATE_KEY, LEDGER_COUNT_KEY)
 DpParticipation = Literal["arbitrary", "random_check_in"]
 """How clients come to be in a version: whoever arrives (no amplification), or each by its own coin."""
 DP_PARTICIPATIONS: Final[tuple[str, ...]] = get_args(DpParticipation)
+NoiseStreams = Literal["shard", "model"]
+NOISE_STREAMS: Final[tuple[str, ...]] = get_args(NoiseStreams)
 NO_AMPLIFICATION: Final = "no_amplification"
 """The ``epsilon_assumption`` of versions accounted with ``q = 1``."""
 
@@ -75,10 +78,12 @@ __all__ = [
     "LEDGER_COUNT_KEY",
     "LEDGER_NOISE_KEY",
     "LEDGER_RATE_KEY",
+    "NOISE_STREAMS",
     "NO_AMPLIFICATION",
     "VERSION_KEY",
     "BudgetCheck",
     "DpParticipation",
+    "NoiseStreams",
     "PrivacyLedger",
     "PrivacyPolicy",
     "PrivateServerOptimizer",
@@ -116,6 +121,7 @@ class PrivacyPolicy:
         "seed": "dp_seed",
         "participation": "dp_participation",
         "epsilon_budget": "dp_epsilon_budget",
+        "noise_streams": "dp_noise_streams",
     }
     """Each field's key in the aggregation JSON (``config_json``)."""
 
@@ -130,6 +136,7 @@ class PrivacyPolicy:
     seed: int | None = None
     participation: DpParticipation = "arbitrary"
     epsilon_budget: float | None = None
+    noise_streams: NoiseStreams = "shard"
 
     def __post_init__(self) -> None:
         """Reject values that make the mechanism or the accountant meaningless, naming them."""
@@ -156,6 +163,10 @@ class PrivacyPolicy:
             check_int("dp_seed", self.seed, minimum=0)
         if self.epsilon_budget is not None:
             check_positive("dp_epsilon_budget", self.epsilon_budget)
+        if self.noise_streams not in NOISE_STREAMS:
+            raise InvalidConfigError(
+                f"dp_noise_streams must be one of {list(NOISE_STREAMS)}, got {self.noise_streams!r}"
+            )
         if self.adaptive_clipping and 2 * self.count_noise_multiplier <= self.noise_multiplier:
             raise InvalidConfigError(
                 f"dp_clip_count_noise_multiplier ({self.count_noise_multiplier}) must exceed half of "
@@ -324,19 +335,56 @@ class BudgetCheck:
         )
 
 
-def gaussian_noise(like: WeightsLike, stddev: float, seed: int, version: int) -> Tensors:
-    """Seeded ``N(0, stddev^2)`` noise shaped like ``like``: drawn per parameter in name order.
+def gaussian_noise(
+    like: WeightsLike,
+    stddev: float,
+    seed: int,
+    version: int,
+    *,
+    streams: NoiseStreams = "shard",
+    shard: Shard | None = None,
+) -> Tensors:
+    """Seeded ``N(0, stddev^2)`` noise shaped like ``like``; the same on any machine (numpy's PCG64 streams).
 
-    The same ``(seed, version)`` gives the same noise on any machine (numpy's PCG64 stream).
+    ``streams="shard"``: one stream per shard (:mod:`aggregator.shards`), seeded by ``(seed, version, the
+    tensor's position among the sorted names, the shard's index)``, so one shard's noise is drawn without the
+    rest; ``like`` is the whole model, or with ``shard`` that shard's one-tensor model. ``"model"``: one
+    stream through every parameter in name order (versions recorded before shard streams).
     """
     check_non_negative("noise stddev", stddev)
     check_int("seed", seed, minimum=0)
     check_int("version", version, minimum=0)
-    generator = np.random.default_rng([seed, version, 0])
-    noise: Tensors = {}
-    for key in sorted(like):
-        noise[key] = (generator.standard_normal(like[key].shape) * stddev).astype(np.float32)
-    return {key: noise[key] for key in like}
+    if streams == "model":
+        if shard is not None:
+            raise InvalidConfigError("noise drawn in one stream per model cannot be drawn for one shard")
+        generator = np.random.default_rng([seed, version, 0])
+        noise: Tensors = {}
+        for key in sorted(like):
+            noise[key] = (generator.standard_normal(like[key].shape) * stddev).astype(np.float32)
+        return {key: noise[key] for key in like}
+    if shard is not None:
+        if set(like) != {shard.tensor} or like[shard.tensor].size != shard.size:
+            raise ShapeMismatchError(
+                f"noise for shard {shard.ordinal} needs {{{shard.tensor!r}: {shard.size} values}}, got {sorted(like)}"
+            )
+        shape = like[shard.tensor].shape
+        return {shard.tensor: _shard_noise(shape, stddev, seed, version, shard.tensor_position, shard.index)}
+    result: Tensors = {}
+    for position, key in enumerate(sorted(like)):
+        shape = like[key].shape
+        pieces = [
+            _shard_noise((stop - start,), stddev, seed, version, position, index)
+            for index, (start, stop) in enumerate(shard_bounds(math.prod(shape)))
+        ]
+        result[key] = np.concatenate(pieces).reshape(shape)
+    return {key: result[key] for key in like}
+
+
+def _shard_noise(
+    shape: tuple[int, ...], stddev: float, seed: int, version: int, tensor_position: int, index: int
+) -> npt.NDArray[np.float32]:
+    generator = np.random.default_rng([seed, version, 0, tensor_position, index])
+    return (generator.standard_normal(shape) * stddev).astype(np.float32)
 
 
 def epsilon_after(noise_multiplier: float, sampling_rate: float, versions: int, delta: float) -> float:
@@ -463,12 +511,14 @@ class PrivateServerOptimizer(ServerOptimizer):
         update_count: int,
         version: int,
         unclipped_count: int,
+        shard: Shard | None = None,
     ) -> Tensors:
         """Add ``N(0, (sigma_delta * C / n)^2)`` noise to the clipped weighted sum, step, adapt ``C``, account.
 
         ``version``: the version being made (seeds the noise). ``unclipped_count``: updates whose norm was
-        at most ``C`` before clipping (adaptive clipping's signal). The budget is the caller's to check
-        (:meth:`budget_check`) before it decides to make a version.
+        at most ``C`` before clipping (adaptive clipping's signal). ``shard``: the one shard ``params`` holds
+        (``None``: the whole model). The budget is the caller's to check (:meth:`budget_check`) before it
+        decides to make a version.
         """
         check_int("update_count", update_count, minimum=1)
         check_int("unclipped_count", unclipped_count, minimum=0)
@@ -478,7 +528,10 @@ class PrivateServerOptimizer(ServerOptimizer):
             self.buffer_size
         )  # raises before the step when it cannot be accounted
         stddev = self.policy.delta_noise_multiplier * self._clip_norm / update_count
-        noisy = add(clipped_weighted_sum, gaussian_noise(clipped_weighted_sum, stddev, self.seed, version))
+        noise = gaussian_noise(
+            clipped_weighted_sum, stddev, self.seed, version, streams=self.policy.noise_streams, shard=shard
+        )
+        noisy = add(clipped_weighted_sum, noise)
         new_params = self.inner.step(params, noisy)
         if self.policy.adaptive_clipping:
             self._clip_norm = self._next_clip_norm(update_count, unclipped_count, version)

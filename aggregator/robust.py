@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from aggregator._checks import check_int, check_number, check_positive
 from aggregator.errors import EmptyBufferError, InvalidConfigError
+from aggregator.shards import DeltasInMemory, DeltaStatistics
 from aggregator.weights import WeightsLike, check_same_structure, l2_norm, weighted_sum
 from schemas.tensors import Tensors
 
@@ -41,7 +42,9 @@ __all__ = [
     "combine_deltas",
     "coordinate_median",
     "krum_scores",
+    "krum_scores_from_distances",
     "krum_select",
+    "krum_select_from_distances",
     "trimmed_mean",
 ]
 
@@ -94,42 +97,57 @@ class RobustPolicy:
         """True when the policy changes nothing: plain weighted average, no norm bound."""
         return self.rule == "none" and self.max_update_norm is None
 
-    def applied_weights(self, deltas: Sequence[WeightsLike], weights: Sequence[float]) -> list[float]:
+    def applied_weights(self, statistics: DeltaStatistics, weights: Sequence[float]) -> list[float]:
         """The weights to record: for linear rules with clip factors and Krum selection folded in.
 
-        Coordinate-wise rules return ``weights`` unchanged (their clipping happens in ``combine_deltas``).
+        Decided from whole-delta figures only (``statistics``), so the driver and shard-wise executors decide
+        alike. Coordinate-wise rules return ``weights`` unchanged (their clipping happens in ``combine_deltas``).
         """
-        _check_lengths(deltas, weights)
+        norms = statistics.norms()
+        _check_lengths(norms, weights)
         if not self.is_linear:
             return list(weights)
-        factors = [clip_factor(l2_norm(delta), self.max_update_norm) for delta in deltas]
+        factors = [clip_factor(norm, self.max_update_norm) for norm in norms]
         applied = [weight * factor for weight, factor in zip(weights, factors, strict=True)]
         if self.rule == "none":
             return applied
         selected_count = 1 if self.rule == "krum" else self.multi_krum_selected
-        clipped = [_scaled(delta, factor) for delta, factor in zip(deltas, factors, strict=True)]
-        chosen = set(krum_select(clipped, self.krum_byzantine, selected_count))
+        distances = statistics.squared_distances(factors)
+        chosen = set(krum_select_from_distances(distances, self.krum_byzantine, selected_count))
         kept_total = math.fsum(weights[index] for index in chosen)
         if kept_total == 0:
             return [0.0] * len(applied)
         rescale = math.fsum(weights) / kept_total
         return [value * rescale if index in chosen else 0.0 for index, value in enumerate(applied)]
 
-    def combine(self, deltas: Sequence[WeightsLike], weights: Sequence[float]) -> Tensors:
+    def combine(
+        self, deltas: Sequence[WeightsLike], weights: Sequence[float], *, norms: Sequence[float] | None = None
+    ) -> Tensors:
         """The aggregated delta from the recorded weights (see :func:`combine_deltas`)."""
-        return combine_deltas(deltas, weights, self)
+        return combine_deltas(deltas, weights, self, norms=norms)
 
 
-def combine_deltas(deltas: Sequence[WeightsLike], weights: Sequence[float], policy: RobustPolicy) -> Tensors:
+def combine_deltas(
+    deltas: Sequence[WeightsLike],
+    weights: Sequence[float],
+    policy: RobustPolicy,
+    *,
+    norms: Sequence[float] | None = None,
+) -> Tensors:
     """Aggregate ``deltas`` with recorded ``weights`` under ``policy``: what the step did, for audits too.
 
     Linear rules: ``weighted_sum(deltas, weights)``. Coordinate-wise rules: ``sum(weights)`` times the
-    trimmed mean or median of the deltas after the norm bound.
+    trimmed mean or median of the deltas after the norm bound. ``norms``: the whole deltas' L2 norms when
+    ``deltas`` are one shard of them (``None``: computed from ``deltas``).
     """
     _check_lengths(deltas, weights)
     if policy.is_linear:
         return weighted_sum(list(deltas), list(weights))
-    clipped = [_scaled(delta, clip_factor(l2_norm(delta), policy.max_update_norm)) for delta in deltas]
+    if norms is None:
+        norms = [l2_norm(delta) for delta in deltas]
+    _check_lengths(norms, weights)
+    bound = policy.max_update_norm
+    clipped = [_scaled(delta, clip_factor(norm, bound)) for delta, norm in zip(deltas, norms, strict=True)]
     median = policy.rule == "median"
     statistic = coordinate_median(clipped) if median else trimmed_mean(clipped, policy.trim_fraction)
     total = math.fsum(weights)
@@ -170,18 +188,20 @@ def krum_scores(deltas: Sequence[WeightsLike], byzantine: int) -> list[float]:
     With fewer updates than Krum's ``n > 2f + 2`` needs, at least one neighbour is still used (and a
     single update scores 0), so a short buffer made by the deadline still aggregates.
     """
+    return krum_scores_from_distances(DeltasInMemory(deltas).squared_distances([1.0] * len(deltas)), byzantine)
+
+
+def krum_scores_from_distances(distances: npt.NDArray[np.float64], byzantine: int) -> list[float]:
+    """:func:`krum_scores` from the updates' pairwise squared distances (see :class:`DeltaStatistics`)."""
     check_int("krum_byzantine", byzantine, minimum=0)
-    flat = _flattened(deltas)
-    count = flat.shape[0]
+    count = distances.shape[0]
     if count == 1:
         return [0.0]
-    squares = np.sum(flat * flat, axis=1)
-    distances = np.maximum(squares[:, None] + squares[None, :] - 2.0 * flat @ flat.T, 0.0)
     neighbours = max(1, min(count - byzantine - 2, count - 1))
     scores = []
     for index in range(count):
         others = np.delete(distances[index], index)
-        scores.append(float(np.sum(np.sort(others)[:neighbours])))
+        scores.append(math.fsum(np.sort(others)[:neighbours].tolist()))
     return scores
 
 
@@ -190,9 +210,17 @@ def krum_select(deltas: Sequence[WeightsLike], byzantine: int, selected: int | N
 
     ``selected=1`` is Krum; more is Multi-Krum; ``None`` keeps ``max(1, n - f)``.
     """
-    count = len(deltas)
+    distances = DeltasInMemory(deltas).squared_distances([1.0] * len(deltas))
+    return krum_select_from_distances(distances, byzantine, selected)
+
+
+def krum_select_from_distances(
+    distances: npt.NDArray[np.float64], byzantine: int, selected: int | None = None
+) -> list[int]:
+    """:func:`krum_select` from the updates' pairwise squared distances."""
+    count = distances.shape[0]
     keep = max(1, count - byzantine) if selected is None else check_int("selected", selected, minimum=1)
-    scores = krum_scores(deltas, byzantine)
+    scores = krum_scores_from_distances(distances, byzantine)
     order = sorted(range(count), key=lambda index: (scores[index], index))
     return sorted(order[: min(keep, count)])
 
@@ -212,12 +240,7 @@ def _stacked(deltas: Sequence[WeightsLike]) -> dict[str, npt.NDArray[np.float64]
     return {key: np.stack([np.asarray(delta[key], dtype=np.float64) for delta in deltas]) for key in first}
 
 
-def _flattened(deltas: Sequence[WeightsLike]) -> npt.NDArray[np.float64]:
-    stacked = _stacked(deltas)
-    return np.concatenate([stacked[key].reshape(len(deltas), -1) for key in sorted(stacked)], axis=1)
-
-
-def _check_lengths(deltas: Sequence[WeightsLike], weights: Sequence[float]) -> None:
+def _check_lengths(deltas: Sequence[object], weights: Sequence[float]) -> None:
     if not deltas:
         raise EmptyBufferError("robust aggregation needs at least one delta, got none")
     if len(deltas) != len(weights):

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from aggregator.errors import EmptyBufferError, InvalidConfigError, ShapeMismatchError
+from aggregator.shards import norm_from_partials, squared_norm_partials
 from schemas.tensors import Tensors
 
 WeightsLike = Mapping[str, npt.NDArray[np.floating]]
@@ -71,9 +72,11 @@ def weighted_sum(weights_list: Sequence[WeightsLike], coefficients: Sequence[flo
 
 
 def l2_norm(weights: WeightsLike) -> float:
-    """Return the L2 norm of all parameters taken together as one flat vector."""
-    squares = math.fsum(float(np.sum(np.square(_as_float64(array)))) for array in weights.values())
-    return math.sqrt(squares)
+    """Return the L2 norm of all parameters taken together as one flat vector (summed shard by shard).
+
+    Exactly what a shard-wise computation gets (see :mod:`aggregator.shards`).
+    """
+    return norm_from_partials(squared_norm_partials(weights))
 
 
 def parameter_count(weights: WeightsLike) -> int:

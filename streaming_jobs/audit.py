@@ -52,7 +52,7 @@ def verify_version(
     missing = [update_id for update_id in row.update_ids if update_id not in payloads]
     if missing:
         raise LookupError(f"version {version} names updates missing from the updates table: {missing[:5]}")
-    config = AggregationConfig.from_dict(json.loads(row.config_json))
+    config = AggregationConfig.from_recorded(json.loads(row.config_json))
     optimizer = config.make_optimizer()
     parent_state = decode_tensors(bytes(parent.optimizer_state))
     if parent_state:

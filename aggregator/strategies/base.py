@@ -28,6 +28,7 @@ from aggregator.errors import (
     ZeroWeightError,
 )
 from aggregator.server_optimizers import ServerOptimizer
+from aggregator.shards import DeltasInMemory, DeltaStatistics, WholeModelFacts
 from aggregator.staleness import StalenessPolicy
 from aggregator.weights import check_same_structure
 from schemas.tensors import Tensors
@@ -128,9 +129,12 @@ class Strategy(ABC):
         """One weight per update, from metadata only (never the deltas' values)."""
 
     def applied_weights(
-        self, deltas: Sequence[Tensors], weights: Sequence[float], optimizer: ServerOptimizer
+        self, statistics: DeltaStatistics, weights: Sequence[float], optimizer: ServerOptimizer
     ) -> list[float]:
-        """The weights to record: ``weights`` with anything decided from the deltas folded in (clipping, Krum)."""
+        """The weights to record: ``weights`` with anything decided from the deltas folded in (clipping, Krum).
+
+        Decided from whole-delta figures only (``statistics``: norms, distances), never from the values.
+        """
         return list(weights)
 
     @abstractmethod
@@ -142,8 +146,14 @@ class Strategy(ABC):
         optimizer: ServerOptimizer,
         *,
         version: int,
+        facts: WholeModelFacts | None = None,
     ) -> Tensors:
-        """The new parameters from the deltas and their recorded weights; ``version`` is the one being made."""
+        """The new parameters from the deltas and their recorded weights; ``version`` is the one being made.
+
+        Elementwise but for what ``facts`` carries, so it runs on the whole model or on one shard of it:
+        ``facts.shard`` names the shard ``parameters`` and ``deltas`` hold (``None``: the whole model), and
+        ``facts.delta_norms`` the whole deltas' norms (``facts=None``: computed from ``deltas``, then whole).
+        """
 
     def aggregate(
         self,
@@ -157,8 +167,10 @@ class Strategy(ABC):
         weights = self.weights(updates, current_version)
         check_deltas(parameters, updates)
         deltas = [update.delta for update in updates]
-        applied = self.applied_weights(deltas, weights, optimizer)
-        new_params = self.apply(parameters, deltas, applied, optimizer, version=current_version + 1)
+        statistics = DeltasInMemory(deltas)
+        applied = self.applied_weights(statistics, weights, optimizer)
+        facts = WholeModelFacts(statistics.norms())
+        new_params = self.apply(parameters, deltas, applied, optimizer, version=current_version + 1, facts=facts)
         stalenesses = [staleness_of(update, current_version) for update in updates]
         return AggregationResult(
             new_params=new_params,

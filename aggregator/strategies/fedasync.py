@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from aggregator._checks import check_fraction
 from aggregator.errors import EmptyBufferError, InvalidConfigError, InvalidUpdateError, StaleUpdateError
 from aggregator.server_optimizers import ServerOptimizer, ServerSGD
+from aggregator.shards import WholeModelFacts
 from aggregator.staleness import StalenessPolicy
 from aggregator.strategies.base import AggregationResult, PendingUpdate, Strategy, staleness_of, without_limit
 from aggregator.strategies.registry import register_strategy
@@ -68,6 +69,7 @@ class FedAsync(Strategy):
         optimizer: ServerOptimizer,
         *,
         version: int,
+        facts: WholeModelFacts | None = None,
     ) -> Tensors:
         """``theta + weight * delta``, accumulated in float64."""
         return weighted_sum([parameters, deltas[0]], [1.0, weights[0]])

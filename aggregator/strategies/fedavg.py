@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from aggregator.errors import EmptyBufferError, InvalidConfigError, InvalidStalenessError
 from aggregator.server_optimizers import ServerOptimizer, ServerSGD
+from aggregator.shards import WholeModelFacts
 from aggregator.strategies.base import AggregationResult, PendingUpdate, Strategy, check_unique_ids, data_shares
 from aggregator.strategies.registry import register_strategy
 from aggregator.weights import add, weighted_sum
@@ -68,6 +69,7 @@ class FedAvg(Strategy):
         optimizer: ServerOptimizer,
         *,
         version: int,
+        facts: WholeModelFacts | None = None,
     ) -> Tensors:
         """``theta + sum_i w_i * delta_i``."""
         return add(parameters, weighted_sum(list(deltas), list(weights)))

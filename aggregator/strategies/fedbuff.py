@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from aggregator.privacy import PrivateServerOptimizer
 from aggregator.robust import RobustPolicy
 from aggregator.server_optimizers import ServerOptimizer
+from aggregator.shards import DeltaStatistics, WholeModelFacts
 from aggregator.staleness import StalenessPolicy
 from aggregator.strategies.base import (
     AggregationResult,
@@ -54,10 +55,10 @@ class FedBuff(Strategy):
         return aggregation_weights(updates, current_version, self.staleness, self.weight_by_sample_count)
 
     def applied_weights(
-        self, deltas: Sequence[Tensors], weights: Sequence[float], optimizer: ServerOptimizer
+        self, statistics: DeltaStatistics, weights: Sequence[float], optimizer: ServerOptimizer
     ) -> list[float]:
         """The combiner's clip factors and Krum selection folded in (unchanged for the plain average)."""
-        return list(weights) if self.combiner.is_default else self.combiner.applied_weights(deltas, weights)
+        return list(weights) if self.combiner.is_default else self.combiner.applied_weights(statistics, weights)
 
     def apply(
         self,
@@ -67,9 +68,11 @@ class FedBuff(Strategy):
         optimizer: ServerOptimizer,
         *,
         version: int,
+        facts: WholeModelFacts | None = None,
     ) -> Tensors:
         """One server-optimizer step on the combined delta."""
-        return optimizer.step(parameters, self.combiner.combine(deltas, weights))
+        norms = None if facts is None else facts.delta_norms
+        return optimizer.step(parameters, self.combiner.combine(deltas, weights, norms=norms))
 
 
 def fedbuff_step(

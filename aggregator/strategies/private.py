@@ -16,6 +16,7 @@ from aggregator.errors import InvalidConfigError, InvalidUpdateError
 from aggregator.privacy import PrivateServerOptimizer
 from aggregator.robust import clip_factor
 from aggregator.server_optimizers import ServerOptimizer
+from aggregator.shards import DeltaStatistics, WholeModelFacts
 from aggregator.strategies.base import PendingUpdate, Strategy
 from aggregator.weights import l2_norm, weighted_sum
 from schemas.tensors import Tensors
@@ -56,12 +57,12 @@ class DifferentiallyPrivate(Strategy):
         return self.inner.weights(updates, current_version)
 
     def applied_weights(
-        self, deltas: Sequence[Tensors], weights: Sequence[float], optimizer: ServerOptimizer
+        self, statistics: DeltaStatistics, weights: Sequence[float], optimizer: ServerOptimizer
     ) -> list[float]:
         """Each weight times the factor that clips its delta to ``min(clip norm, max_update_norm)``."""
         clip_norm = _private(optimizer).clip_norm
         bound = clip_norm if self.max_update_norm is None else min(clip_norm, self.max_update_norm)
-        return [weight * clip_factor(l2_norm(delta), bound) for weight, delta in zip(weights, deltas, strict=True)]
+        return [weight * clip_factor(norm, bound) for weight, norm in zip(weights, statistics.norms(), strict=True)]
 
     def apply(
         self,
@@ -71,9 +72,10 @@ class DifferentiallyPrivate(Strategy):
         optimizer: ServerOptimizer,
         *,
         version: int,
+        facts: WholeModelFacts | None = None,
     ) -> Tensors:
-        """The noised private step from the clip-folded weights (noise seeded by ``version``)."""
-        return private_server_step(parameters, deltas, weights, _private(optimizer), version=version)
+        """The noised private step from the clip-folded weights (noise seeded by ``version`` and the shard)."""
+        return private_server_step(parameters, deltas, weights, _private(optimizer), version=version, facts=facts)
 
 
 def private_server_step(
@@ -83,16 +85,24 @@ def private_server_step(
     optimizer: PrivateServerOptimizer,
     *,
     version: int,
+    facts: WholeModelFacts | None = None,
 ) -> Tensors:
     """The DP server step from the recorded (clip-folded) weights: sum, seeded noise, step, adapt the clip.
 
-    Shared by the step and audits, so a recomputation draws the same noise and the same sum.
+    Shared by the step and audits, so a recomputation draws the same noise and the same sum. ``facts``: the
+    whole deltas' norms and the shard computed (see :meth:`aggregator.Strategy.apply`).
     """
     clip_norm = optimizer.clip_norm
-    unclipped = sum(1 for delta in deltas if l2_norm(delta) <= clip_norm)
+    norms = [l2_norm(delta) for delta in deltas] if facts is None else facts.delta_norms
+    unclipped = sum(1 for norm in norms if norm <= clip_norm)
     clipped_sum = weighted_sum(list(deltas), list(applied_weights))
     return optimizer.private_step(
-        global_params, clipped_sum, update_count=len(deltas), version=version, unclipped_count=unclipped
+        global_params,
+        clipped_sum,
+        update_count=len(deltas),
+        version=version,
+        unclipped_count=unclipped,
+        shard=None if facts is None else facts.shard,
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from aggregator import (
     AggregationConfig,
+    DeltasInMemory,
     PendingUpdate,
     PrivateServerOptimizer,
     RobustPolicy,
@@ -96,7 +97,7 @@ def fedbuff_step(
         applied = [weight * clip_factor(norm, bound) for weight, norm in zip(weights, norms, strict=True)]
         new_params = private_server_step(global_params, deltas, applied, optimizer, version=current_version + 1)
         return new_params, tuple(applied), stalenesses
-    applied = weights if policy.is_default else policy.applied_weights(deltas, weights)
+    applied = weights if policy.is_default else policy.applied_weights(DeltasInMemory(deltas), weights)
     new_params = optimizer.step(global_params, policy.combine(deltas, applied))
     return new_params, tuple(applied), stalenesses
 

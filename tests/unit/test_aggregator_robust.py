@@ -5,6 +5,7 @@ import pytest
 
 from aggregator import (
     AggregationConfig,
+    DeltasInMemory,
     InvalidConfigError,
     PendingUpdate,
     RobustPolicy,
@@ -69,7 +70,7 @@ def test_clip_factor_bounds_every_norm() -> None:
     rng = np.random.default_rng(1)
     policy = RobustPolicy(max_update_norm=1.5)
     deltas = [{"w": rng.normal(0, scale, 20).astype(np.float32)} for scale in (0.01, 0.5, 3.0, 100.0)]
-    applied = policy.applied_weights(deltas, [1.0] * 4)
+    applied = policy.applied_weights(DeltasInMemory(deltas), [1.0] * 4)
     for delta, weight in zip(deltas, applied, strict=True):
         assert weight * l2_norm(delta) <= 1.5 * (1 + 1e-9)
     assert applied[0] == 1.0
