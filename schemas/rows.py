@@ -84,6 +84,29 @@ class UpdateChunkRow(KafkaCoordinates):
     batch_id: NonNegative
 
 
+class ModelShardRow(_Row):
+    """``model_shards``: one shard of a global version computed on Spark executors (see ``aggregator.shards``).
+
+    ``values``: the shard's float32 values, little-endian; ``optimizer_slots``: the server optimizer's
+    per-parameter state of the shard, as safetensors keyed by slot name. A version's shards, in ``shard_ordinal``
+    order, are the whole model: ``aggregator.ShardPlan.assemble``.
+    """
+
+    model_name: Identifier
+    version: NonNegative
+    shard_ordinal: NonNegative
+    tensor: str
+    tensor_shape: list[NonNegative]
+    shard_index: NonNegative
+    value_start: NonNegative
+    value_stop: NonNegative
+    values: bytes
+    values_sha256: Sha256Hex
+    optimizer_slots: bytes
+    created_at: AwareDatetime
+    batch_id: NonNegative
+
+
 class ModelVersionRow(_Row):
     """``model_versions``: one global version, with everything needed to recompute and audit it."""
 

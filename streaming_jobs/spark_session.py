@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def get_spark(app_name: str = "fedstream", *, shuffle_partitions: int = 2) -> Sp
         refuse_spark_connect(session)
         session.conf.set(DELTA_TRANSACTIONS_IN_CHECKSUM, "true")
         return session
+    # executors' Python workers run this interpreter, where fedstream is installed (local-cluster executors too)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.appName(app_name)
         .master(os.environ.get("FEDSTREAM_SPARK_MASTER", "local[*]"))

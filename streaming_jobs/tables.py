@@ -33,7 +33,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from schemas.rows import ClientKeyRow, ModelVersionRow, RejectedUpdateRow, UpdateChunkRow, UpdateRow
+from schemas.rows import ClientKeyRow, ModelShardRow, ModelVersionRow, RejectedUpdateRow, UpdateChunkRow, UpdateRow
 
 _KAFKA_FIELDS = [
     StructField("kafka_topic", StringType(), False),
@@ -124,6 +124,23 @@ MODEL_VERSIONS_SCHEMA = StructType(
     ]
 )
 
+MODEL_SHARDS_SCHEMA = StructType(
+    [
+        StructField("model_name", StringType(), False),
+        StructField("version", LongType(), False),
+        StructField("shard_ordinal", LongType(), False),
+        StructField("tensor", StringType(), False),
+        StructField("tensor_shape", ArrayType(LongType(), False), False),
+        StructField("shard_index", LongType(), False),
+        StructField("value_start", LongType(), False),
+        StructField("value_stop", LongType(), False),
+        StructField("values", BinaryType(), False),
+        StructField("values_sha256", StringType(), False),
+        StructField("optimizer_slots", BinaryType(), False),
+        StructField("created_at", TimestampType(), False),
+        StructField("batch_id", LongType(), False),
+    ]
+)
 
 CLIENT_KEYS_SCHEMA = StructType(
     [
@@ -200,6 +217,13 @@ UPDATE_CHUNKS = TableSpec(
     UpdateChunkRow,
     stats_columns=("model_name", "assembly_id", "update_id", "client_id", "received_at", "batch_id"),
 )
+MODEL_SHARDS = TableSpec(
+    "model_shards",
+    MODEL_SHARDS_SCHEMA,
+    ModelShardRow,
+    stats_columns=("model_name", "version", "shard_ordinal", "batch_id"),
+)
+"""Versions computed on executors, one row per shard: created by :mod:`streaming_jobs.executor_aggregation`."""
 ALL_TABLES = (UPDATES, REJECTED_UPDATES, MODEL_VERSIONS, CLIENT_KEYS, UPDATE_CHUNKS)
 
 CHECKPOINT_INTERVAL = 100
@@ -294,26 +318,30 @@ class TableLocations:
         that already exist are brought in line too; without it (one-off commands) existing tables keep theirs and
         new ones get :data:`DEFAULT_AUDIT_WINDOW_DAYS`. Idempotent: nothing is written when nothing differs.
         """
-        window = DEFAULT_AUDIT_WINDOW_DAYS if audit_window_days is None else audit_window_days
         for table in ALL_TABLES:
-            properties = table_properties(table, window)
-            if self.catalog_schema:
-                spark.sql(
-                    f"CREATE TABLE IF NOT EXISTS {self.identifier(table)} ({_column_definitions(table.schema)}) "
-                    f"USING DELTA TBLPROPERTIES ({_sql_properties(properties)})"
-                )
-            else:
-                from delta.tables import DeltaTable
+            self.ensure_table(spark, table, audit_window_days=audit_window_days)
 
-                builder = DeltaTable.createIfNotExists(spark).addColumns(table.schema).location(self.identifier(table))
-                for key, value in properties.items():
-                    builder = builder.property(key, value)
-                builder.execute()
-            self._add_missing_columns(spark, table)
-            if audit_window_days is not None:
-                self._set_properties(spark, table, properties)
-            if self.catalog_schema:
-                self._ensure_audit_view(spark, table)
+    def ensure_table(self, spark: SparkSession, table: TableSpec, *, audit_window_days: int | None = None) -> None:
+        """:meth:`ensure` for one table (also one outside :data:`ALL_TABLES`, such as :data:`MODEL_SHARDS`)."""
+        window = DEFAULT_AUDIT_WINDOW_DAYS if audit_window_days is None else audit_window_days
+        properties = table_properties(table, window)
+        if self.catalog_schema:
+            spark.sql(
+                f"CREATE TABLE IF NOT EXISTS {self.identifier(table)} ({_column_definitions(table.schema)}) "
+                f"USING DELTA TBLPROPERTIES ({_sql_properties(properties)})"
+            )
+        else:
+            from delta.tables import DeltaTable
+
+            builder = DeltaTable.createIfNotExists(spark).addColumns(table.schema).location(self.identifier(table))
+            for key, value in properties.items():
+                builder = builder.property(key, value)
+            builder.execute()
+        self._add_missing_columns(spark, table)
+        if audit_window_days is not None:
+            self._set_properties(spark, table, properties)
+        if self.catalog_schema:
+            self._ensure_audit_view(spark, table)
 
     def properties(self, spark: SparkSession, table: TableSpec) -> dict[str, str]:
         """The stored table's properties (``SHOW TBLPROPERTIES``)."""

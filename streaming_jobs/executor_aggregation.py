@@ -1,0 +1,424 @@
+"""A global version computed on Spark executors, shard by shard, from the chunks in ``update_chunks``.
+
+For models too large for the driver. No tensor reaches the driver: the executors cut each stored chunk of
+the version's updates into shard pieces (:mod:`aggregator.shards`), gather every shard's pieces with the parent
+version's shard (``model_shards``), and return per-shard partial sums; the driver turns those into the applied
+weights (clip factors, Krum's choice: :class:`aggregator.shard_step.ShardStatistics`) and the optimizer's
+scalar state, and the executors compute and write every shard of the new version
+(:func:`aggregator.shard_step.compute_shard`). The version is bit-identical to the one the driver computes whole
+from the same parent and updates (``tests/integration/test_executor_aggregation.py``), so ``audit`` can
+recompute either.
+
+Passes over the data: one shuffle gathers each shard's pieces (kept, memory and disk, for the rest), one map
+gives the norms' partials, one more the distances' (Krum only), one computes and writes the shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from aggregator import AggregationConfig, Shard, ShardPlan, make_strategy
+from aggregator.shard_step import ShardStatistics, compute_shard, next_scalar_state, shard_state, split_state
+from aggregator.shards import pairwise_partials, scaled_float32, squared_sum
+from schemas.chunks import UpdateChunk, decode_chunk_body, decode_update_chunk
+from schemas.tensors import decode_tensors, encode_tensors, sha256_hex
+from streaming_jobs.tables import MODEL_SHARDS, UPDATE_CHUNKS, TableLocations
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.sql import DataFrame, SparkSession
+
+__all__ = ["ShardedVersion", "aggregate_on_executors", "read_version", "shard_rows", "shards_root", "write_shards"]
+
+_PIECES = "shard_ordinal long, position long, value_offset long, data binary, slots binary"
+_GATHERED = "shard_ordinal long, parent binary, slots binary, deltas array<binary>"
+_PARENT = -1
+"""``position`` of the parent version's piece among a shard's pieces (updates are 0, 1, ...)."""
+FrameMap = Callable[[Iterator["pd.DataFrame"]], Iterator["pd.DataFrame"]]
+"""A ``mapInPandas`` function."""
+
+
+@dataclass(frozen=True)
+class ShardedVersion:
+    """A version written to ``model_shards``: what its ``model_versions`` row and the next version need.
+
+    ``weights``: as applied (an audit recomputes from them); ``optimizer_scalars``: the optimizer state but its
+    per-parameter slots (those are in the shard rows); ``root``: :func:`shards_root` of the new shards.
+    """
+
+    version: int
+    weights: tuple[float, ...]
+    delta_norms: tuple[float, ...]
+    optimizer_scalars: dict[str, npt.NDArray[Any]]
+    root: str
+
+
+def shards_root(values_sha256: Sequence[str]) -> str:
+    """SHA-256 over the shards' value digests in ordinal order: the identity of a version kept as shards."""
+    return hashlib.sha256(b"".join(bytes.fromhex(digest) for digest in values_sha256)).hexdigest()
+
+
+def aggregate_on_executors(
+    spark: SparkSession,
+    locations: TableLocations,
+    *,
+    model_name: str,
+    config: AggregationConfig,
+    plan: ShardPlan,
+    parent_version: int,
+    parent_scalars: Mapping[str, npt.NDArray[Any]],
+    update_ids: Sequence[str],
+    weights: Sequence[float],
+    app_id: str,
+    batch_id: int,
+) -> ShardedVersion:
+    """Make version ``parent_version + 1`` from the updates ``update_ids`` (in the version's order) on executors.
+
+    ``weights``: the strategy's weights from the updates' metadata (:meth:`aggregator.Strategy.weights`);
+    ``parent_scalars``: the parent's optimizer state without slots. The shards are appended to ``model_shards``
+    once per ``(app_id, batch_id)``. Raises ``ValueError`` when an update's chunks are not all stored.
+    """
+    version = parent_version + 1
+    positions = {update_id: position for position, update_id in enumerate(update_ids)}
+    if len(positions) != len(update_ids):
+        raise ValueError(f"update ids repeat: {sorted(update_ids)}")
+    locations.ensure_table(spark, MODEL_SHARDS)
+    gathered = _gather(spark, locations, model_name, plan, parent_version, positions).persist()
+    try:
+        squared = _collect_squared_sums(gathered, len(update_ids))
+        statistics = ShardStatistics(squared, lambda factors: _collect_distance_partials(gathered, factors))
+        strategy = make_strategy(config)
+        decider = config.make_optimizer()
+        if parent_scalars:
+            decider.load_state_dict(parent_scalars)
+        applied = strategy.applied_weights(statistics, weights, decider)
+        norms = statistics.norms()
+        compute = _computer(config, plan, model_name, version, applied, norms, parent_scalars, batch_id)
+        new_shards = gathered.mapInPandas(compute, MODEL_SHARDS.schema)
+        locations.append_frame(MODEL_SHARDS, new_shards, app_id=app_id, batch_id=batch_id)
+    finally:
+        gathered.unpersist()
+    digests = (
+        locations.read(spark, MODEL_SHARDS)
+        .where(f"model_name = '{model_name}' AND version = {version}")
+        .select("shard_ordinal", "values_sha256")
+        .collect()
+    )
+    ordered = [row.values_sha256 for row in sorted(digests, key=lambda row: row.shard_ordinal)]
+    if len(ordered) != len(plan.shards):
+        raise RuntimeError(f"version {version} has {len(ordered)} shards in model_shards, expected {len(plan.shards)}")
+    scalars = next_scalar_state(config, parent_scalars, applied, version=version, delta_norms=norms)
+    return ShardedVersion(version, tuple(applied), norms, scalars, shards_root(ordered))
+
+
+def _gather(
+    spark: SparkSession,
+    locations: TableLocations,
+    model_name: str,
+    plan: ShardPlan,
+    parent_version: int,
+    positions: Mapping[str, int],
+) -> DataFrame:
+    """One row per shard: the parent's values and slots, and every update's values of the shard, in order."""
+    from pyspark.sql import functions
+
+    ids = list(positions)
+    chunks = (
+        locations.read(spark, UPDATE_CHUNKS)
+        .where((functions.col("model_name") == model_name) & functions.col("update_id").isin(ids))
+        .select("update_id", "assembly_id", "chunk_index", "value")
+        .dropDuplicates(["assembly_id", "chunk_index"])
+    )
+    assemblies = chunks.groupBy("update_id").agg(functions.countDistinct("assembly_id").alias("n")).collect()
+    found = {row.update_id: row.n for row in assemblies}
+    problems = {update_id: found.get(update_id, 0) for update_id in ids if found.get(update_id, 0) != 1}
+    if problems:
+        raise ValueError(f"updates without exactly one stored chunk assembly: {problems}")
+    pieces = chunks.mapInPandas(_chunk_cutter(plan, dict(positions)), _PIECES)
+    parent = (
+        locations.read(spark, MODEL_SHARDS)
+        .where((functions.col("model_name") == model_name) & (functions.col("version") == parent_version))
+        .select(
+            functions.col("shard_ordinal"),
+            functions.lit(_PARENT).cast("long").alias("position"),
+            functions.lit(0).cast("long").alias("value_offset"),
+            functions.col("values").alias("data"),
+            functions.col("optimizer_slots").alias("slots"),
+        )
+    )
+    return pieces.unionByName(parent).groupBy("shard_ordinal").applyInPandas(_gatherer(plan, len(ids)), _GATHERED)
+
+
+def _chunk_cutter(
+    plan: ShardPlan, positions: dict[str, int]
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """Executors: each stored chunk message cut into the shard pieces it holds (decoded to float32)."""
+    starts, shards = _flat_starts(plan)
+
+    def cut(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import pandas as pd
+
+        for frame in frames:
+            rows: list[tuple[int, int, int, bytes, None]] = []
+            for update_id, value in zip(frame["update_id"], frame["value"], strict=True):
+                chunk = decode_update_chunk(bytes(value))
+                if not isinstance(chunk, UpdateChunk):
+                    raise ValueError(f"a stored chunk of update {update_id!r} no longer decodes: {chunk}")
+                _check_layout(plan, chunk, update_id)
+                values = decode_chunk_body(chunk.layout, chunk.index, chunk.body)
+                if not isinstance(values, np.ndarray):
+                    raise ValueError(f"chunk {chunk.index} of update {update_id!r} no longer decodes: {values}")
+                start, stop = chunk.layout.chunk_bounds(chunk.index)
+                first = bisect_right(starts, start) - 1
+                for shard, shard_start in zip(shards[first:], starts[first:], strict=True):
+                    if shard_start >= stop:
+                        break
+                    low, high = max(start, shard_start), min(stop, shard_start + shard.size)
+                    if low < high:
+                        piece = values[low - start : high - start]
+                        rows.append((shard.ordinal, positions[update_id], low - shard_start, piece.tobytes(), None))
+            yield pd.DataFrame(rows, columns=["shard_ordinal", "position", "value_offset", "data", "slots"])
+
+    return cut
+
+
+def _flat_starts(plan: ShardPlan) -> tuple[list[int], list[Shard]]:
+    """Each shard's first value in the flattened model (tensors in name order), and the shards, in order."""
+    tensor_starts: dict[str, int] = {}
+    offset = 0
+    for name, shape in plan.shapes:
+        tensor_starts[name] = offset
+        offset += math.prod(shape)
+    return [tensor_starts[shard.tensor] + shard.start for shard in plan.shards], list(plan.shards)
+
+
+def _check_layout(plan: ShardPlan, chunk: UpdateChunk, update_id: str) -> None:
+    shapes = tuple((tensor.name, tuple(tensor.shape)) for tensor in chunk.layout.tensors)
+    if shapes != plan.shapes:
+        raise ValueError(f"update {update_id!r} has tensors {shapes[:5]}..., the model {plan.shapes[:5]}...")
+
+
+def _gatherer(plan: ShardPlan, update_count: int) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """Executors: one shard's pieces joined into the parent's values and each update's, checked whole."""
+    sizes = {shard.ordinal: shard.size for shard in plan.shards}
+
+    def gather(frame: pd.DataFrame) -> pd.DataFrame:
+        import pandas as pd
+
+        ordinal = int(frame["shard_ordinal"].iloc[0])
+        size = sizes[ordinal]
+        parent = frame[frame["position"] == _PARENT]
+        if len(parent) != 1:
+            raise ValueError(f"shard {ordinal}: the parent version has {len(parent)} rows of it in model_shards")
+        deltas = []
+        for position in range(update_count):
+            pieces = frame[frame["position"] == position].sort_values("value_offset")
+            joined = b"".join(bytes(data) for data in pieces["data"])
+            offsets = pieces["value_offset"].tolist()
+            lengths = [len(data) // 4 for data in pieces["data"]]
+            contiguous = offsets == [sum(lengths[:index]) for index in range(len(lengths))]
+            if not contiguous or len(joined) != 4 * size:
+                raise ValueError(f"shard {ordinal}: update {position} covers {len(joined) // 4} of {size} values")
+            deltas.append(joined)
+        row = {
+            "shard_ordinal": ordinal,
+            "parent": bytes(parent["data"].iloc[0]),
+            "slots": bytes(parent["slots"].iloc[0]),
+        }
+        return pd.DataFrame([{**row, "deltas": deltas}])
+
+    return gather
+
+
+def _float32(data: bytes) -> npt.NDArray[np.float32]:
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+def _collect_squared_sums(gathered: DataFrame, update_count: int) -> list[list[float]]:
+    """Each update's :func:`aggregator.shards.squared_sum` of every shard (computed on executors)."""
+
+    def partials(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import pandas as pd
+
+        for frame in frames:
+            rows = [
+                (int(ordinal), position, squared_sum(_float32(bytes(data))))
+                for ordinal, deltas in zip(frame["shard_ordinal"], frame["deltas"], strict=True)
+                for position, data in enumerate(deltas)
+            ]
+            yield pd.DataFrame(rows, columns=["shard_ordinal", "position", "squared_sum"])
+
+    result: list[list[float]] = [[] for _ in range(update_count)]
+    for row in gathered.mapInPandas(partials, "shard_ordinal long, position long, squared_sum double").collect():
+        result[row.position].append(row.squared_sum)
+    return result
+
+
+def _collect_distance_partials(gathered: DataFrame, factors: Sequence[float]) -> list[npt.NDArray[np.float64]]:
+    """Every shard's pairwise squared distances of the scaled updates (computed on executors; Krum only)."""
+    factors = list(factors)
+
+    def partials(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import pandas as pd
+
+        for frame in frames:
+            rows = []
+            for ordinal, deltas in zip(frame["shard_ordinal"], frame["deltas"], strict=True):
+                scaled = [
+                    scaled_float32(_float32(bytes(data)), factor) for data, factor in zip(deltas, factors, strict=True)
+                ]
+                rows.append((int(ordinal), pairwise_partials(scaled).reshape(-1).tolist()))
+            yield pd.DataFrame(rows, columns=["shard_ordinal", "partial"])
+
+    count = len(factors)
+    rows = gathered.mapInPandas(partials, "shard_ordinal long, partial array<double>").collect()
+    return [np.asarray(row.partial, dtype=np.float64).reshape(count, count) for row in rows]
+
+
+def _computer(
+    config: AggregationConfig,
+    plan: ShardPlan,
+    model_name: str,
+    version: int,
+    weights: Sequence[float],
+    norms: Sequence[float],
+    parent_scalars: Mapping[str, npt.NDArray[Any]],
+    batch_id: int,
+) -> FrameMap:
+    """Executors: each gathered shard's new values and optimizer slots, as ``model_shards`` rows."""
+    shards = {shard.ordinal: shard for shard in plan.shards}
+    shapes = dict(plan.shapes)
+    scalars = dict(parent_scalars)
+    created_at = datetime.now(UTC)
+
+    def compute(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import pandas as pd
+
+        for frame in frames:
+            rows = []
+            for ordinal, parent, slots, deltas in frame[["shard_ordinal", "parent", "slots", "deltas"]].itertuples(
+                index=False
+            ):
+                shard = shards[int(ordinal)]
+                slot_values = decode_tensors(bytes(slots)) if slots is not None and len(slots) else {}
+                values, new_slots = compute_shard(
+                    config,
+                    shard,
+                    _float32(bytes(parent)),
+                    [_float32(bytes(data)) for data in deltas],
+                    weights,
+                    shard_state(scalars, slot_values, shard),
+                    version=version,
+                    delta_norms=norms,
+                )
+                rows.append(
+                    _shard_row(
+                        model_name, version, shard, shapes[shard.tensor], values, new_slots, created_at, batch_id
+                    )
+                )
+            yield pd.DataFrame(rows, columns=MODEL_SHARDS.schema.fieldNames())
+
+    return compute
+
+
+def _shard_row(
+    model_name: str,
+    version: int,
+    shard: Shard,
+    shape: tuple[int, ...],
+    values: npt.NDArray[np.floating],
+    slots: Mapping[str, npt.NDArray[Any]],
+    created_at: datetime,
+    batch_id: int,
+) -> dict[str, Any]:
+    data = np.asarray(values, dtype="<f4").tobytes()
+    return {
+        "model_name": model_name,
+        "version": version,
+        "shard_ordinal": shard.ordinal,
+        "tensor": shard.tensor,
+        "tensor_shape": list(shape),
+        "shard_index": shard.index,
+        "value_start": shard.start,
+        "value_stop": shard.stop,
+        "values": data,
+        "values_sha256": sha256_hex(data),
+        "optimizer_slots": encode_tensors({slot: np.asarray(array, dtype=np.float32) for slot, array in slots.items()}),
+        "created_at": created_at,
+        "batch_id": batch_id,
+    }
+
+
+def shard_rows(
+    model_name: str,
+    version: int,
+    parameters: Mapping[str, npt.NDArray[np.floating]],
+    optimizer_state: Mapping[str, npt.NDArray[Any]],
+    config: AggregationConfig,
+    *,
+    batch_id: int,
+) -> Iterator[dict[str, Any]]:
+    """``model_shards`` rows of a version held whole (the first one, or a driver-made one), one shard at a time."""
+    plan = ShardPlan.of(parameters)
+    _, slots = split_state(optimizer_state, config.make_optimizer())
+    created_at = datetime.now(UTC)
+    for shard in plan.shards:
+        values = plan.cut(parameters, shard)[shard.tensor]
+        shard_slots = {slot: plan.cut(by_name, shard)[shard.tensor] for slot, by_name in slots.items()}
+        shape = dict(plan.shapes)[shard.tensor]
+        yield _shard_row(model_name, version, shard, shape, values, shard_slots, created_at, batch_id)
+
+
+def write_shards(
+    spark: SparkSession,
+    locations: TableLocations,
+    rows: Iterator[dict[str, Any]],
+    *,
+    app_id: str | None,
+    batch_id: int | None,
+) -> None:
+    """Append :func:`shard_rows` to ``model_shards`` (once per ``(app_id, batch_id)``), handed over as Arrow."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    locations.ensure_table(spark, MODEL_SHARDS)
+    schema = to_arrow_schema(MODEL_SHARDS.schema, timezone="UTC")
+    frame = spark.createDataFrame(pa.Table.from_pylist(list(rows), schema=schema))
+    locations.append_frame(MODEL_SHARDS, frame, app_id=app_id, batch_id=batch_id)
+
+
+def read_version(
+    spark: SparkSession, locations: TableLocations, model_name: str, version: int
+) -> tuple[dict[str, npt.NDArray[np.float32]], dict[str, npt.NDArray[np.float32]]]:
+    """A version kept as shards, whole: its parameters, and its optimizer slots keyed ``slot/parameter``.
+
+    Brings the whole model to the driver: for tests, and audits of models that fit it.
+    """
+    rows = (
+        locations.read(spark, MODEL_SHARDS)
+        .where(f"model_name = '{model_name}' AND version = {version}")
+        .orderBy("shard_ordinal")
+        .collect()
+    )
+    if not rows:
+        raise ValueError(f"model_shards has no version {version} of {model_name!r}")
+    shapes = tuple(sorted({(row.tensor, tuple(row.tensor_shape)) for row in rows}))
+    plan = ShardPlan(shapes)
+    parameters = plan.assemble({row.shard_ordinal: _float32(row["values"]) for row in rows})
+    slot_pieces: dict[str, dict[int, npt.NDArray[np.floating]]] = {}
+    for row in rows:
+        for slot, array in decode_tensors(row.optimizer_slots).items():
+            slot_pieces.setdefault(slot, {})[row.shard_ordinal] = array
+    slots = {
+        f"{slot}/{name}": array for slot, pieces in slot_pieces.items() for name, array in plan.assemble(pieces).items()
+    }
+    return parameters, slots
