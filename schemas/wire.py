@@ -58,6 +58,15 @@ class DecodedUpdate:
         """False when the signature slot holds zeros."""
         return self.signature != UNSIGNED
 
+    @property
+    def payload_sha256(self) -> str:
+        """SHA-256 of ``payload``: the header's for an update sent whole.
+
+        A chunked update's signed header names its encoded chunks instead (``schemas.chunks.chunks_root``), and
+        its ``payload`` is rebuilt from the decoded values, so that hash is computed here.
+        """
+        return self.header.payload_sha256 if self.header.layout is None else sha256_hex(self.payload)
+
 
 @dataclass(frozen=True)
 class DecodedModel:

@@ -225,6 +225,9 @@ MODEL_SHARDS = TableSpec(
 )
 """Versions computed on executors, one row per shard: created by :mod:`streaming_jobs.executor_aggregation`."""
 ALL_TABLES = (UPDATES, REJECTED_UPDATES, MODEL_VERSIONS, CLIENT_KEYS, UPDATE_CHUNKS)
+"""The tables every job creates when it starts (:meth:`TableLocations.ensure`)."""
+ON_DEMAND_TABLES = (MODEL_SHARDS,)
+"""Tables created by what writes them first (:meth:`TableLocations.ensure_table`)."""
 
 CHECKPOINT_INTERVAL = 100
 """Commits between Delta checkpoints of fedstream's tables (see ``bench.delta_commits``)."""

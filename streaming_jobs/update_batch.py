@@ -324,8 +324,10 @@ class UpdateBatchProcessor:
         most of each commit's time. ``rejected_updates`` (rows without a trusted model to check by) keeps
         Delta's ``txnAppId``/``txnVersion``.
         """
-        chunk_messages = [message for message in messages if is_update_chunk(message.value)]
-        whole_messages = [message for message in messages if not is_update_chunk(message.value)]
+        chunk_messages: list[KafkaMessage] = []
+        whole_messages: list[KafkaMessage] = []
+        for message in messages:
+            (chunk_messages if is_update_chunk(message.value) else whole_messages).append(message)
         decoded_messages = [self._decode(message) for message in whole_messages]
         clock.lap("decode")
         # A micro-batch is replayed only after a restart or a failure, and both reload the state.
@@ -546,8 +548,7 @@ def _update_row(message: KafkaMessage, decoded: DecodedUpdate, now: datetime, ba
         model_name=header.model_name,
         base_version=header.base_version,
         sample_count=header.sample_count,
-        # a chunked update's signed hash names its encoded chunks; the row's names the float32 payload it stores
-        payload_sha256=header.payload_sha256 if header.layout is None else sha256_hex(decoded.payload),
+        payload_sha256=decoded.payload_sha256,
         payload=decoded.payload,
         signature=decoded.signature,
         validation_loss=header.metrics.validation_loss,

@@ -25,15 +25,17 @@ from schemas import rows
 from schemas.rows import (
     ClientKeyRow,
     KafkaCoordinates,
+    ModelShardRow,
     ModelVersionRow,
     RejectedUpdateRow,
     UpdateChunkRow,
     UpdateRow,
 )
-from streaming_jobs.tables import ALL_TABLES, TableSpec
+from streaming_jobs.tables import ALL_TABLES, ON_DEMAND_TABLES, TableSpec
 from tests import rows as rows_for_tests
 
-TABLE_IDS = [table.name for table in ALL_TABLES]
+TABLES = (*ALL_TABLES, *ON_DEMAND_TABLES)
+TABLE_IDS = [table.name for table in TABLES]
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 KAFKA: dict[str, Any] = {
     "kafka_topic": "fl.updates",
@@ -93,7 +95,7 @@ def test_every_row_model_has_a_table_and_every_table_a_row_model() -> None:
         and value.__module__ == rows.__name__
         and not value.__name__.startswith("_")
     }
-    assert row_models - {KafkaCoordinates} == {table.row_model for table in ALL_TABLES}
+    assert row_models - {KafkaCoordinates} == {table.row_model for table in TABLES}
     assert {table.row_model for table in ALL_TABLES} == {
         UpdateRow,
         RejectedUpdateRow,
@@ -101,22 +103,23 @@ def test_every_row_model_has_a_table_and_every_table_a_row_model() -> None:
         ClientKeyRow,
         UpdateChunkRow,
     }
-    assert len({table.name for table in ALL_TABLES}) == len(ALL_TABLES)
+    assert {table.row_model for table in ON_DEMAND_TABLES} == {ModelShardRow}
+    assert len({table.name for table in TABLES}) == len(TABLES)
 
 
-@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+@pytest.mark.parametrize("table", TABLES, ids=TABLE_IDS)
 def test_row_fields_equal_the_spark_columns_in_name_and_nullability(table: TableSpec) -> None:
     model_columns = {name: strip_optional(field.annotation)[1] for name, field in table.row_model.model_fields.items()}
     spark_columns = {field.name: field.nullable for field in table.schema.fields}
     assert model_columns == spark_columns
 
 
-@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+@pytest.mark.parametrize("table", TABLES, ids=TABLE_IDS)
 def test_row_fields_are_in_the_spark_column_order(table: TableSpec) -> None:
     assert list(table.row_model.model_fields) == table.schema.fieldNames()
 
 
-@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+@pytest.mark.parametrize("table", TABLES, ids=TABLE_IDS)
 def test_row_field_types_fit_the_spark_column_types(table: TableSpec) -> None:
     mismatched = []
     for column in table.schema.fields:
@@ -126,13 +129,13 @@ def test_row_field_types_fit_the_spark_column_types(table: TableSpec) -> None:
     assert mismatched == []
 
 
-@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+@pytest.mark.parametrize("table", TABLES, ids=TABLE_IDS)
 def test_every_row_field_is_required_so_a_writer_cannot_forget_one(table: TableSpec) -> None:
     optional = [name for name, field in table.row_model.model_fields.items() if not field.is_required()]
     assert optional == []
 
 
-@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+@pytest.mark.parametrize("table", TABLES, ids=TABLE_IDS)
 def test_the_spark_schema_has_no_duplicate_columns(table: TableSpec) -> None:
     assert isinstance(table.schema, StructType)
     names = table.schema.fieldNames()
@@ -173,7 +176,23 @@ def update_chunk_row() -> UpdateChunkRow:
     )
 
 
+def model_shard_row() -> ModelShardRow:
+    """A row as the executors write it (``shard_rows`` makes the same dicts ``aggregate_on_executors`` appends)."""
+    import numpy as np
+
+    from aggregator import AggregationConfig
+    from streaming_jobs.executor_aggregation import shard_rows
+
+    config = AggregationConfig.from_dict({"server_optimizer": "adam", "server_learning_rate": 0.1})
+    optimizer = config.make_optimizer()
+    parameters = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    optimizer.step(parameters, {"w": np.ones((2, 3), np.float32)})  # so the state has slots
+    (row,) = shard_rows("har.mlp", 3, parameters, optimizer.state_dict(), config, batch_id=4)
+    return ModelShardRow(**row)
+
+
 SAMPLES: dict[type[BaseModel], Callable[[], BaseModel]] = {
+    ModelShardRow: model_shard_row,
     ClientKeyRow: client_key_row,
     UpdateChunkRow: update_chunk_row,
     UpdateRow: update_row,
@@ -182,13 +201,13 @@ SAMPLES: dict[type[BaseModel], Callable[[], BaseModel]] = {
 }
 
 
-@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+@pytest.mark.parametrize("table", TABLES, ids=TABLE_IDS)
 def test_a_sample_row_dumps_exactly_the_spark_columns(table: TableSpec) -> None:
     row = SAMPLES[table.row_model]()
     assert set(row.model_dump()) == set(table.schema.fieldNames())
 
 
-@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+@pytest.mark.parametrize("table", TABLES, ids=TABLE_IDS)
 def test_rows_are_frozen(table: TableSpec) -> None:
     row = SAMPLES[table.row_model]()
     field = next(iter(type(row).model_fields))
@@ -198,14 +217,14 @@ def test_rows_are_frozen(table: TableSpec) -> None:
     assert getattr(row, field) == before
 
 
-@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+@pytest.mark.parametrize("table", TABLES, ids=TABLE_IDS)
 def test_rows_forbid_extra_fields(table: TableSpec) -> None:
     values = SAMPLES[table.row_model]().model_dump()
     with pytest.raises(ValidationError, match="extra"):
         table.row_model(**values, note="free text")
 
 
-@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+@pytest.mark.parametrize("table", TABLES, ids=TABLE_IDS)
 def test_rows_refuse_naive_datetimes(table: TableSpec) -> None:
     values = SAMPLES[table.row_model]().model_dump()
     timestamp_columns = [field.name for field in table.schema.fields if isinstance(field.dataType, TimestampType)]
@@ -215,7 +234,7 @@ def test_rows_refuse_naive_datetimes(table: TableSpec) -> None:
             table.row_model(**{**values, name: datetime(2025, 3, 1, 12, 0)})
 
 
-@pytest.mark.parametrize("table", ALL_TABLES, ids=TABLE_IDS)
+@pytest.mark.parametrize("table", TABLES, ids=TABLE_IDS)
 def test_a_non_nullable_column_refuses_none(table: TableSpec) -> None:
     values = SAMPLES[table.row_model]().model_dump()
     for column in table.schema.fields:
