@@ -22,7 +22,7 @@ import json
 import math
 import struct
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
@@ -339,18 +339,80 @@ def _encode_chunks(
     header_bytes = len(header.model_dump_json(exclude={"layout"}).encode())
     chunk_elements = chunk_elements_for(tensors, encoding, max_message_bytes, header_bytes)
     layout, bodies = encode_chunk_bodies(tensors, encoding, chunk_elements)
+    prefix = _signed_prefix(magic, header, layout, signer)
+    messages = [prefix + _U32.pack(index) + body for index, body in enumerate(bodies)]
+    _check_longest(max(len(message) for message in messages), max_message_bytes)
+    return messages
+
+
+def encode_model_chunks_streamed(
+    header: ModelHeader,
+    shapes: Mapping[str, Sequence[int]],
+    values: Callable[[], Iterable[npt.NDArray[np.float32]]],
+    *,
+    max_message_bytes: int,
+    signer: Signer | None = None,
+) -> Iterator[bytes]:
+    """:func:`encode_model_chunks` of a version never held whole: byte for byte the same messages.
+
+    ``values()`` yields the version's values flattened in tensor-name order (each tensor in C order), in pieces
+    of any size; it is called twice, once for the chunks' digests (which the signed header lists) and once for
+    the messages, and must yield the same values both times. Holds one chunk at a time. Raises ``ValueError``
+    for a non-finite value, a count that does not fit ``shapes``, or values that changed between the passes.
+    """
+    like = {name: np.broadcast_to(np.float32(0), tuple(shapes[name])) for name in sorted(shapes)}  # no memory
+    total = sum(math.prod(array.shape) for array in like.values())
+    header_bytes = len(header.model_dump_json(exclude={"layout"}).encode())
+    chunk_elements = chunk_elements_for(like, Encoding.FLOAT32, max_message_bytes, header_bytes)
+    digests = [sha256_hex(body) for body in _float32_bodies(values(), chunk_elements, total)]
+    layout = ChunkLayout(
+        encoding=Encoding.FLOAT32, tensors=_shapes(like), chunk_elements=chunk_elements, chunk_sha256=digests
+    )
+    prefix = _signed_prefix(MODEL_CHUNK_MAGIC, header, layout, signer)
+    for index, body in enumerate(_float32_bodies(values(), chunk_elements, total)):
+        if sha256_hex(body) != digests[index]:
+            raise ValueError(f"chunk {index} changed between the two passes over the values")
+        message = prefix + _U32.pack(index) + body
+        _check_longest(len(message), max_message_bytes)
+        yield message
+
+
+def _float32_bodies(pieces: Iterable[npt.NDArray[np.float32]], chunk_elements: int, total: int) -> Iterator[bytes]:
+    """The float32 bodies of chunks of ``chunk_elements`` values cut from ``pieces`` (``total`` values in all)."""
+    held: list[npt.NDArray[np.float32]] = []
+    held_count = seen = 0
+    for piece in pieces:
+        flat = np.ascontiguousarray(piece, dtype=np.float32).reshape(-1)
+        _check_encodable(flat, Encoding.FLOAT32)
+        seen += flat.size
+        while flat.size:
+            take = min(chunk_elements - held_count, flat.size)
+            held.append(flat[:take])
+            held_count += take
+            flat = flat[take:]
+            if held_count == chunk_elements:
+                yield np.concatenate(held).tobytes()
+                held, held_count = [], 0
+    if held_count:
+        yield np.concatenate(held).tobytes()
+    if seen != total:
+        raise ValueError(f"the values number {seen}, the shapes hold {total}")
+
+
+def _signed_prefix(magic: bytes, header: _Header, layout: ChunkLayout, signer: Signer | None) -> bytes:
+    """What every chunk message of one payload starts with: magic, header length, header with layout, signature."""
     header_json = _with_layout(header, layout).model_dump_json().encode()
     if len(header_json) > MAX_CHUNK_HEADER_BYTES:
         raise ValueError(f"the chunk header is {len(header_json)} bytes, more than {MAX_CHUNK_HEADER_BYTES}")
     signature = signer(magic + header_json) if signer is not None else UNSIGNED
     if len(signature) != SIGNATURE_BYTES:
         raise ValueError(f"a signature is {SIGNATURE_BYTES} bytes, the signer returned {len(signature)}")
-    prefix = magic + _U32.pack(len(header_json)) + header_json + signature
-    messages = [prefix + _U32.pack(index) + body for index, body in enumerate(bodies)]
-    longest = max(len(message) for message in messages)
+    return magic + _U32.pack(len(header_json)) + header_json + signature
+
+
+def _check_longest(longest: int, max_message_bytes: int) -> None:
     if longest > max_message_bytes:  # the size estimate is conservative; this guards against it being wrong
         raise ValueError(f"a chunk message of {longest} bytes exceeds {max_message_bytes}")
-    return messages
 
 
 def _with_layout(header: _Header, layout: ChunkLayout) -> _Header:

@@ -37,7 +37,16 @@ if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["ShardedVersion", "aggregate_on_executors", "read_version", "shard_rows", "shards_root", "write_shards"]
+__all__ = [
+    "ShardedVersion",
+    "aggregate_on_executors",
+    "read_version",
+    "shard_rows",
+    "shards_root",
+    "version_shapes",
+    "version_values",
+    "write_shards",
+]
 
 _PIECES = "shard_ordinal long, position long, value_offset long, data binary, slots binary"
 _GATHERED = "shard_ordinal long, parent binary, slots binary, deltas array<binary>"
@@ -394,6 +403,44 @@ def write_shards(
     schema = to_arrow_schema(MODEL_SHARDS.schema, timezone="UTC")
     frame = spark.createDataFrame(pa.Table.from_pylist(list(rows), schema=schema))
     locations.append_frame(MODEL_SHARDS, frame, app_id=app_id, batch_id=batch_id)
+
+
+def version_shapes(
+    spark: SparkSession, locations: TableLocations, model_name: str, version: int
+) -> dict[str, list[int]]:
+    """Each tensor's shape in a version kept as shards (no values are read)."""
+    rows = (
+        locations.read(spark, MODEL_SHARDS)
+        .where(f"model_name = '{model_name}' AND version = {version}")
+        .select("tensor", "tensor_shape")
+        .distinct()
+        .collect()
+    )
+    return {row.tensor: list(row.tensor_shape) for row in rows}
+
+
+def version_values(
+    spark: SparkSession, locations: TableLocations, model_name: str, version: int, *, shards_per_read: int = 16
+) -> Callable[[], Iterator[npt.NDArray[np.float32]]]:
+    """The values of a version kept as shards, in order, for :func:`streaming_jobs.publisher.sharded_model_records`.
+
+    Each call reads the shards again, ``shards_per_read`` at a time (16 MiB of float32 by default), so the driver
+    holds a few shards, never the version.
+    """
+    table = locations.read(spark, MODEL_SHARDS).where(f"model_name = '{model_name}' AND version = {version}")
+    count = table.count()
+
+    def values() -> Iterator[npt.NDArray[np.float32]]:
+        for first in range(0, count, shards_per_read):
+            rows = (
+                table.where(f"shard_ordinal >= {first} AND shard_ordinal < {first + shards_per_read}")
+                .select("shard_ordinal", "values")
+                .collect()
+            )
+            for row in sorted(rows, key=lambda row: row.shard_ordinal):
+                yield _float32(row["values"])
+
+    return values
 
 
 def read_version(

@@ -10,13 +10,15 @@ Kafka send (of every chunk, for a version too large for one message) is acknowle
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
 from kafka import KafkaProducer
 
 from aggregator import BudgetCheck
-from schemas.chunks import encode_model_chunks, model_chunk_key
+from schemas.chunks import encode_model_chunks, encode_model_chunks_streamed, model_chunk_key
 from schemas.messages import ModelHeader
 from schemas.rows import ModelVersionRow
 from schemas.tensors import decode_tensors, sha256_hex
@@ -57,6 +59,24 @@ def model_records(row: ModelVersionRow, signer: Signer, max_message_bytes: int) 
     header = _header(row, _UNSET_PAYLOAD_SHA256)
     chunks = encode_model_chunks(header, parameters, max_message_bytes=max_message_bytes, signer=signer)
     return [(model_chunk_key(row.model_name, index), chunk) for index, chunk in enumerate(chunks)]
+
+
+def sharded_model_records(
+    row: ModelVersionRow,
+    shapes: Mapping[str, Sequence[int]],
+    values: Callable[[], Iterable[npt.NDArray[np.float32]]],
+    signer: Signer,
+    max_message_bytes: int,
+) -> Iterator[tuple[bytes, bytes]]:
+    """:func:`model_records` of a version kept as shards (``row.parameters`` empty), one chunk at a time.
+
+    ``values()`` yields the version's values in order (``streaming_jobs.executor_aggregation.version_values``);
+    the records are byte for byte those :func:`model_records` makes of the same version held whole.
+    """
+    header = _header(row, _UNSET_PAYLOAD_SHA256)
+    chunks = encode_model_chunks_streamed(header, shapes, values, max_message_bytes=max_message_bytes, signer=signer)
+    for index, chunk in enumerate(chunks):
+        yield model_chunk_key(row.model_name, index), chunk
 
 
 def _header(row: ModelVersionRow, payload_sha256: str) -> ModelHeader:

@@ -23,7 +23,7 @@ from producers.updates import build_chunked_update
 from schemas.chunks import UpdateChunk, assemble_update, decode_update_chunk
 from schemas.messages import Encoding
 from schemas.rows import UpdateChunkRow
-from schemas.tensors import Tensors
+from schemas.tensors import Tensors, encode_tensors
 from schemas.wire import DecodedUpdate
 from streaming_jobs.aggregation import recompute_parameters
 from streaming_jobs.executor_aggregation import (
@@ -31,9 +31,13 @@ from streaming_jobs.executor_aggregation import (
     read_version,
     shard_rows,
     shards_root,
+    version_shapes,
+    version_values,
     write_shards,
 )
+from streaming_jobs.publisher import model_records, sharded_model_records
 from streaming_jobs.tables import UPDATE_CHUNKS, TableLocations
+from tests.rows import version_row
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 MAX_MESSAGE_BYTES = 300_000
@@ -61,6 +65,7 @@ class Outcome:
     identical_scalars: bool
     audit_recomputes: bool
     root_matches: bool
+    published_matches: bool
     weights: tuple[float, ...]
 
 
@@ -135,6 +140,13 @@ def run(spark, root: Path, model_name: str, config: AggregationConfig, *, update
     )
     plan = ShardPlan.of(parent)
     digests = [_sha(plan.cut(whole.new_params, shard)[shard.tensor]) for shard in plan.shards]
+    row = version_row(2, model_name=model_name, parameter_hash=made.root)
+    shapes = version_shapes(spark, locations, model_name, 2)
+    values = version_values(spark, locations, model_name, 2, shards_per_read=2)
+    records = list(sharded_model_records(row, shapes, values, _unsigned, MAX_MESSAGE_BYTES))
+    whole_row = version_row(
+        2, model_name=model_name, parameter_hash=made.root, parameters=encode_tensors(whole.new_params)
+    )
     return Outcome(
         identical_parameters=_same(parameters, whole.new_params),
         identical_slots=_same(slots, flat_slots),
@@ -142,8 +154,13 @@ def run(spark, root: Path, model_name: str, config: AggregationConfig, *, update
         identical_scalars=_same(made.optimizer_scalars, whole_scalars),
         audit_recomputes=_same(recomputed, parameters),
         root_matches=made.root == shards_root(digests),
+        published_matches=records == model_records(whole_row, _unsigned, MAX_MESSAGE_BYTES) and len(records) > 3,
         weights=made.weights,
     )
+
+
+def _unsigned(data: bytes) -> bytes:
+    return bytes(64)
 
 
 def _pending(update_id: str, delta: Tensors, base_version: int, index: int) -> PendingUpdate:

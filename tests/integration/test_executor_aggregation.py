@@ -39,6 +39,7 @@ def test_executors_make_the_version_the_driver_makes_bit_for_bit(spark, tmp_path
     assert outcome.identical_scalars
     assert outcome.root_matches
     assert outcome.audit_recomputes
+    assert outcome.published_matches  # fl.models gets the chunks the whole version would have made
     if name == "trimmed_yogi":
         assert len(set(outcome.weights)) > 1  # weights from staleness and data, not all alike
 
@@ -59,4 +60,5 @@ def test_a_local_cluster_of_two_executor_jvms_makes_the_same_version(tmp_path: P
     assert found["master"] == "local-cluster[2,1,1024]" and found["executors"] == 2
     assert found["identical_weights"] and found["identical_parameters"] and found["identical_slots"]
     assert found["identical_scalars"] and found["root_matches"] and found["audit_recomputes"]
+    assert found["published_matches"]
     assert sum(weight == 0.0 for weight in found["weights"]) == 1  # Multi-Krum left out the outlier
