@@ -94,6 +94,8 @@ class ModelShardRow(_Row):
 
     model_name: Identifier
     version: NonNegative
+    version_key: Sha256Hex
+    """What the version was made from (``streaming_jobs.executor_aggregation.version_key``): names its rows."""
     shard_ordinal: NonNegative
     tensor: str
     tensor_shape: list[NonNegative]

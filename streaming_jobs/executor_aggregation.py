@@ -16,6 +16,7 @@ gives the norms' partials, one more the distances' (Krum only), one computes and
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -43,6 +44,7 @@ __all__ = [
     "read_version",
     "shard_rows",
     "shards_root",
+    "version_key",
     "version_shapes",
     "version_values",
     "write_shards",
@@ -61,10 +63,12 @@ class ShardedVersion:
     """A version written to ``model_shards``: what its ``model_versions`` row and the next version need.
 
     ``weights``: as applied (an audit recomputes from them); ``optimizer_scalars``: the optimizer state but its
-    per-parameter slots (those are in the shard rows); ``root``: :func:`shards_root` of the new shards.
+    per-parameter slots (those are in the shard rows); ``root``: :func:`shards_root` of the new shards; ``key``:
+    :func:`version_key`, which names this version's rows in ``model_shards``.
     """
 
     version: int
+    key: str
     weights: tuple[float, ...]
     delta_norms: tuple[float, ...]
     optimizer_scalars: dict[str, npt.NDArray[Any]]
@@ -76,6 +80,17 @@ def shards_root(values_sha256: Sequence[str]) -> str:
     return hashlib.sha256(b"".join(bytes.fromhex(digest) for digest in values_sha256)).hexdigest()
 
 
+def version_key(parent_key: str, update_ids: Sequence[str], weights: Sequence[float], config_json: str) -> str:
+    """What a version's shards are made from, as one SHA-256: the parent's key, the updates, weights and config.
+
+    ``model_shards`` rows carry it: a version number made again from other inputs (after a crash, a deadline
+    flush replaced by a fuller buffer) writes rows under another key instead of being mistaken for the first.
+    Every input is in the version's ``model_versions`` row, so a reader can recompute it.
+    """
+    fields = [parent_key, list(update_ids), [repr(float(weight)) for weight in weights], config_json]
+    return hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
+
+
 def aggregate_on_executors(
     spark: SparkSession,
     locations: TableLocations,
@@ -84,6 +99,7 @@ def aggregate_on_executors(
     config: AggregationConfig,
     plan: ShardPlan,
     parent_version: int,
+    parent_key: str,
     parent_scalars: Mapping[str, npt.NDArray[Any]],
     update_ids: Sequence[str],
     weights: Sequence[float],
@@ -93,15 +109,17 @@ def aggregate_on_executors(
     """Make version ``parent_version + 1`` from the updates ``update_ids`` (in the version's order) on executors.
 
     ``weights``: the strategy's weights from the updates' metadata (:meth:`aggregator.Strategy.weights`);
-    ``parent_scalars``: the parent's optimizer state without slots. The shards are appended to ``model_shards``
-    once per ``(app_id, batch_id)``. Raises ``ValueError`` when an update's chunks are not all stored.
+    ``parent_key`` and ``parent_scalars``: the parent's :func:`version_key` and its optimizer state without
+    slots. The shards are appended to ``model_shards`` once per writer ``app_id``, version and
+    :func:`version_key`, so running this again with the same inputs writes nothing and returns the same version.
+    ``batch_id`` is recorded on the rows. Raises ``ValueError`` when an update's chunks are not all stored.
     """
     version = parent_version + 1
     positions = {update_id: position for position, update_id in enumerate(update_ids)}
     if len(positions) != len(update_ids):
         raise ValueError(f"update ids repeat: {sorted(update_ids)}")
     locations.ensure_table(spark, MODEL_SHARDS)
-    gathered = _gather(spark, locations, model_name, plan, parent_version, positions).persist()
+    gathered = _gather(spark, locations, model_name, plan, parent_version, parent_key, positions).persist()
     try:
         squared = _collect_squared_sums(gathered, len(update_ids))
         statistics = ShardStatistics(squared, lambda factors: _collect_distance_partials(gathered, factors))
@@ -111,22 +129,39 @@ def aggregate_on_executors(
             decider.load_state_dict(parent_scalars)
         applied = strategy.applied_weights(statistics, weights, decider)
         norms = statistics.norms()
-        compute = _computer(config, plan, model_name, version, applied, norms, parent_scalars, batch_id)
+        key = version_key(parent_key, update_ids, applied, json.dumps(config.to_dict(), sort_keys=True))
+        identity = _VersionIdentity(model_name, version, key)
+        compute = _computer(config, plan, identity, applied, norms, parent_scalars, batch_id)
         new_shards = gathered.mapInPandas(compute, MODEL_SHARDS.schema)
-        locations.append_frame(MODEL_SHARDS, new_shards, app_id=app_id, batch_id=batch_id)
+        locations.append_frame(MODEL_SHARDS, new_shards, app_id=f"{app_id}:{key}", batch_id=version)
     finally:
         gathered.unpersist()
     digests = (
-        locations.read(spark, MODEL_SHARDS)
-        .where(f"model_name = '{model_name}' AND version = {version}")
-        .select("shard_ordinal", "values_sha256")
-        .collect()
+        _version_rows(spark, locations, model_name, version, key).select("shard_ordinal", "values_sha256").collect()
     )
     ordered = [row.values_sha256 for row in sorted(digests, key=lambda row: row.shard_ordinal)]
     if len(ordered) != len(plan.shards):
         raise RuntimeError(f"version {version} has {len(ordered)} shards in model_shards, expected {len(plan.shards)}")
     scalars = next_scalar_state(config, parent_scalars, applied, version=version, delta_norms=norms)
-    return ShardedVersion(version, tuple(applied), norms, scalars, shards_root(ordered))
+    return ShardedVersion(version, key, tuple(applied), norms, scalars, shards_root(ordered))
+
+
+@dataclass(frozen=True)
+class _VersionIdentity:
+    model_name: str
+    version: int
+    key: str
+
+
+def _version_rows(spark: SparkSession, locations: TableLocations, model_name: str, version: int, key: str) -> DataFrame:
+    """``model_shards`` rows of one version made from one set of inputs (its :func:`version_key`)."""
+    from pyspark.sql import functions
+
+    return locations.read(spark, MODEL_SHARDS).where(
+        (functions.col("model_name") == model_name)
+        & (functions.col("version") == version)
+        & (functions.col("version_key") == key)
+    )
 
 
 def _gather(
@@ -135,6 +170,7 @@ def _gather(
     model_name: str,
     plan: ShardPlan,
     parent_version: int,
+    parent_key: str,
     positions: Mapping[str, int],
 ) -> DataFrame:
     """One row per shard: the parent's values and slots, and every update's values of the shard, in order."""
@@ -153,16 +189,12 @@ def _gather(
     if problems:
         raise ValueError(f"updates without exactly one stored chunk assembly: {problems}")
     pieces = chunks.mapInPandas(_chunk_cutter(plan, dict(positions)), _PIECES)
-    parent = (
-        locations.read(spark, MODEL_SHARDS)
-        .where((functions.col("model_name") == model_name) & (functions.col("version") == parent_version))
-        .select(
-            functions.col("shard_ordinal"),
-            functions.lit(_PARENT).cast("long").alias("position"),
-            functions.lit(0).cast("long").alias("value_offset"),
-            functions.col("values").alias("data"),
-            functions.col("optimizer_slots").alias("slots"),
-        )
+    parent = _version_rows(spark, locations, model_name, parent_version, parent_key).select(
+        functions.col("shard_ordinal"),
+        functions.lit(_PARENT).cast("long").alias("position"),
+        functions.lit(0).cast("long").alias("value_offset"),
+        functions.col("values").alias("data"),
+        functions.col("optimizer_slots").alias("slots"),
     )
     return pieces.unionByName(parent).groupBy("shard_ordinal").applyInPandas(_gatherer(plan, len(ids)), _GATHERED)
 
@@ -296,8 +328,7 @@ def _collect_distance_partials(gathered: DataFrame, factors: Sequence[float]) ->
 def _computer(
     config: AggregationConfig,
     plan: ShardPlan,
-    model_name: str,
-    version: int,
+    identity: _VersionIdentity,
     weights: Sequence[float],
     norms: Sequence[float],
     parent_scalars: Mapping[str, npt.NDArray[Any]],
@@ -326,22 +357,18 @@ def _computer(
                     [_float32(bytes(data)) for data in deltas],
                     weights,
                     shard_state(scalars, slot_values, shard),
-                    version=version,
+                    version=identity.version,
                     delta_norms=norms,
                 )
-                rows.append(
-                    _shard_row(
-                        model_name, version, shard, shapes[shard.tensor], values, new_slots, created_at, batch_id
-                    )
-                )
+                shape = shapes[shard.tensor]
+                rows.append(_shard_row(identity, shard, shape, values, new_slots, created_at, batch_id))
             yield pd.DataFrame(rows, columns=MODEL_SHARDS.schema.fieldNames())
 
     return compute
 
 
 def _shard_row(
-    model_name: str,
-    version: int,
+    identity: _VersionIdentity,
     shard: Shard,
     shape: tuple[int, ...],
     values: npt.NDArray[np.floating],
@@ -351,8 +378,9 @@ def _shard_row(
 ) -> dict[str, Any]:
     data = np.asarray(values, dtype="<f4").tobytes()
     return {
-        "model_name": model_name,
-        "version": version,
+        "model_name": identity.model_name,
+        "version": identity.version,
+        "version_key": identity.key,
         "shard_ordinal": shard.ordinal,
         "tensor": shard.tensor,
         "tensor_shape": list(shape),
@@ -370,13 +398,17 @@ def _shard_row(
 def shard_rows(
     model_name: str,
     version: int,
+    key: str,
     parameters: Mapping[str, npt.NDArray[np.floating]],
     optimizer_state: Mapping[str, npt.NDArray[Any]],
     config: AggregationConfig,
     *,
     batch_id: int,
 ) -> Iterator[dict[str, Any]]:
-    """``model_shards`` rows of a version held whole (the first one, or a driver-made one), one shard at a time."""
+    """``model_shards`` rows of a version held whole (the first one, or a driver-made one), one shard at a time.
+
+    ``key``: what names the version's rows (the first version's: e.g. its parameter hash).
+    """
     plan = ShardPlan.of(parameters)
     _, slots = split_state(optimizer_state, config.make_optimizer())
     created_at = datetime.now(UTC)
@@ -384,7 +416,8 @@ def shard_rows(
         values = plan.cut(parameters, shard)[shard.tensor]
         shard_slots = {slot: plan.cut(by_name, shard)[shard.tensor] for slot, by_name in slots.items()}
         shape = dict(plan.shapes)[shard.tensor]
-        yield _shard_row(model_name, version, shard, shape, values, shard_slots, created_at, batch_id)
+        identity = _VersionIdentity(model_name, version, key)
+        yield _shard_row(identity, shard, shape, values, shard_slots, created_at, batch_id)
 
 
 def write_shards(
@@ -406,28 +439,30 @@ def write_shards(
 
 
 def version_shapes(
-    spark: SparkSession, locations: TableLocations, model_name: str, version: int
+    spark: SparkSession, locations: TableLocations, model_name: str, version: int, key: str
 ) -> dict[str, list[int]]:
     """Each tensor's shape in a version kept as shards (no values are read)."""
     rows = (
-        locations.read(spark, MODEL_SHARDS)
-        .where(f"model_name = '{model_name}' AND version = {version}")
-        .select("tensor", "tensor_shape")
-        .distinct()
-        .collect()
+        _version_rows(spark, locations, model_name, version, key).select("tensor", "tensor_shape").distinct().collect()
     )
     return {row.tensor: list(row.tensor_shape) for row in rows}
 
 
 def version_values(
-    spark: SparkSession, locations: TableLocations, model_name: str, version: int, *, shards_per_read: int = 16
+    spark: SparkSession,
+    locations: TableLocations,
+    model_name: str,
+    version: int,
+    key: str,
+    *,
+    shards_per_read: int = 16,
 ) -> Callable[[], Iterator[npt.NDArray[np.float32]]]:
     """The values of a version kept as shards, in order, for :func:`streaming_jobs.publisher.sharded_model_records`.
 
     Each call reads the shards again, ``shards_per_read`` at a time (16 MiB of float32 by default), so the driver
     holds a few shards, never the version.
     """
-    table = locations.read(spark, MODEL_SHARDS).where(f"model_name = '{model_name}' AND version = {version}")
+    table = _version_rows(spark, locations, model_name, version, key)
     count = table.count()
 
     def values() -> Iterator[npt.NDArray[np.float32]]:
@@ -444,18 +479,13 @@ def version_values(
 
 
 def read_version(
-    spark: SparkSession, locations: TableLocations, model_name: str, version: int
+    spark: SparkSession, locations: TableLocations, model_name: str, version: int, key: str
 ) -> tuple[dict[str, npt.NDArray[np.float32]], dict[str, npt.NDArray[np.float32]]]:
     """A version kept as shards, whole: its parameters, and its optimizer slots keyed ``slot/parameter``.
 
     Brings the whole model to the driver: for tests, and audits of models that fit it.
     """
-    rows = (
-        locations.read(spark, MODEL_SHARDS)
-        .where(f"model_name = '{model_name}' AND version = {version}")
-        .orderBy("shard_ordinal")
-        .collect()
-    )
+    rows = _version_rows(spark, locations, model_name, version, key).orderBy("shard_ordinal").collect()
     if not rows:
         raise ValueError(f"model_shards has no version {version} of {model_name!r}")
     shapes = tuple(sorted({(row.tensor, tuple(row.tensor_shape)) for row in rows}))

@@ -128,6 +128,7 @@ MODEL_SHARDS_SCHEMA = StructType(
     [
         StructField("model_name", StringType(), False),
         StructField("version", LongType(), False),
+        StructField("version_key", StringType(), False),
         StructField("shard_ordinal", LongType(), False),
         StructField("tensor", StringType(), False),
         StructField("tensor_shape", ArrayType(LongType(), False), False),
@@ -221,7 +222,7 @@ MODEL_SHARDS = TableSpec(
     "model_shards",
     MODEL_SHARDS_SCHEMA,
     ModelShardRow,
-    stats_columns=("model_name", "version", "shard_ordinal", "batch_id"),
+    stats_columns=("model_name", "version", "version_key", "shard_ordinal", "batch_id"),
 )
 """Versions computed on executors, one row per shard: created by :mod:`streaming_jobs.executor_aggregation`."""
 ALL_TABLES = (UPDATES, REJECTED_UPDATES, MODEL_VERSIONS, CLIENT_KEYS, UPDATE_CHUNKS)

@@ -36,10 +36,12 @@ from streaming_jobs.executor_aggregation import (
     write_shards,
 )
 from streaming_jobs.publisher import model_records, sharded_model_records
-from streaming_jobs.tables import UPDATE_CHUNKS, TableLocations
+from streaming_jobs.tables import MODEL_SHARDS, UPDATE_CHUNKS, TableLocations
 from tests.rows import version_row
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+PARENT_KEY = "e" * 64
+"""The key the parent version's shards are written under (a version the driver made, here)."""
 MAX_MESSAGE_BYTES = 300_000
 """About 75,000 float32 values a chunk: chunks straddle shard and tensor boundaries."""
 ENCODINGS = (Encoding.FLOAT32, Encoding.FLOAT16, Encoding.INT8, Encoding.FLOAT32)
@@ -69,8 +71,14 @@ class Outcome:
     weights: tuple[float, ...]
 
 
-def run(spark, root: Path, model_name: str, config: AggregationConfig, *, updates: int = 4) -> Outcome:  # type: ignore[no-untyped-def]
-    """Store a parent (with optimizer slots) and ``updates`` chunked updates, make version 2 both ways, compare."""
+def run(
+    spark, root: Path, model_name: str, config: AggregationConfig, *, updates: int = 4, again: bool = False
+) -> Outcome:  # type: ignore[no-untyped-def]
+    """Store a parent (with optimizer slots) and ``updates`` chunked updates, make version 2 both ways, compare.
+
+    ``again``: make version 2 a second time from the same inputs (as a replay after a crash would) and check
+    that it is the same version and wrote no second set of shards.
+    """
     locations = TableLocations(str(root))
     locations.ensure_table(spark, UPDATE_CHUNKS)
     strategy = make_strategy(config)
@@ -81,7 +89,7 @@ def run(spark, root: Path, model_name: str, config: AggregationConfig, *, update
     write_shards(
         spark,
         locations,
-        shard_rows(model_name, 1, parent, parent_state, config, batch_id=0),
+        shard_rows(model_name, 1, PARENT_KEY, parent, parent_state, config, batch_id=0),
         app_id=None,
         batch_id=None,
     )
@@ -124,13 +132,32 @@ def run(spark, root: Path, model_name: str, config: AggregationConfig, *, update
         config=config,
         plan=ShardPlan.of(parent),
         parent_version=1,
+        parent_key=PARENT_KEY,
         parent_scalars=scalars,
         update_ids=[update.update_id for update in pending],
         weights=strategy.weights(pending, 1),
         app_id="executor-scenario",
         batch_id=2,
     )
-    parameters, slots = read_version(spark, locations, model_name, 2)
+    if again:
+        remade = aggregate_on_executors(
+            spark,
+            locations,
+            model_name=model_name,
+            config=config,
+            plan=ShardPlan.of(parent),
+            parent_version=1,
+            parent_key=PARENT_KEY,
+            parent_scalars=scalars,
+            update_ids=[update.update_id for update in pending],
+            weights=strategy.weights(pending, 1),
+            app_id="executor-scenario",
+            batch_id=3,
+        )
+        assert (remade.key, remade.root, remade.weights) == (made.key, made.root, made.weights)
+        rows = locations.read(spark, MODEL_SHARDS).where(f"model_name = '{model_name}' AND version = 2").count()
+        assert rows == len(ShardPlan.of(parent).shards), rows
+    parameters, slots = read_version(spark, locations, model_name, 2, made.key)
     whole_scalars, whole_slots = split_state(whole_state, whole_optimizer)
     flat_slots = {f"{slot}/{name}": array for slot, by_name in whole_slots.items() for name, array in by_name.items()}
     audit_optimizer = config.make_optimizer()
@@ -141,8 +168,8 @@ def run(spark, root: Path, model_name: str, config: AggregationConfig, *, update
     plan = ShardPlan.of(parent)
     digests = [_sha(plan.cut(whole.new_params, shard)[shard.tensor]) for shard in plan.shards]
     row = version_row(2, model_name=model_name, parameter_hash=made.root)
-    shapes = version_shapes(spark, locations, model_name, 2)
-    values = version_values(spark, locations, model_name, 2, shards_per_read=2)
+    shapes = version_shapes(spark, locations, model_name, 2, made.key)
+    values = version_values(spark, locations, model_name, 2, made.key, shards_per_read=2)
     records = list(sharded_model_records(row, shapes, values, _unsigned, MAX_MESSAGE_BYTES))
     whole_row = version_row(
         2, model_name=model_name, parameter_hash=made.root, parameters=encode_tensors(whole.new_params)

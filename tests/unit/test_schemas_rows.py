@@ -187,7 +187,7 @@ def model_shard_row() -> ModelShardRow:
     optimizer = config.make_optimizer()
     parameters = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
     optimizer.step(parameters, {"w": np.ones((2, 3), np.float32)})  # so the state has slots
-    (row,) = shard_rows("har.mlp", 3, parameters, optimizer.state_dict(), config, batch_id=4)
+    (row,) = shard_rows("har.mlp", 3, "f" * 64, parameters, optimizer.state_dict(), config, batch_id=4)
     return ModelShardRow(**row)
 
 
