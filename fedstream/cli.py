@@ -227,6 +227,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--aggregate-bursts", action="store_true", help="a micro-batch of more than K updates makes one version"
     )
+    demo.add_argument(
+        "--personalize",
+        nargs="?",
+        const="both",
+        choices=("head", "fine-tune", "both"),
+        help="personalized devices: each keeps its classifier head (head), fine-tunes the final global model on its "
+        "own data (fine-tune), or both (the default when given without a value); the summary adds each device's "
+        "accuracy on its own validation data with the global and with its personalized model",
+    )
     _add_table_arguments(demo)
     demo.set_defaults(handler=_demo)
     return parser
@@ -462,7 +471,7 @@ _TABLE_OPTIONS = (
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from fedstream.demo import DemoSettings, private_aggregation, run_demo
+    from fedstream.demo import DEMO_FINE_TUNING_EPOCHS, DemoSettings, private_aggregation, run_demo
     from fedstream.demo_data import load_table_data
 
     settings = DemoSettings(duration_seconds=60 * args.minutes, seed=args.seed)
@@ -479,6 +488,14 @@ def _demo(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, aggregation={**settings.aggregation, "buffer_size": args.buffer_size})
     if args.aggregate_bursts:
         settings = dataclasses.replace(settings, aggregation={**settings.aggregation, "aggregate_bursts": True})
+    if args.personalize is not None:
+        from producers.personalization import HAR_CNN_HEAD  # HarCnn's head; the table MLP's too
+
+        settings = dataclasses.replace(
+            settings,
+            personal_prefixes=HAR_CNN_HEAD if args.personalize in ("head", "both") else (),
+            fine_tuning_epochs=DEMO_FINE_TUNING_EPOCHS if args.personalize in ("fine-tune", "both") else 0,
+        )
     if args.dp_noise_multiplier is not None:
         population = None if data is None else len(data.training)
         aggregation = private_aggregation(settings, args.dp_noise_multiplier, args.dp_clip_norm, population)

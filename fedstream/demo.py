@@ -7,6 +7,12 @@ and aggregates asynchronously; held-out subjects, never seen in training, measur
 With a :class:`TableSource` the subjects are those of a Parquet/CSV table: its rows as samples for an MLP,
 or windows cut from its rows in order for the CNN; the summary then also sets the final global model against
 each training client's model trained alone, on every held-out subject.
+
+With personalization (``--personalize``) each device keeps its classifier head to itself and/or fine-tunes
+the final global model on its own training data; the summary then gives each device's accuracy on its own
+validation windows with the global model and with its personalized one. The job's version 0 is then the
+model without the head (the global model is the shared layers only), and the global model's accuracy, on
+held-out subjects and on each device, is that of the shared layers with the mean of the devices' heads.
 """
 
 from __future__ import annotations
@@ -17,10 +23,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedstream.demo_data import DemoData, HeldOutEvaluator, TableSource, hapt_data, load_table_data
 from fedstream.local_only import LocalOnlyComparison, LocalTrainingSettings, local_only_comparison
+
+if TYPE_CHECKING:
+    from producers.client import FederatedClient
+    from producers.personalization import ClientPersonalization
 
 DEFAULT_HELD_OUT = (5, 10, 15, 20, 25, 30)
 DEFAULT_AGGREGATION: dict[str, Any] = {
@@ -33,6 +43,9 @@ DEFAULT_AGGREGATION: dict[str, Any] = {
     "server_optimizer": "sgd",
     "server_learning_rate": 1.0,
 }
+
+DEMO_FINE_TUNING_EPOCHS = 2
+"""Epochs a device fine-tunes the final global model on its own training data with ``--personalize``."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,15 @@ class DemoSettings:
     """Train on this table's subjects instead of UCI HAPT's."""
     local_only_clients: int = 8
     """With a table: how many training clients (a seeded sample) also train alone for the comparison."""
+    personal_prefixes: tuple[str, ...] = ()
+    """Parameter-name prefixes each device keeps to itself (``--personalize``: the classifier head)."""
+    fine_tuning_epochs: int = 0
+    """Epochs each device fine-tunes the final global model on its own training data (``--personalize``)."""
+
+    @property
+    def personalized(self) -> bool:
+        """Whether devices personalize, so that the summary compares global and personalized per device."""
+        return bool(self.personal_prefixes) or self.fine_tuning_epochs > 0
 
 
 HAPT_SUBJECTS = 30
@@ -101,6 +123,7 @@ def run_demo(settings: DemoSettings, data: DemoData | None = None) -> int:
     from producers.fleet import DeviceSpeeds, FleetReport, SimulatedFleet
     from producers.identity import ClientIdentity
     from producers.models import model_weights
+    from producers.personalization import shared_model_weights
     from producers.training import LocalTrainingConfig
     from producers.transport import GlobalModelSubscriber, UpdatePublisher
     from schemas.kafka_settings import KafkaSettings
@@ -130,7 +153,11 @@ def run_demo(settings: DemoSettings, data: DemoData | None = None) -> int:
         f"{len(data.held_out)} subjects held out ({', '.join(data.held_out)})"
     )
     initial = run_dir / "initial-model.safetensors"
-    initial.write_bytes(encode_tensors(model_weights(data.build(settings.seed))))
+    initial_model = data.build(settings.seed)
+    if settings.personal_prefixes:  # the global model is the shared layers: updates carry those only
+        initial.write_bytes(encode_tensors(shared_model_weights(initial_model, settings.personal_prefixes)))
+    else:
+        initial.write_bytes(encode_tensors(model_weights(initial_model)))
     identities = {client_id: ClientIdentity.generate(client_id) for client_id in data.training}
     faulty_device = ClientIdentity.generate("faulty-device")
     enrolled = run_dir / "enrolled-keys"
@@ -151,17 +178,24 @@ def run_demo(settings: DemoSettings, data: DemoData | None = None) -> int:
     stop = threading.Event()
     points: list[_Point] = []
     reports: list[FleetReport] = []
+    clients: list[FederatedClient] = []
     final: Any = None
     try:
         evaluator_subscriber = GlobalModelSubscriber(kafka, model_name, job_key.public_key)
         _say("waiting for the streaming job to publish version 0 (Spark start-up takes ~30-60 s) ...")
         first = _wait_for_version_zero(evaluator_subscriber, job)
-        evaluator = HeldOutEvaluator(data.build(settings.seed), data.held_out)
         training = LocalTrainingConfig(
             epochs=settings.local_epochs,
             learning_rate=settings.local_learning_rate,
             proximal_mu=settings.proximal_mu,
             seed=settings.seed,
+        )
+        fine_tuning = (
+            LocalTrainingConfig(
+                epochs=settings.fine_tuning_epochs, learning_rate=settings.local_learning_rate, seed=settings.seed
+            )
+            if settings.fine_tuning_epochs > 0
+            else None
         )
         clients = [
             FederatedClient(
@@ -171,9 +205,14 @@ def run_demo(settings: DemoSettings, data: DemoData | None = None) -> int:
                 data=local,
                 training=training,
                 identity=identities[client_id],
+                personal_prefixes=settings.personal_prefixes,
+                fine_tuning=fine_tuning,
             )
             for client_id, local in data.training.items()
         ]
+        evaluator: Any = HeldOutEvaluator(data.build(settings.seed), data.held_out)
+        if settings.personal_prefixes:
+            evaluator = _WithMeanPersonalLayers(evaluator, clients)
         fleet = SimulatedFleet(
             clients,
             GlobalModelSubscriber(kafka, model_name, job_key.public_key),
@@ -208,12 +247,15 @@ def run_demo(settings: DemoSettings, data: DemoData | None = None) -> int:
         stop.set()
         job.stop(60)
     comparison = None
+    personalization = None
+    if settings.personalized and final is not None and clients:
+        personalization = _personalization(settings, clients, final)
     if settings.table is not None and final is not None:
         rounds = reports[0].per_client if reports else {}
         alone = LocalTrainingSettings(settings.local_epochs, settings.local_learning_rate, settings.seed)
         comparison = local_only_comparison(
             data,
-            final.parameters,
+            _global_weights(final.parameters, clients) if settings.personal_prefixes else final.parameters,
             final.header.version,
             rounds,
             training=alone,
@@ -221,8 +263,50 @@ def run_demo(settings: DemoSettings, data: DemoData | None = None) -> int:
             say=_say,
         )
         comparison.write_csv(run_dir / "local-only.csv")
-    _summary(settings, data, job, points, tracking_uri(), comparison)
+    _summary(settings, data, job, points, tracking_uri(), comparison, personalization)
     return 0
+
+
+def _global_weights(shared: Any, clients: list[FederatedClient]) -> Any:
+    """A global version's shared layers with the mean of the devices' personal layers: a whole model."""
+    from producers.personalization import average_weights, merge_weights
+
+    return merge_weights(shared, average_weights([client.personal_weights for client in clients]))
+
+
+class _WithMeanPersonalLayers:
+    """Evaluates global versions, which lack the devices' personal layers, with the mean of those layers.
+
+    A held-out subject has no layers of its own; the devices' mean is the nearest thing it could get.
+    """
+
+    def __init__(self, evaluator: HeldOutEvaluator, clients: list[FederatedClient]) -> None:
+        self.evaluator = evaluator
+        self.clients = clients
+
+    def evaluate(self, parameters: Any) -> Any:
+        """Loss, accuracy and macro-F1 on every held-out sample of ``parameters`` completed with the mean head."""
+        return self.evaluator.evaluate(_global_weights(parameters, self.clients))
+
+
+def _personalization(settings: DemoSettings, clients: list[FederatedClient], final: Any) -> list[ClientPersonalization]:
+    """Per device with validation windows: the final global model against its personalized one, on those windows."""
+    from producers.personalization import average_weights
+
+    what = []
+    if settings.personal_prefixes:
+        what.append("keeps its own " + ", ".join(f"{prefix}*" for prefix in settings.personal_prefixes))
+    if settings.fine_tuning_epochs:
+        what.append(f"fine-tunes version {final.header.version} for {settings.fine_tuning_epochs} epoch(s)")
+    _say(f"personalizing: each device {' and '.join(what)}; evaluating on its own validation windows ...")
+    mean_personal = (
+        average_weights([client.personal_weights for client in clients]) if settings.personal_prefixes else None
+    )
+    return [
+        client.evaluate_personalization(final, global_personal=mean_personal)
+        for client in clients
+        if len(client.data.validation_labels)
+    ]
 
 
 def _wait_for_version_zero(subscriber: Any, job: Any) -> Any:
@@ -310,6 +394,7 @@ def _summary(
     points: list[_Point],
     mlflow_uri: str,
     comparison: LocalOnlyComparison | None,
+    personalization: list[ClientPersonalization] | None = None,
 ) -> None:
     run_dir = job.folder
     status = job.status()
@@ -352,14 +437,86 @@ def _summary(
     if comparison is not None:
         for line in comparison.lines():
             print(line)
+    if personalization:
+        for line in _personalization_lines(settings, personalization):
+            print(line)
+        _write_personalization(personalization, run_dir / "personalization.csv")
     print(f"Delta tables : {run_dir / 'tables'} (updates, rejected_updates, model_versions)")
     print(f"MLflow       : {mlflow_uri} (experiment fedstream-demo)")
     print(f"plot, csv    : {plot or 'matplotlib not installed'}, {run_dir / 'accuracy.csv'}")
     if comparison is not None:
         print(f"local-only   : {run_dir / 'local-only.csv'} (every held-out subject × every model)")
+    if personalization:
+        print(f"personalized : {run_dir / 'personalization.csv'} (every device: global and personalized model)")
     print(f"report       : {report.as_uri() if report else 'not written (see the message above)'}")
     print(f"job log      : {job.log_path}")
     print("=" * 78)
+
+
+PERSONALIZATION_ROWS_SHOWN = 30
+"""Devices the summary lists one by one; ``personalization.csv`` has them all."""
+
+
+def _personalization_lines(settings: DemoSettings, results: list[ClientPersonalization]) -> list[str]:
+    """The summary's per-device comparison: global and personalized accuracy on each device's own validation data."""
+    how = []
+    if settings.personal_prefixes:
+        how.append("own " + ", ".join(f"{prefix}*" for prefix in settings.personal_prefixes) + " layers")
+    if settings.fine_tuning_epochs:
+        how.append(f"fine-tuned {settings.fine_tuning_epochs} epoch(s) on own training data")
+    lines = [
+        f"personalized : {', '.join(how)}",
+        "               accuracy on each device's own validation windows"
+        + (" (global: shared + the devices' mean personal layers)" if settings.personal_prefixes else ""),
+    ]
+    mean_label = f"mean of {len(results)}"
+    width = max(len(mean_label), *(len(result.client_id) for result in results))
+    lines.append(f"  {'device':<{width}} {'windows':>8} {'global':>8} {'personalized':>13}")
+    for result in results[:PERSONALIZATION_ROWS_SHOWN]:
+        lines.append(
+            f"  {result.client_id:<{width}} {result.global_evaluation.count:8d} "
+            f"{result.global_evaluation.accuracy:8.1%} {result.personalized_evaluation.accuracy:13.1%}"
+        )
+    if len(results) > PERSONALIZATION_ROWS_SHOWN:
+        lines.append(f"  ... {len(results) - PERSONALIZATION_ROWS_SHOWN} more devices in personalization.csv")
+    global_mean = sum(result.global_evaluation.accuracy for result in results) / len(results)
+    personal_mean = sum(result.personalized_evaluation.accuracy for result in results) / len(results)
+    lines.append(
+        f"  {mean_label:<{width}} {'':>8} {global_mean:8.1%} {personal_mean:13.1%}"
+        f"   ({100 * (personal_mean - global_mean):+.1f} points)"
+    )
+    return lines
+
+
+def _write_personalization(results: list[ClientPersonalization], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "client_id",
+                "validation_windows",
+                "global_accuracy",
+                "personalized_accuracy",
+                "global_macro_f1",
+                "personalized_macro_f1",
+                "global_loss",
+                "personalized_loss",
+            ]
+        )
+        for result in results:
+            global_, personal = result.global_evaluation, result.personalized_evaluation
+            writer.writerow(
+                [
+                    result.client_id,
+                    global_.count,
+                    global_.accuracy,
+                    personal.accuracy,
+                    global_.macro_f1,
+                    personal.macro_f1,
+                    global_.loss,
+                    personal.loss,
+                ]
+            )
 
 
 def _report(model_name: str, run_dir: Path) -> Path | None:

@@ -7,30 +7,39 @@ a delta of the shared parameters only, so the global model — and every byte on
 before using it; nothing is sent.
 
 Both are judged per client on that client's own held-out (validation) windows, global vs personalized.
+
+The simulator (:mod:`simulation.clients`) and the deployed client (:class:`producers.client.FederatedClient`,
+``personal_prefixes=`` and ``fine_tuning=``) both build on these functions. In the deployed pipeline the
+global model is the shared parameters only: the job starts from :func:`shared_model_weights` of the model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 from torch import nn
 
-from producers.client import LocalData
 from producers.models import load_model_weights, model_weights
 from producers.training import Evaluation, LocalTrainingConfig, LossFunction, evaluate, train_locally
 from schemas.tensors import Tensors
 
+if TYPE_CHECKING:  # producers.client imports this module; LocalData is only an annotation here
+    from producers.client import LocalData
+
 __all__ = [
     "HAR_CNN_HEAD",
     "ClientPersonalization",
+    "average_weights",
     "check_prefixes",
     "evaluate_client",
     "fine_tune",
     "is_personal",
     "merge_weights",
+    "shared_model_weights",
     "split_weights",
 ]
 
@@ -44,7 +53,22 @@ def is_personal(name: str, personal_prefixes: Sequence[str]) -> bool:
 
 
 def check_prefixes(names: Iterable[str], personal_prefixes: Sequence[str]) -> None:
-    """Raise ``ValueError`` if a prefix matches no parameter, or if the prefixes leave nothing shared."""
+    """Raise ``ValueError`` if a prefix matches no parameter, or if the prefixes leave nothing shared.
+
+    ``personal_prefixes`` is a sequence of non-empty strings: a bare string (``"classifier."``, which would
+    read as its characters) or an empty or non-string prefix is refused too.
+    """
+    if isinstance(personal_prefixes, str | bytes):
+        raise ValueError(
+            f"personal prefixes must be a sequence of strings, got the single {type(personal_prefixes).__name__} "
+            f"{personal_prefixes!r}: write ({personal_prefixes!r},)"
+        )
+    bad = [prefix for prefix in personal_prefixes if not isinstance(prefix, str) or not prefix]
+    if bad:
+        raise ValueError(
+            "personal prefixes must be non-empty strings, got "
+            + ", ".join(f"{prefix!r} ({type(prefix).__name__})" for prefix in bad)
+        )
     names = list(names)
     unmatched = [prefix for prefix in personal_prefixes if not any(name.startswith(prefix) for name in names)]
     if unmatched:
@@ -62,6 +86,17 @@ def split_weights(
     return shared, personal
 
 
+def shared_model_weights(model: nn.Module, personal_prefixes: Sequence[str]) -> Tensors:
+    """``model``'s weights without its personal layers: the job's initial model (version 0) when clients keep them.
+
+    The job accepts an update only if its delta has exactly the global model's names and shapes, and a client
+    with personal layers sends the shared parameters only; so the global model must be those alone.
+    """
+    weights = model_weights(model)
+    check_prefixes(weights, personal_prefixes)
+    return split_weights(weights, personal_prefixes)[0]
+
+
 def merge_weights(
     shared: Mapping[str, npt.NDArray[np.float32]], personal: Mapping[str, npt.NDArray[np.float32]]
 ) -> Tensors:
@@ -70,6 +105,20 @@ def merge_weights(
     if overlap:
         raise ValueError(f"shared and personal weights overlap on {overlap}")
     return {**{name: value.copy() for name, value in shared.items()}, **{n: v.copy() for n, v in personal.items()}}
+
+
+def average_weights(weights: Sequence[Mapping[str, npt.NDArray[np.float32]]]) -> Tensors:
+    """The element-wise mean of several sets of the same weights (say, the devices' personal layers).
+
+    Personal layers have no global value; their mean over the devices is the nearest thing a new user could get.
+    """
+    if not weights:
+        raise ValueError("no weights to average")
+    names = list(weights[0])
+    differing = [index for index, each in enumerate(weights) if set(each) != set(names)]
+    if differing:
+        raise ValueError(f"weights {differing} do not have the names of the first set, {names}")
+    return {name: np.mean([each[name] for each in weights], axis=0).astype(np.float32) for name in names}
 
 
 def fine_tune(
