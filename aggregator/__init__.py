@@ -47,7 +47,7 @@ from aggregator.robust import (
     krum_select_from_distances,
     trimmed_mean,
 )
-from aggregator.server import AsyncServer, NewVersion
+from aggregator.server import AsyncServer, NewVersion, VersionMaker
 from aggregator.server_optimizers import (
     SERVER_OPTIMIZERS,
     ServerAdagrad,
@@ -154,6 +154,7 @@ __all__ = [
     "StalenessFunctionName",
     "StalenessPolicy",
     "Strategy",
+    "VersionMaker",
     "WholeModelFacts",
     "ZeroWeightError",
     "add",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,11 +27,15 @@ from aggregator.config import AggregationConfig
 from aggregator.errors import InvalidStalenessError, InvalidUpdateError, ShapeMismatchError
 from aggregator.privacy import BudgetCheck, PrivateServerOptimizer
 from aggregator.server_optimizers import ServerOptimizer
-from aggregator.strategies import PendingUpdate, Strategy, make_strategy, strategy_class
+from aggregator.strategies import AggregationResult, PendingUpdate, Strategy, make_strategy, strategy_class
 from aggregator.weights import check_same_structure
 from schemas.tensors import Tensors
 
-__all__ = ["AsyncServer", "NewVersion"]
+__all__ = ["AsyncServer", "NewVersion", "VersionMaker"]
+
+VersionMaker = Callable[[Tensors, int, Sequence[PendingUpdate], ServerOptimizer], AggregationResult]
+"""Makes version ``current + 1`` as :meth:`aggregator.Strategy.aggregate` does (same arguments, same result),
+somewhere else: the job's executors, for a model the driver does not hold (its parameters are then empty)."""
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +64,8 @@ class NewVersion:
     privacy_budget_exhausted: bool | None
     federated_validation_loss: float | None
     federated_validation_accuracy: float | None
+    parameter_hash: str | None = None
+    """Set when ``parameters`` is empty because a :data:`VersionMaker` keeps the version elsewhere."""
 
     @property
     def update_ids(self) -> tuple[str, ...]:
@@ -73,7 +79,8 @@ class AsyncServer:
     ``parameters`` and ``version``: the newest global version; ``optimizer_state``: its recorded optimizer
     state (``None``: fresh); ``pending``: accepted updates not yet in any version, in arrival order (a state
     rebuilt from tables). ``config`` must carry a ``dp_seed`` when DP is on (see
-    :meth:`AggregationConfig.with_secret_dp_seed`).
+    :meth:`AggregationConfig.with_secret_dp_seed`). ``make_version``: where versions are computed (default: the
+    strategy's ``aggregate``, here); with one that keeps them elsewhere, ``parameters`` and every delta are empty.
     """
 
     def __init__(
@@ -84,9 +91,11 @@ class AsyncServer:
         version: int = 0,
         optimizer_state: Mapping[str, npt.NDArray[Any]] | None = None,
         pending: Iterable[PendingUpdate] = (),
+        make_version: VersionMaker | None = None,
     ) -> None:
         self.config = config
         self.strategy: Strategy = make_strategy(config)
+        self._make_version: VersionMaker = make_version or self.strategy.aggregate
         self.buffer_policy = config.buffer
         self.intake_max_staleness: int | None = (
             0 if strategy_class(config.strategy).synchronous else config.staleness.max_staleness
@@ -225,7 +234,7 @@ class AsyncServer:
 
     def _make(self, positions: Sequence[int]) -> NewVersion:
         taken = [self._pending[position] for position in positions]
-        result = self.strategy.aggregate(self._parameters, self._version, taken, self.optimizer)
+        result = self._make_version(self._parameters, self._version, taken, self.optimizer)
         chosen = set(positions)
         self._pending = [update for position, update in enumerate(self._pending) if position not in chosen]
         parent = self._version
@@ -247,6 +256,7 @@ class AsyncServer:
             privacy_budget_exhausted=exhausted,
             federated_validation_loss=_weighted_metric(taken, "validation_loss"),
             federated_validation_accuracy=_weighted_metric(taken, "validation_accuracy"),
+            parameter_hash=result.parameter_hash,
         )
 
     def _privacy_fields(self) -> tuple[float | None, str | None, bool | None]:

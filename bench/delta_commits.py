@@ -33,7 +33,7 @@ def _version_row(version: int) -> ModelVersionRow:
         update_staleness=[0] * 10, staleness_mean=0.0, staleness_max=0, aggregation_mode="fedbuff",
         server_optimizer="sgd", optimizer_state=b"", config_json="{}", federated_validation_loss=0.5,
         federated_validation_accuracy=0.5, batch_id=version, epsilon=None, epsilon_assumption=None,
-        privacy_budget_exhausted=None,
+        privacy_budget_exhausted=None, shards_key=None,
     )  # fmt: skip
 
 

@@ -543,6 +543,12 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
         help="reject a chunked update as incomplete when its chunks have not all arrived this long after the first",
     )
     parser.add_argument(
+        "--executor-aggregation-min-parameters",
+        type=int,
+        help="keep a model of at least this many parameters as shards and aggregate it on Spark's executors "
+        "(chunked updates only); default: every model on the driver",
+    )
+    parser.add_argument(
         "--signing-key",
         help="PEM file of the key that signs global versions (default: FEDSTREAM_JOB_SIGNING_KEY[_FILE], the "
         "secret scope, else the local stack's key, made on first use)",
@@ -576,6 +582,7 @@ def job_settings(args: argparse.Namespace) -> JobSettings:
         "require_signatures": not args.allow_unsigned,
         "registry_refresh_seconds": args.registry_refresh_seconds,
         "chunk_deadline_seconds": args.chunk_deadline_seconds,
+        "executor_aggregation_min_parameters": args.executor_aggregation_min_parameters,
     }
     if args.tables_root:
         overrides["tables_root"] = args.tables_root

@@ -140,6 +140,9 @@ class ModelVersionRow(_Row):
     privacy_budget_exhausted: bool | None
     """With ``dp_epsilon_budget``: True when the next version would take epsilon past it, so none follows
     this one; None without a budget."""
+    shards_key: Sha256Hex | None
+    """Set when the version is kept as shards in ``model_shards`` (made on Spark's executors): the key of its
+    rows there; ``parameters`` is then empty (``parameter_hash`` is still the whole version's). None otherwise."""
 
 
 class ClientKeyRow(_Row):

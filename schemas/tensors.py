@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,38 @@ def parameter_hash(tensors: Mapping[str, npt.NDArray[np.generic]]) -> str:
         for field in (name.encode(), array.dtype.str.encode(), repr(array.shape).encode(), array.tobytes()):
             digest.update(len(field).to_bytes(8, "big"))
             digest.update(field)
+    return digest.hexdigest()
+
+
+def parameter_hash_streamed(shapes: Mapping[str, Sequence[int]], values: Iterable[npt.NDArray[np.float32]]) -> str:
+    """:func:`parameter_hash` of float32 tensors never held whole: ``values`` yields them flattened in name order.
+
+    The pieces may be of any size (a model's shards, say); the result is the hash of the assembled tensors.
+    Raises ``ValueError`` when the values do not number what ``shapes`` holds.
+    """
+    digest = hashlib.sha256()
+    pieces = iter(values)
+    held = np.empty(0, dtype=np.float32)
+    for name in sorted(shapes):
+        shape = tuple(int(size) for size in shapes[name])
+        remaining = math.prod(shape)
+        for field in (name.encode(), np.dtype(np.float32).str.encode(), repr(shape).encode()):
+            digest.update(len(field).to_bytes(8, "big"))
+            digest.update(field)
+        digest.update((4 * remaining).to_bytes(8, "big"))
+        while remaining:
+            if not held.size:
+                piece = next(pieces, None)
+                if piece is None:
+                    raise ValueError(f"the values end inside tensor {name!r}")
+                held = np.ascontiguousarray(piece, dtype=np.float32).reshape(-1)
+                continue
+            take = min(remaining, held.size)
+            digest.update(held[:take].tobytes())
+            held, remaining = held[take:], remaining - take
+    leftover = held.size + sum(int(np.size(piece)) for piece in pieces)
+    if leftover:
+        raise ValueError(f"{leftover} values beyond what the shapes hold")
     return digest.hexdigest()
 
 

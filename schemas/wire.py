@@ -63,9 +63,12 @@ class DecodedUpdate:
         """SHA-256 of ``payload``: the header's for an update sent whole.
 
         A chunked update's signed header names its encoded chunks instead (``schemas.chunks.chunks_root``), and
-        its ``payload`` is rebuilt from the decoded values, so that hash is computed here.
+        its ``payload`` is rebuilt from the decoded values, so that hash is computed here. A chunked update kept
+        only as its chunks (no ``payload``: a model aggregated on executors) is named by the header's hash.
         """
-        return self.header.payload_sha256 if self.header.layout is None else sha256_hex(self.payload)
+        if self.header.layout is None or not self.payload:
+            return self.header.payload_sha256
+        return sha256_hex(self.payload)
 
 
 @dataclass(frozen=True)

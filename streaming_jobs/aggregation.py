@@ -38,7 +38,8 @@ def version_rows(
     config_json = json.dumps(config.to_dict(), sort_keys=True)
     rows = []
     for version in versions:
-        new_hash = parameter_hash(version.parameters)
+        kept_as_shards = version.parameter_hash is not None
+        new_hash = version.parameter_hash if version.parameter_hash is not None else parameter_hash(version.parameters)
         rows.append(
             ModelVersionRow(
                 model_name=state.model_name,
@@ -46,7 +47,7 @@ def version_rows(
                 parent_version=version.parent_version,
                 parent_parameter_hash=state.parameter_hash,
                 created_at=now,
-                parameters=encode_tensors(version.parameters),
+                parameters=b"" if kept_as_shards else encode_tensors(version.parameters),
                 parameter_hash=new_hash,
                 update_ids=list(version.update_ids),
                 update_weights=list(version.weights),
@@ -63,6 +64,7 @@ def version_rows(
                 epsilon=version.epsilon,
                 epsilon_assumption=version.epsilon_assumption,
                 privacy_budget_exhausted=version.privacy_budget_exhausted,
+                shards_key=state.sharded.key_of(version.version) if kept_as_shards and state.sharded else None,
             )
         )
         state.parameter_hash = new_hash

@@ -42,6 +42,11 @@ def verify_version(
     if version not in rows or version - 1 not in rows:
         raise LookupError(f"model {model_name!r} has no version {version} or no parent {version - 1}")
     row, parent = rows[version], rows[version - 1]
+    if row.shards_key is not None or parent.shards_key is not None:
+        raise LookupError(
+            f"version {version} of {model_name!r} or its parent is kept as shards in model_shards (made on Spark's "
+            "executors); audit verify does not recompute such versions yet"
+        )
     payloads = {
         update.update_id: update.payload
         for update in locations.read(spark, UPDATES)

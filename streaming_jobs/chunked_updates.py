@@ -10,6 +10,10 @@ Per micro-batch, :meth:`ChunkedUpdates.take` turns the batch's chunk messages in
 
 What it holds between batches (:class:`~streaming_jobs.chunk_assembly.ChunkAssembler`) is loaded from
 ``update_chunks`` and ``rejected_updates`` whenever the job's state is, so a replayed batch decides the same.
+
+For a model kept as shards (aggregated on executors, :mod:`streaming_jobs.sharded_model`) no update is ever
+assembled on the driver: each chunk's values are checked as it arrives (the model's tensors, finite values),
+and a complete update goes to the intake without tensors, its values staying in ``update_chunks``.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F  # noqa: N812
 
+from aggregator import ShardPlan
 from aggregator.intake import internal_error
-from schemas.chunks import UpdateChunk, assemble_update, decode_update_chunk
+from schemas.chunks import UpdateChunk, assemble_update, decode_chunk_body, decode_update_chunk
 from schemas.rejections import Rejection, RejectionReason
 from schemas.rows import UpdateChunkRow
 from schemas.wire import DecodedUpdate
@@ -61,7 +67,9 @@ class ChunkedUpdates:
         max_message_bytes: int,
         authenticate: Authenticator | None,
         before_batch: int | None = None,
+        kept_as_shards: ShardPlan | None = None,
     ) -> None:
+        self.kept_as_shards = kept_as_shards
         self.spark = spark
         self.locations = locations
         self.model_name = model_name
@@ -97,6 +105,9 @@ class ChunkedUpdates:
         outcome.kept = [_chunk_row(item.source, item.chunk, now, batch_id) for item in step.kept]
         outcome.refused += [(item.source, item.problem, item.chunk.as_unassembled_update()) for item in step.refused]
         outcome.expired = step.expired
+        if self.kept_as_shards is not None:  # complete, each chunk checked: the values stay in update_chunks
+            outcome.whole += [(whole.completing, whole.arrived[0].as_unassembled_update()) for whole in step.whole]
+            return outcome
         held = self._read_held([whole.assembly_id for whole in step.whole if whole.held_earlier])
         for whole in step.whole:
             chunks = {chunk.index: chunk for chunk in held.get(whole.assembly_id, [])}
@@ -129,6 +140,10 @@ class ChunkedUpdates:
             verdict = verdicts[chunk.assembly_id]
             if verdict is not None:
                 return verdict, header
+        if self.kept_as_shards is not None:
+            refusal = values_problem(chunk, self.kept_as_shards)
+            if refusal is not None:
+                return refusal, header
         return chunk
 
     def _read_held(self, assembly_ids: list[str]) -> dict[str, list[UpdateChunk]]:
@@ -149,6 +164,21 @@ class ChunkedUpdates:
             if isinstance(chunk, UpdateChunk):  # it decoded when it was kept; a later failure leaves a gap
                 held.setdefault(assembly_id, []).append(chunk)
         return held
+
+
+def values_problem(chunk: UpdateChunk, plan: ShardPlan) -> Rejection | None:
+    """Why a chunk cannot be part of an update of the model ``plan`` cuts: other tensors, or non-finite values."""
+    shapes = tuple((tensor.name, tuple(tensor.shape)) for tensor in chunk.layout.tensors)
+    if shapes != plan.shapes:
+        names = [name for name, _ in shapes]
+        return Rejection(RejectionReason.SHAPE_MISMATCH, f"chunk layout names tensors {names[:5]} of other shapes")
+    values = decode_chunk_body(chunk.layout, chunk.index, chunk.body)
+    if isinstance(values, Rejection):
+        return values
+    finite = np.isfinite(values)
+    if not finite.all():
+        return Rejection(RejectionReason.NON_FINITE, f"chunk {chunk.index}: {int(finite.size - finite.sum())} NaN/Inf")
+    return None
 
 
 def load_assembler(

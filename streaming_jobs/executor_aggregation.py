@@ -31,7 +31,7 @@ from aggregator import AggregationConfig, Shard, ShardPlan, make_strategy
 from aggregator.shard_step import ShardStatistics, compute_shard, next_scalar_state, shard_state, split_state
 from aggregator.shards import pairwise_partials, scaled_float32, squared_sum
 from schemas.chunks import UpdateChunk, decode_chunk_body, decode_update_chunk
-from schemas.tensors import decode_tensors, encode_tensors, sha256_hex
+from schemas.tensors import decode_tensors, encode_tensors, parameter_hash_streamed, sha256_hex
 from streaming_jobs.tables import MODEL_SHARDS, UPDATE_CHUNKS, TableLocations
 
 if TYPE_CHECKING:
@@ -64,11 +64,13 @@ class ShardedVersion:
 
     ``weights``: as applied (an audit recomputes from them); ``optimizer_scalars``: the optimizer state but its
     per-parameter slots (those are in the shard rows); ``root``: :func:`shards_root` of the new shards; ``key``:
-    :func:`version_key`, which names this version's rows in ``model_shards``.
+    :func:`version_key`, which names this version's rows in ``model_shards``; ``parameter_hash``:
+    :func:`schemas.tensors.parameter_hash` of the version, streamed from its shards (what clients check).
     """
 
     version: int
     key: str
+    parameter_hash: str
     weights: tuple[float, ...]
     delta_norms: tuple[float, ...]
     optimizer_scalars: dict[str, npt.NDArray[Any]]
@@ -143,7 +145,9 @@ def aggregate_on_executors(
     if len(ordered) != len(plan.shards):
         raise RuntimeError(f"version {version} has {len(ordered)} shards in model_shards, expected {len(plan.shards)}")
     scalars = next_scalar_state(config, parent_scalars, applied, version=version, delta_norms=norms)
-    return ShardedVersion(version, key, tuple(applied), norms, scalars, shards_root(ordered))
+    shapes = version_shapes(spark, locations, model_name, version, key)
+    streamed_hash = parameter_hash_streamed(shapes, version_values(spark, locations, model_name, version, key)())
+    return ShardedVersion(version, key, streamed_hash, tuple(applied), norms, scalars, shards_root(ordered))
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pyspark.sql import SparkSession
+from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F  # noqa: N812
 
 from aggregator import AggregationConfig, AsyncServer, BudgetCheck, PendingUpdate
+from aggregator.shard_step import split_state
 from schemas.rows import ModelVersionRow
 from schemas.tensors import Tensors, decode_tensors
+from streaming_jobs.sharded_model import ExecutorVersions, ShardedModel, plan_of, switch_to_shards
 from streaming_jobs.tables import MODEL_VERSIONS, UPDATES, TableLocations
 
 
@@ -30,6 +32,8 @@ class GlobalState:
     model_name: str
     server: AsyncServer
     parameter_hash: str
+    sharded: ShardedModel | None = None
+    """Set for a model kept as shards and aggregated on executors (the server then holds no parameters)."""
 
     @property
     def version(self) -> int:
@@ -59,11 +63,15 @@ def load_global_state(
     config: AggregationConfig,
     *,
     before_batch: int | None = None,
+    executor_min_parameters: int | None = None,
+    writer_id: str = "fedstream",
 ) -> GlobalState:
     """Rebuild the state from Delta; raises ``MissingInitialVersionError`` before version 0 exists.
 
     ``before_batch``: the state as it was before micro-batch ``before_batch`` wrote anything (its versions and
-    its updates left out), to replay that batch after a crash.
+    its updates left out), to replay that batch after a crash. ``executor_min_parameters``: a model at least this
+    large is kept as shards and aggregated on executors (:mod:`streaming_jobs.sharded_model`); one already kept
+    so stays so.
     """
     versions = locations.read(spark, MODEL_VERSIONS).where(F.col("model_name") == model_name)
     updates = locations.read(spark, UPDATES).where(F.col("model_name") == model_name)
@@ -83,10 +91,11 @@ def load_global_state(
         .orderBy("batch_id", "kafka_partition", "kafka_offset")
         .collect()
     )
+    sharded = _sharded_model(spark, locations, model_name, config, row, executor_min_parameters)
     pending = [
         PendingUpdate(
             update_id=pending_row.update_id,
-            delta=decode_tensors(bytes(pending_row.payload)),
+            delta={} if sharded is not None else decode_tensors(bytes(pending_row.payload)),
             base_version=pending_row.base_version,
             sample_count=pending_row.sample_count,
             received_at=pending_row.received_at.replace(tzinfo=UTC),
@@ -98,14 +107,55 @@ def load_global_state(
         )
         for pending_row in pending_rows
     ]
-    server = AsyncServer(
+    optimizer_state = decode_tensors(bytes(row.optimizer_state))
+    if sharded is None:
+        server = AsyncServer(
+            config,
+            decode_tensors(bytes(row.parameters)),
+            version=row.version,
+            optimizer_state=optimizer_state,
+            pending=pending,
+        )
+    else:
+        maker = ExecutorVersions(spark, locations, model_name, config, sharded, writer_id=writer_id)
+        scalars, _ = split_state(optimizer_state, config.make_optimizer())
+        server = AsyncServer(
+            config, {}, version=row.version, optimizer_state=scalars, pending=pending, make_version=maker
+        )
+    return GlobalState(model_name=model_name, server=server, parameter_hash=row.parameter_hash, sharded=sharded)
+
+
+def _sharded_model(
+    spark: SparkSession,
+    locations: TableLocations,
+    model_name: str,
+    config: AggregationConfig,
+    row: Row,
+    executor_min_parameters: int | None,
+) -> ShardedModel | None:
+    """The shard plan and key when the model is (or now becomes) kept as shards; ``None`` for the driver's path."""
+    if row.shards_key is not None:
+        if executor_min_parameters is None:
+            raise RuntimeError(
+                f"version {row.version} of {model_name!r} is kept as shards (made on executors): start the job "
+                "with --executor-aggregation-min-parameters to go on aggregating it"
+            )
+        return ShardedModel(plan_of(spark, locations, model_name, row.version, row.shards_key), row.shards_key)
+    if executor_min_parameters is None:
+        return None
+    parameters = decode_tensors(bytes(row.parameters))
+    if sum(int(array.size) for array in parameters.values()) < executor_min_parameters:
+        return None
+    return switch_to_shards(
+        spark,
+        locations,
+        model_name,
         config,
-        decode_tensors(bytes(row.parameters)),
         version=row.version,
+        parameters=parameters,
+        parameter_hash=row.parameter_hash,
         optimizer_state=decode_tensors(bytes(row.optimizer_state)),
-        pending=pending,
     )
-    return GlobalState(model_name=model_name, server=server, parameter_hash=row.parameter_hash)
 
 
 def initial_version_row(model_name: str, parameters: Tensors, config: AggregationConfig) -> ModelVersionRow:
@@ -137,4 +187,5 @@ def initial_version_row(model_name: str, parameters: Tensors, config: Aggregatio
         epsilon=None,
         epsilon_assumption=None,
         privacy_budget_exhausted=None,
+        shards_key=None,
     )

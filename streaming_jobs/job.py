@@ -12,12 +12,15 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F  # noqa: N812
 
@@ -26,10 +29,11 @@ from schemas.rows import ModelVersionRow
 from schemas.tensors import Tensors, decode_tensors
 from schemas.topics import UPDATES_TOPIC
 from streaming_jobs.checkpoint_identity import resolve_checkpoint_identity, spark_starting_offsets
+from streaming_jobs.executor_aggregation import version_shapes, version_values
 from streaming_jobs.global_state import MissingInitialVersionError, initial_version_row
 from streaming_jobs.initial_model import read_initial_model
 from streaming_jobs.intake_limits import intake_limits
-from streaming_jobs.publisher import VersionPublisher
+from streaming_jobs.publisher import ShardSource, VersionPublisher
 from streaming_jobs.settings import JobSettings
 from streaming_jobs.tables import MODEL_VERSIONS, TableLocations
 from streaming_jobs.update_batch import BatchOutcome, UpdateBatchProcessor
@@ -195,7 +199,7 @@ def run_job(
         enrolled = enrol_new_keys(spark, locations, public_keys_in(settings.enrol_public_keys_dir))
         logger.info("enrolled %d client keys from %s", enrolled, settings.enrol_public_keys_dir)
     settings = _with_population(spark, locations, settings)
-    publisher = VersionPublisher(settings)
+    publisher = VersionPublisher(settings, shard_source=_shard_source(spark, locations))
     progress = JobProgress(status_file)
 
     def report(versions: Sequence[ModelVersionRow], outcome: BatchOutcome) -> None:
@@ -206,7 +210,7 @@ def run_job(
 
     newest = _republish_newest(spark, settings, publisher)
     limits = intake_limits(
-        decode_tensors(newest.parameters),
+        _model_like(spark, locations, newest),
         kafka_max_message_bytes=settings.kafka.max_message_bytes,
         batch_bytes_budget=settings.batch_bytes_budget,
         max_offsets_per_trigger=settings.max_offsets_per_trigger,
@@ -256,6 +260,27 @@ def run_job(
         if query.isActive:
             query.stop()
         publisher.close()
+
+
+def _shard_source(spark: SparkSession, locations: TableLocations) -> ShardSource:
+    """Where the publisher reads a version kept as shards: ``model_shards``, a few shards at a time."""
+
+    def source(
+        row: ModelVersionRow,
+    ) -> tuple[Mapping[str, Sequence[int]], Callable[[], Iterable[npt.NDArray[np.float32]]]]:
+        assert row.shards_key is not None
+        shapes = version_shapes(spark, locations, row.model_name, row.version, row.shards_key)
+        return shapes, version_values(spark, locations, row.model_name, row.version, row.shards_key)
+
+    return source
+
+
+def _model_like(spark: SparkSession, locations: TableLocations, row: ModelVersionRow) -> Mapping[str, npt.NDArray[Any]]:
+    """The newest version's tensors, or for one kept as shards arrays of their shapes that hold no memory."""
+    if row.shards_key is None:
+        return decode_tensors(row.parameters)
+    shapes = version_shapes(spark, locations, row.model_name, row.version, row.shards_key)
+    return {name: np.broadcast_to(np.float32(0), tuple(shape)) for name, shape in shapes.items()}
 
 
 def _republish_newest(spark: SparkSession, settings: JobSettings, publisher: VersionPublisher) -> ModelVersionRow:

@@ -140,8 +140,12 @@ class MlflowRecorder:
         """Make ``row`` a version of the registered model: an MLflow model, else its parameters as an artifact.
 
         The model version carries the lineage as tags: ``global_version``, ``parameter_hash``,
-        ``fedstream_version`` and, for a private model, ``epsilon`` and ``epsilon_assumption``.
+        ``fedstream_version`` and, for a private model, ``epsilon`` and ``epsilon_assumption``. A version kept as
+        shards (made on executors) is not registered: its parameters are in ``model_shards``, not in the row.
         """
+        if row.shards_key is not None:
+            logger.info("MLflow: version %d is kept as shards in model_shards; not registered", row.version)
+            return
         name = self.settings.registered_model_name
         try:
             self.client.get_registered_model(name)

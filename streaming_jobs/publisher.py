@@ -92,11 +92,18 @@ def _header(row: ModelVersionRow, payload_sha256: str) -> ModelHeader:
     )
 
 
+ShardSource = Callable[
+    [ModelVersionRow], tuple[Mapping[str, Sequence[int]], Callable[[], Iterable[npt.NDArray[np.float32]]]]
+]
+"""A version kept as shards: its tensors' shapes and its values in order (``executor_aggregation.version_values``)."""
+
+
 class VersionPublisher:
     """Publishes versions to Kafka (acknowledged, signed with the job's key), then hands them to MLflow's worker."""
 
-    def __init__(self, settings: JobSettings) -> None:
+    def __init__(self, settings: JobSettings, shard_source: ShardSource | None = None) -> None:
         self.settings = settings
+        self.shard_source = shard_source
         self._signing_key = job_signing_key(settings)
         logger.info(
             "signing global versions with the key from %s (public key %s)",
@@ -118,9 +125,17 @@ class VersionPublisher:
         """
         limit = self.settings.kafka.max_message_bytes
         for row in sorted(rows, key=lambda row: row.version):
-            for key, value in model_records(row, self._signing_key.sign, limit):
+            for key, value in self._records(row, limit):
                 self._producer.send(MODELS_TOPIC, key=key, value=value)
         self._producer.flush(timeout=60)
+
+    def _records(self, row: ModelVersionRow, limit: int) -> Iterable[tuple[bytes, bytes]]:
+        if row.shards_key is None:
+            return model_records(row, self._signing_key.sign, limit)
+        if self.shard_source is None:
+            raise RuntimeError(f"version {row.version} is kept as shards and this publisher has no shard source")
+        shapes, values = self.shard_source(row)
+        return sharded_model_records(row, shapes, values, self._signing_key.sign, limit)
 
     def backfill_mlflow(self, newer_than: Callable[[int | None, int | None], Iterable[ModelVersionRow]]) -> None:
         """Queue the versions an unclean stop left out of MLflow (see ``BackgroundRecorder.backfill``)."""

@@ -113,6 +113,9 @@ class JobSettings(BaseModel):
     """Incomplete chunked updates one client may have open at once."""
     max_open_chunk_bytes: int = Field(default=2 * 2**30, gt=0)
     """Chunk bytes the job holds for all incomplete chunked updates together (in ``update_chunks``, not memory)."""
+    executor_aggregation_min_parameters: int | None = Field(default=None, gt=0)
+    """A model of at least this many parameters is kept as shards and aggregated on Spark's executors
+    (``streaming_jobs.sharded_model``); ``None``: every model on the driver."""
     """Reject an update whose ``created_at`` is further than this from its Kafka timestamp (None: no limit)."""
     enrol_public_keys_dir: str | None = None
     """Folder of ``<client_id>.pub`` files enrolled at start (convenience for local runs and the demo)."""

@@ -121,6 +121,7 @@ MODEL_VERSIONS_SCHEMA = StructType(
         StructField("epsilon", DoubleType(), True),
         StructField("epsilon_assumption", StringType(), True),
         StructField("privacy_budget_exhausted", BooleanType(), True),
+        StructField("shards_key", StringType(), True),
     ]
 )
 

@@ -148,7 +148,13 @@ class UpdateBatchProcessor:
         """Load the state (before ``before_batch`` wrote anything, to replay it) and the intake judging against it."""
         self._fresh_state = True
         state = load_global_state(
-            self.spark, self.locations, self.settings.model_name, self.settings.aggregation, before_batch=before_batch
+            self.spark,
+            self.locations,
+            self.settings.model_name,
+            self.settings.aggregation,
+            before_batch=before_batch,
+            executor_min_parameters=self.settings.executor_aggregation_min_parameters,
+            writer_id=self.identity.writer_id,
         )
         self._intake = Intake(
             state.server,
@@ -170,6 +176,7 @@ class UpdateBatchProcessor:
             max_message_bytes=self.limits.max_update_bytes,
             authenticate=None if self.registry is None else self.registry.check,
             before_batch=before_batch,
+            kept_as_shards=None if state.sharded is None else state.sharded.plan,
         )
         self._state = state
 
@@ -342,6 +349,10 @@ class UpdateBatchProcessor:
         now = datetime.now(UTC)
         kept = self.limits.rejected_bytes_kept
         chunked = self._take_chunks(chunk_messages, [*messages, *oversized], batch_id, now)
+        # A model aggregated on executors reads its updates' values from update_chunks: they go first.
+        chunks_first = state.sharded is not None
+        if chunks_first and UPDATE_CHUNKS.name not in written:
+            self._append_once(UPDATE_CHUNKS, chunked.kept)
         fresh = sorted(
             (
                 IntakeMessage(message, decoded, _aware(message.timestamp))
@@ -392,7 +403,7 @@ class UpdateBatchProcessor:
             [] if UPDATES.name in written else accepted,
             rejected,
             batch_id,
-            [] if UPDATE_CHUNKS.name in written else chunked.kept,
+            [] if UPDATE_CHUNKS.name in written or chunks_first else chunked.kept,
         )
         try:
             if recorded_ids is None:

@@ -39,6 +39,7 @@ def version_row(version: int, **overrides: Any) -> ModelVersionRow:
         "epsilon": None,
         "epsilon_assumption": None,
         "privacy_budget_exhausted": None,
+        "shards_key": None,
     }
     return ModelVersionRow(**{**fields, **overrides})
 

@@ -93,6 +93,8 @@ class AggregationResult:
     stalenesses: tuple[int, ...]
     mean_staleness: float
     max_staleness: int
+    parameter_hash: str | None = None
+    """Set when ``new_params`` is empty because the version is kept elsewhere (in shards): its identity."""
 
 
 class Strategy(ABC):

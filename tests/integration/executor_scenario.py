@@ -23,7 +23,7 @@ from producers.updates import build_chunked_update
 from schemas.chunks import UpdateChunk, assemble_update, decode_update_chunk
 from schemas.messages import Encoding
 from schemas.rows import UpdateChunkRow
-from schemas.tensors import Tensors, encode_tensors
+from schemas.tensors import Tensors, encode_tensors, parameter_hash
 from schemas.wire import DecodedUpdate
 from streaming_jobs.aggregation import recompute_parameters
 from streaming_jobs.executor_aggregation import (
@@ -180,7 +180,7 @@ def run(
         identical_weights=made.weights == whole.weights,
         identical_scalars=_same(made.optimizer_scalars, whole_scalars),
         audit_recomputes=_same(recomputed, parameters),
-        root_matches=made.root == shards_root(digests),
+        root_matches=made.root == shards_root(digests) and made.parameter_hash == parameter_hash(whole.new_params),
         published_matches=records == model_records(whole_row, _unsigned, MAX_MESSAGE_BYTES) and len(records) > 3,
         weights=made.weights,
     )

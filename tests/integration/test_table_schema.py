@@ -14,7 +14,7 @@ from tests.rows import version_row
 
 pytestmark = pytest.mark.stack
 
-NEW_COLUMNS = ("epsilon_assumption", "privacy_budget_exhausted")
+NEW_COLUMNS = ("epsilon_assumption", "privacy_budget_exhausted", "shards_key")
 OLD_SCHEMA = StructType([field for field in MODEL_VERSIONS_SCHEMA.fields if field.name not in NEW_COLUMNS])
 
 

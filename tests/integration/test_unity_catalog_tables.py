@@ -122,6 +122,7 @@ def _version(version: int, update_ids: list[str]) -> ModelVersionRow:
         epsilon=1.5 if version else None,
         epsilon_assumption="no_amplification" if version else None,
         privacy_budget_exhausted=False if version else None,
+        shards_key=None,
     )
 
 

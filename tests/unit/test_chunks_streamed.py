@@ -8,6 +8,7 @@ import pytest
 
 from schemas.chunks import assemble_model, decode_model_chunk, encode_model_chunks, encode_model_chunks_streamed
 from schemas.messages import ModelHeader
+from schemas.tensors import parameter_hash, parameter_hash_streamed
 
 HEADER = ModelHeader(
     model_name="har.cnn",
@@ -81,3 +82,14 @@ def test_a_wrong_count_or_a_non_finite_value_is_refused(values: np.ndarray, prob
     shapes = {name: array.shape for name, array in _model().items()}
     with pytest.raises(ValueError, match=problem):
         list(encode_model_chunks_streamed(HEADER, shapes, lambda: [values], max_message_bytes=LIMIT))
+
+
+@pytest.mark.parametrize("sizes", [[], [1] * 50, [3, 0, 1000, 7]])
+def test_the_parameter_hash_of_streamed_values_is_the_whole_tensors(sizes: list[int]) -> None:
+    model = {**_model(), "empty": np.zeros((0, 3), np.float32)}
+    shapes = {name: array.shape for name, array in model.items()}
+    assert parameter_hash_streamed(shapes, _pieces(_flat(model), sizes)) == parameter_hash(model)
+    with pytest.raises(ValueError, match="end inside"):
+        parameter_hash_streamed(shapes, [_flat(model)[:-1]])
+    with pytest.raises(ValueError, match="beyond"):
+        parameter_hash_streamed(shapes, [_flat(model), np.zeros(2, np.float32)])
