@@ -209,7 +209,7 @@ def test_a_table_created_without_properties_gets_them_and_its_missing_columns(sp
         [
             field
             for field in MODEL_VERSIONS_SCHEMA.fields
-            if field.name not in ("epsilon_assumption", "privacy_budget_exhausted")
+            if field.name not in ("epsilon_assumption", "privacy_budget_exhausted", "shards_key")
         ]
     )
     locations = TableLocations("unused", catalog_schema)
