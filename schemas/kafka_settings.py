@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from schemas.topics import MAX_MESSAGE_BYTES, topic_message_bytes
 
 DEFAULT_BOOTSTRAP_SERVERS = "localhost:9092"
+LOCAL_PORT_VARIABLE = "FEDSTREAM_KAFKA_PORT"
+"""The local stack's broker port (``devstack.kafka_broker``): the default bootstrap server's port too."""
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -101,12 +103,17 @@ class KafkaSettings(BaseModel):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> KafkaSettings:
-        """Settings from the environment (``ENVIRONMENT_VARIABLES``), defaulting to the local broker."""
+        """Settings from the environment (``ENVIRONMENT_VARIABLES``), defaulting to the local broker.
+
+        Without ``FEDSTREAM_KAFKA_BOOTSTRAP_SERVERS`` that is ``localhost`` on ``FEDSTREAM_KAFKA_PORT``, the port
+        ``fedstream stack up`` starts it on (9092 when unset), so one variable moves the stack and its users.
+        """
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {
             field: environ[variable] for variable, field in ENVIRONMENT_VARIABLES.items() if variable in environ
         }
-        values.setdefault("bootstrap_servers", DEFAULT_BOOTSTRAP_SERVERS)
+        local_port = environ.get(LOCAL_PORT_VARIABLE)
+        values.setdefault("bootstrap_servers", f"localhost:{local_port}" if local_port else DEFAULT_BOOTSTRAP_SERVERS)
         return cls.model_validate({**values, **overrides})
 
     @property

@@ -360,3 +360,14 @@ def test_job_settings_refuse_on_databricks_when_built(monkeypatch: pytest.Monkey
         monkeypatch.setenv(name, value)
     settings = good_databricks_settings()
     assert settings.catalog_schema == "main.federated"
+
+
+def test_without_bootstrap_servers_the_local_stacks_port_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEDSTREAM_KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("FEDSTREAM_KAFKA_PORT", "29092")  # where `fedstream stack up` then starts the broker
+    assert KafkaSettings.from_env().bootstrap_servers == "localhost:29092"
+    monkeypatch.setenv("FEDSTREAM_KAFKA_BOOTSTRAP_SERVERS", "broker:19092")  # named servers win
+    assert KafkaSettings.from_env().bootstrap_servers == "broker:19092"
+    monkeypatch.delenv("FEDSTREAM_KAFKA_PORT")
+    monkeypatch.delenv("FEDSTREAM_KAFKA_BOOTSTRAP_SERVERS")
+    assert KafkaSettings.from_env().bootstrap_servers == "localhost:9092"
