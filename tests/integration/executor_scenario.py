@@ -27,6 +27,7 @@ from schemas.tensors import Tensors, encode_tensors, parameter_hash
 from schemas.wire import DecodedUpdate
 from streaming_jobs.aggregation import recompute_parameters
 from streaming_jobs.executor_aggregation import (
+    ShardedVersion,
     aggregate_on_executors,
     read_version,
     shard_rows,
@@ -125,22 +126,9 @@ def run(
     whole_state = whole_optimizer.state_dict()
 
     scalars, _ = split_state(parent_state, optimizer)
-    made = aggregate_on_executors(
-        spark,
-        locations,
-        model_name=model_name,
-        config=config,
-        plan=ShardPlan.of(parent),
-        parent_version=1,
-        parent_key=PARENT_KEY,
-        parent_scalars=scalars,
-        update_ids=[update.update_id for update in pending],
-        weights=strategy.weights(pending, 1),
-        app_id="executor-scenario",
-        batch_id=2,
-    )
-    if again:
-        remade = aggregate_on_executors(
+
+    def make_version_2(batch_id: int) -> ShardedVersion:
+        return aggregate_on_executors(
             spark,
             locations,
             model_name=model_name,
@@ -152,8 +140,12 @@ def run(
             update_ids=[update.update_id for update in pending],
             weights=strategy.weights(pending, 1),
             app_id="executor-scenario",
-            batch_id=3,
+            batch_id=batch_id,
         )
+
+    made = make_version_2(2)
+    if again:
+        remade = make_version_2(3)
         assert (remade.key, remade.root, remade.weights) == (made.key, made.root, made.weights)
         rows = locations.read(spark, MODEL_SHARDS).where(f"model_name = '{model_name}' AND version = 2").count()
         assert rows == len(ShardPlan.of(parent).shards), rows
