@@ -54,6 +54,8 @@ _PIECES = "shard_ordinal long, position long, value_offset long, data binary, sl
 _GATHERED = "shard_ordinal long, parent binary, slots binary, deltas array<binary>"
 _PARENT = -1
 """``position`` of the parent version's piece among a shard's pieces (updates are 0, 1, ...)."""
+GATHERED_PARTITION_BYTES = 128 * 2**20
+"""About how much of the gathered shards one partition holds (at 100 M parameters and K = 10: ~40 partitions)."""
 FrameMap = Callable[[Iterator["pd.DataFrame"]], Iterator["pd.DataFrame"]]
 """A ``mapInPandas`` function."""
 
@@ -185,8 +187,7 @@ def _gather(
         locations.read(spark, UPDATE_CHUNKS)
         .where((functions.col("model_name") == model_name) & functions.col("update_id").isin(ids))
         .select("update_id", "assembly_id", "chunk_index", "value")
-        .dropDuplicates(["assembly_id", "chunk_index"])
-    )
+    )  # a chunk stored twice gives the same pieces twice: the gatherer keeps one (no shuffle of the bytes here)
     assemblies = chunks.groupBy("update_id").agg(functions.countDistinct("assembly_id").alias("n")).collect()
     found = {row.update_id: row.n for row in assemblies}
     problems = {update_id: found.get(update_id, 0) for update_id in ids if found.get(update_id, 0) != 1}
@@ -200,7 +201,16 @@ def _gather(
         functions.col("values").alias("data"),
         functions.col("optimizer_slots").alias("slots"),
     )
-    return pieces.unionByName(parent).groupBy("shard_ordinal").applyInPandas(_gatherer(plan, len(ids)), _GATHERED)
+    # Partitions of about GATHERED_PARTITION_BYTES: Spark caches and hands Python a partition at a time.
+    shard_bytes = (len(ids) + 3) * 4 * max(shard.size for shard in plan.shards)  # updates, parent, two slots
+    shards_per_partition = max(1, GATHERED_PARTITION_BYTES // max(shard_bytes, 1))
+    partitions = max(spark.sparkContext.defaultParallelism, -(-len(plan.shards) // shards_per_partition))
+    return (
+        pieces.unionByName(parent)
+        .repartition(partitions, "shard_ordinal")
+        .groupBy("shard_ordinal")
+        .applyInPandas(_gatherer(plan, len(ids)), _GATHERED)
+    )
 
 
 def _chunk_cutter(
@@ -267,6 +277,7 @@ def _gatherer(plan: ShardPlan, update_count: int) -> Callable[[pd.DataFrame], pd
         deltas = []
         for position in range(update_count):
             pieces = frame[frame["position"] == position].sort_values("value_offset")
+            pieces = pieces.drop_duplicates("value_offset")  # a chunk stored twice
             joined = b"".join(bytes(data) for data in pieces["data"])
             offsets = pieces["value_offset"].tolist()
             lengths = [len(data) // 4 for data in pieces["data"]]
@@ -285,7 +296,8 @@ def _gatherer(plan: ShardPlan, update_count: int) -> Callable[[pd.DataFrame], pd
 
 
 def _float32(data: bytes) -> npt.NDArray[np.float32]:
-    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+    """The float32 values of stored little-endian bytes, read-only and without a copy (nothing writes to them)."""
+    return np.frombuffer(data, dtype="<f4")
 
 
 def _collect_squared_sums(gathered: DataFrame, update_count: int) -> list[list[float]]:
