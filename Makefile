@@ -50,7 +50,7 @@ bench-quality: $(STAMP)
 bench-quality-quick: $(STAMP)
 	$(BIN)/python -m bench.quality --quick
 
-.PHONY: bench-privacy bench-robustness bench-faults bench-pipeline bench-scale bench-cadence
+.PHONY: bench-privacy bench-robustness bench-faults bench-pipeline bench-scale bench-executor-scale bench-cadence
 bench-privacy: $(STAMP)
 	$(BIN)/python -m bench.privacy $(BENCH_ARGS)
 
@@ -69,6 +69,9 @@ bench-pipeline: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(BIN)/python -m bench.scale $(BENCH_ARGS)
+
+bench-executor-scale: $(STAMP)
+	$(BIN)/python -m bench.executor_scale $(BENCH_ARGS)
 
 # The job on the open-source pair closest to Databricks Runtime 17.3 LTS (pyspark 4.0.0, delta-spark 4.0.0, Python
 # 3.12): the runtime's preinstalled versions first, then databricks.yml's pinned libraries on top, as the cluster
