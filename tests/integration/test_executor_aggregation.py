@@ -2,7 +2,8 @@
 
 A version made shard by shard on executors from ``update_chunks`` is bit-identical to the one the driver
 makes whole from the same parent and updates (parameters, optimizer slots and scalars, recorded weights), and
-the audit's recomputation from the recorded weights gives it again. One run uses a ``local-cluster`` master:
+the audit's recomputation from the recorded weights gives it again (differential privacy on executors is tested
+through the job: ``test_job_on_executors.py``). One run uses a ``local-cluster`` master:
 two executor JVMs of their own, so the shards really are computed away from the driver.
 """
 
@@ -24,9 +25,6 @@ pytestmark = pytest.mark.stack
 CONFIGS = {
     "trimmed_yogi": {"mode": "fedbuff", "buffer_size": 4, "server_optimizer": "yogi", "server_learning_rate": 0.01,
                      "robust_aggregation": "trimmed_mean", "trim_fraction": 0.25, "max_update_norm": 1.0},
-    "dp_adaptive_adam": {"mode": "fedbuff", "buffer_size": 4, "server_optimizer": "adam", "server_learning_rate": 0.01,
-                         "dp_noise_multiplier": 1.0, "dp_clip_norm": 0.5, "dp_adaptive_clipping": True,
-                         "dp_seed": 5, "weight_by_sample_count": False},
 }  # fmt: skip
 
 

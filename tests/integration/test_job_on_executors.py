@@ -3,8 +3,9 @@
 With ``--executor-aggregation-min-parameters`` below the model's size, signed chunked updates go through the
 real broker and job: the job accepts them without assembling them, makes each version on the executors, and
 publishes it in chunks. Every version clients receive is bit for bit the one the driver's own server computes
-from the same updates (Adam, so the optimizer's slots live in the shards too), across a restart of the job,
-which reloads the model from ``model_shards``.
+from the same updates (Adam, so the optimizer's slots live in the shards too; differential privacy with adaptive
+clipping, so noise is drawn shard by shard on the executors and the clip norm moves on the driver), across a
+restart of the job, which reloads the model from ``model_shards``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ PARAMETERS = {
     "body.weight": np.full((2, SHARD_VALUES // 2 + 70_000), 0.01, dtype=np.float32),  # three shards
     "head.bias": np.zeros(10, dtype=np.float32),
 }
-AGGREGATION = {"buffer_size": 2, "max_wait_seconds": None, "server_optimizer": "adam", "server_learning_rate": 0.01}
+AGGREGATION = {
+    "buffer_size": 2, "max_wait_seconds": None, "server_optimizer": "adam", "server_learning_rate": 0.01,
+    "weight_by_sample_count": False, "dp_noise_multiplier": 0.5, "dp_clip_norm": 5.0, "dp_adaptive_clipping": True,
+    "dp_seed": 1234,  # fixed here so that the reference draws the same noise; a real job draws a secret one
+}  # fmt: skip
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
