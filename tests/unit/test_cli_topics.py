@@ -12,7 +12,7 @@ from kafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError
 
 import fedstream.cli as cli
 import fedstream.cluster_topics as cluster_topics
-from schemas.kafka_settings import ENVIRONMENT_VARIABLES, KafkaSettings
+from schemas.kafka_settings import ENVIRONMENT_VARIABLES, LOCAL_PORT_VARIABLE, KafkaSettings
 from schemas.topics import (
     KAFKA_DEFAULT_MESSAGE_MAX_BYTES,
     MAX_MESSAGE_BYTES,
@@ -34,7 +34,7 @@ SECURED = {
 
 @pytest.fixture
 def secured_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in ENVIRONMENT_VARIABLES:
+    for variable in [*ENVIRONMENT_VARIABLES, LOCAL_PORT_VARIABLE]:
         monkeypatch.delenv(variable, raising=False)
     for variable, value in SECURED.items():
         monkeypatch.setenv(variable, value)
@@ -161,7 +161,7 @@ def test_a_topic_made_meanwhile_counts_as_found_and_a_refusal_is_reported(
     )
     assert outcome.created == [] and set(outcome.found) == {UPDATES_TOPIC, MODELS_TOPIC}
     monkeypatch.setattr(FakeAdmin, "refuse", TopicAuthorizationFailedError())
-    for variable in ENVIRONMENT_VARIABLES:
+    for variable in [*ENVIRONMENT_VARIABLES, LOCAL_PORT_VARIABLE]:
         monkeypatch.delenv(variable, raising=False)
     assert cli.main(["topics", "create", "--replication-factor", "1"]) == 1
     assert "localhost:9092 (PLAINTEXT): TopicAuthorizationFailedError" in capsys.readouterr().err

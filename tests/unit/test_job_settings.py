@@ -10,7 +10,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from schemas.kafka_settings import ENVIRONMENT_VARIABLES as KAFKA_VARIABLES
-from schemas.kafka_settings import KafkaSettings, jaas_config, login_module
+from schemas.kafka_settings import LOCAL_PORT_VARIABLE, KafkaSettings, jaas_config, login_module
 from schemas.topics import topic_message_bytes
 from streaming_jobs import databricks
 from streaming_jobs.settings import ENVIRONMENT_VARIABLES, JobSettings
@@ -41,7 +41,13 @@ class FakeDbutils:
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [*ENVIRONMENT_VARIABLES, *DATABRICKS_ENV, "SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE"]:
+    for name in [
+        *ENVIRONMENT_VARIABLES,
+        *DATABRICKS_ENV,
+        "SPARK_CONNECT_MODE_ENABLED",
+        "SPARK_REMOTE",
+        LOCAL_PORT_VARIABLE,
+    ]:
         monkeypatch.delenv(name, raising=False)
 
 

@@ -19,7 +19,7 @@ import producers.transport
 from producers.client import FederatedClient
 from producers.identity import ClientIdentity
 from producers.models import model_weights
-from schemas.kafka_settings import ENVIRONMENT_VARIABLES, KafkaSettings
+from schemas.kafka_settings import ENVIRONMENT_VARIABLES, LOCAL_PORT_VARIABLE, KafkaSettings
 from schemas.messages import ModelHeader
 from schemas.wire import DecodedModel, DecodedUpdate, decode_update
 
@@ -84,7 +84,7 @@ class _StopError(Exception):
 def test_the_connection_block_runs_one_cycle_with_fake_transports(
     device_folder: ClientIdentity, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for variable in ENVIRONMENT_VARIABLES:
+    for variable in [*ENVIRONMENT_VARIABLES, LOCAL_PORT_VARIABLE]:
         monkeypatch.delenv(variable, raising=False)
     construction, connection = _example_blocks()
     namespace: dict[str, Any] = {}
