@@ -91,7 +91,8 @@ def load_global_state(
         .orderBy("batch_id", "kafka_partition", "kafka_offset")
         .collect()
     )
-    sharded = _sharded_model(spark, locations, model_name, config, row, executor_min_parameters)
+    parameters = {} if row.shards_key is not None else decode_tensors(bytes(row.parameters))
+    sharded = _sharded_model(spark, locations, model_name, config, row, parameters, executor_min_parameters)
     pending = [
         PendingUpdate(
             update_id=pending_row.update_id,
@@ -111,7 +112,7 @@ def load_global_state(
     if sharded is None:
         server = AsyncServer(
             config,
-            decode_tensors(bytes(row.parameters)),
+            parameters,
             version=row.version,
             optimizer_state=optimizer_state,
             pending=pending,
@@ -131,6 +132,7 @@ def _sharded_model(
     model_name: str,
     config: AggregationConfig,
     row: Row,
+    parameters: Tensors,
     executor_min_parameters: int | None,
 ) -> ShardedModel | None:
     """The shard plan and key when the model is (or now becomes) kept as shards; ``None`` for the driver's path."""
@@ -143,7 +145,6 @@ def _sharded_model(
         return ShardedModel(plan_of(spark, locations, model_name, row.version, row.shards_key), row.shards_key)
     if executor_min_parameters is None:
         return None
-    parameters = decode_tensors(bytes(row.parameters))
     if sum(int(array.size) for array in parameters.values()) < executor_min_parameters:
         return None
     return switch_to_shards(

@@ -4,8 +4,8 @@ For such a model the driver never holds a tensor. Its :class:`aggregator.AsyncSe
 its updates no deltas: chunks are checked one by one as they arrive and stay in ``update_chunks``
 (:mod:`streaming_jobs.chunked_updates`); the server decides *which* updates make a version and their weights
 from metadata, as always, and :class:`ExecutorVersions` makes the version on the executors
-(:func:`streaming_jobs.executor_aggregation.aggregate_on_executors`), advancing the server's optimizer scalars
-(step count, DP clip norm and ledger) with the strategy's own ``apply`` on a model with no tensors. The
+(:func:`streaming_jobs.executor_aggregation.aggregate_on_executors`), and the server's optimizer takes the scalars
+(step count, DP clip norm and ledger) that call moved with the strategy's own ``apply`` on a model with no tensors. The
 version's ``model_versions`` row has no parameters: its ``parameter_hash`` is the whole version's (streamed from
 the shards: what clients check), and ``shards_key`` names its rows in ``model_shards``; ``fl.models`` gets the
 same chunks a whole version would (:func:`streaming_jobs.publisher.sharded_model_records`).
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy.typing as npt
 
-from aggregator import AggregationConfig, PendingUpdate, ServerOptimizer, ShardPlan, WholeModelFacts, make_strategy
+from aggregator import AggregationConfig, PendingUpdate, ServerOptimizer, ShardPlan, make_strategy
 from aggregator.shard_step import split_state
 from aggregator.strategies import AggregationResult
 from schemas.tensors import Tensors
@@ -103,8 +103,7 @@ class ExecutorVersions:
             app_id=f"{self.writer_id}:shards",
             batch_id=current_version + 1,
         )
-        facts = WholeModelFacts(made.delta_norms)
-        strategy.apply({}, [{} for _ in updates], list(made.weights), optimizer, version=made.version, facts=facts)
+        optimizer.load_state_dict(made.optimizer_scalars)  # step, DP clip norm and ledger after this version
         self.sharded.key = made.key
         self.sharded.made[made.version] = made
         stalenesses = tuple(current_version - update.base_version for update in updates)
