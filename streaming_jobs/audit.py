@@ -1,4 +1,10 @@
-"""Audits over the Delta tables: recompute a version from its parent and its recorded updates."""
+"""Audits over the Delta tables: recompute a version from its parent and its recorded updates.
+
+A version held whole is recomputed on the driver from the parent's and the updates' recorded tensors; a version
+kept as shards (or whose parent is) on the executors, from the parent's ``model_shards`` rows and the updates'
+chunks in ``update_chunks``, as the job made it (:func:`streaming_jobs.executor_aggregation.recompute_on_executors`).
+Either way nothing is written: the recomputed parameters are hashed and compared with the recorded hash.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,20 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F  # noqa: N812
 
-from aggregator import AggregationConfig
-from schemas.tensors import decode_tensors, parameter_hash
+from aggregator import AggregationConfig, ShardPlan
+from aggregator.shard_step import split_state
+from schemas.tensors import Tensors, decode_tensors, parameter_hash
 from streaming_jobs.aggregation import recompute_parameters
+from streaming_jobs.executor_aggregation import (
+    recompute_on_executors,
+    shard_frame,
+    shard_rows,
+    shards_of_version,
+    version_shapes,
+)
 from streaming_jobs.tables import MODEL_VERSIONS, REJECTED_UPDATES, UPDATES, TableLocations, TableSpec
 
 
@@ -34,19 +48,52 @@ class VersionVerification:
 def verify_version(
     spark: SparkSession, locations: TableLocations, model_name: str, version: int
 ) -> VersionVerification:
-    """Recompute ``version`` from ``version - 1``: its parameters, optimizer state and the recorded updates."""
+    """Recompute ``version`` from ``version - 1``: its parameters, optimizer state and the recorded updates.
+
+    A version kept as shards, or whose parent is, is recomputed on Spark's executors (see :func:`verify_rows`).
+    """
     if version < 1:
         raise ValueError(f"version 0 has no parent to recompute it from (got {version})")
     versions = locations.read(spark, MODEL_VERSIONS).where(F.col("model_name") == model_name)
     rows = {row.version: row for row in versions.where(F.col("version").isin(version - 1, version)).collect()}
     if version not in rows or version - 1 not in rows:
         raise LookupError(f"model {model_name!r} has no version {version} or no parent {version - 1}")
-    row, parent = rows[version], rows[version - 1]
-    if row.shards_key is not None or parent.shards_key is not None:
-        raise LookupError(
-            f"version {version} of {model_name!r} or its parent is kept as shards in model_shards (made on Spark's "
-            "executors); audit verify does not recompute such versions yet"
+    return verify_rows(spark, locations, rows[version], rows[version - 1])
+
+
+def verify_rows(spark: SparkSession, locations: TableLocations, row: Row, parent: Row) -> VersionVerification:
+    """Recompute the version of ``model_versions`` row ``row`` from its parent's row ``parent``; write nothing.
+
+    Uses what ``row`` records (update ids, weights, configuration) as given, so a caller can ask what a
+    different record would verify as. A version held whole, with a parent held whole, is recomputed on the
+    driver from the ``updates`` payloads; one kept as shards (``shards_key``), or whose parent is, on the
+    executors (:func:`_recompute_sharded`). Raises ``LookupError`` when an update's payload or the parent's
+    shards are missing, ``ValueError`` when ``parent`` is not the row's parent or an update's chunks are not all
+    in ``update_chunks``.
+    """
+    if row.parent_version != parent.version or row.model_name != parent.model_name:
+        raise ValueError(
+            f"row of version {row.version} of {row.model_name!r} names parent {row.parent_version}, "
+            f"got version {parent.version} of {parent.model_name!r}"
         )
+    config = AggregationConfig.from_recorded(json.loads(row.config_json))
+    if row.shards_key is not None or parent.shards_key is not None:
+        recomputed_hash = _recompute_sharded(spark, locations, row, parent, config)
+    else:
+        recomputed_hash = parameter_hash(_recompute_whole(spark, locations, row, parent, config))
+    return VersionVerification(
+        version=row.version,
+        stored_hash=row.parameter_hash,
+        recomputed_hash=recomputed_hash,
+        parent_hash_matches=row.parent_parameter_hash == parent.parameter_hash,
+        update_count=len(row.update_ids),
+    )
+
+
+def _recompute_whole(
+    spark: SparkSession, locations: TableLocations, row: Row, parent: Row, config: AggregationConfig
+) -> Tensors:
+    """The version's parameters, recomputed on the driver from the parent's row and the updates' payloads."""
     payloads = {
         update.update_id: update.payload
         for update in locations.read(spark, UPDATES)
@@ -56,27 +103,62 @@ def verify_version(
     }
     missing = [update_id for update_id in row.update_ids if update_id not in payloads]
     if missing:
-        raise LookupError(f"version {version} names updates missing from the updates table: {missing[:5]}")
-    config = AggregationConfig.from_recorded(json.loads(row.config_json))
+        raise LookupError(f"version {row.version} names updates missing from the updates table: {missing[:5]}")
     optimizer = config.make_optimizer()
     parent_state = decode_tensors(bytes(parent.optimizer_state))
     if parent_state:
         optimizer.load_state_dict(parent_state)
-    recomputed = recompute_parameters(
+    return recompute_parameters(
         decode_tensors(bytes(parent.parameters)),
         [decode_tensors(bytes(payloads[update_id])) for update_id in row.update_ids],
         list(row.update_weights),
         config,
         optimizer,
-        version=version,
+        version=row.version,
     )
-    return VersionVerification(
-        version=version,
-        stored_hash=row.parameter_hash,
-        recomputed_hash=parameter_hash(recomputed),
-        parent_hash_matches=row.parent_parameter_hash == parent.parameter_hash,
-        update_count=len(row.update_ids),
+
+
+def _recompute_sharded(
+    spark: SparkSession, locations: TableLocations, row: Row, parent: Row, config: AggregationConfig
+) -> str:
+    """The version's parameter hash, recomputed on the executors from the parent's shards and the updates' chunks.
+
+    A parent kept as shards is read from its ``model_shards`` rows (``shards_key``); a parent held whole (the
+    version the model switched to shards at) is cut into shards from its own row, which the driver held whole
+    when the job ran. The parent's slots come with its shards, its scalars from its recorded optimizer state.
+    """
+    parent_state = decode_tensors(bytes(parent.optimizer_state))
+    parent_scalars, _ = split_state(parent_state, config.make_optimizer())
+    if parent.shards_key is not None:
+        parent_key = parent.shards_key
+        shapes = version_shapes(spark, locations, row.model_name, parent.version, parent_key)
+        if not shapes:
+            raise LookupError(
+                f"version {parent.version} of {row.model_name!r} is kept as shards, but model_shards has no rows "
+                f"under its key {parent_key}"
+            )
+        plan = ShardPlan(tuple((name, tuple(shapes[name])) for name in sorted(shapes)))
+        parent_shards = shards_of_version(spark, locations, row.model_name, parent.version, parent_key)
+    else:
+        parent_key = parent.parameter_hash  # what the job keys a switched version's shards by
+        parameters = decode_tensors(bytes(parent.parameters))
+        plan = ShardPlan.of(parameters)
+        rows = shard_rows(row.model_name, parent.version, parent_key, parameters, parent_state, config, batch_id=-1)
+        parent_shards = shard_frame(spark, rows)
+    recomputed = recompute_on_executors(
+        spark,
+        locations,
+        model_name=row.model_name,
+        config=config,
+        plan=plan,
+        version=row.version,
+        parent=parent_shards,
+        parent_key=parent_key,
+        parent_scalars=parent_scalars,
+        update_ids=list(row.update_ids),
+        applied_weights=list(row.update_weights),
     )
+    return recomputed.parameter_hash
 
 
 AuditRow = dict[str, object]

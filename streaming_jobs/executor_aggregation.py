@@ -4,13 +4,14 @@ For models too large for the driver. No tensor reaches the driver: the executors
 the version's updates into shard pieces (:mod:`aggregator.shards`), gather every shard's pieces with the parent
 version's shard (``model_shards``), and return per-shard partial sums; the driver turns those into the applied
 weights (clip factors, Krum's choice: :class:`aggregator.shard_step.ShardStatistics`) and the optimizer's
-scalar state, and the executors compute and write every shard of the new version
-(:func:`aggregator.shard_step.compute_shard`). The version is bit-identical to the one the driver computes whole
-from the same parent and updates (``tests/integration/test_executor_aggregation.py``), so ``audit`` can
-recompute either.
+scalar state, and the executors compute every shard of the new version
+(:func:`aggregator.shard_step.compute_shard`). :func:`aggregate_on_executors` writes those shards to
+``model_shards``; :func:`recompute_on_executors` computes them again from a recorded version's inputs and only
+hashes them (``audit verify``). The version is bit-identical to the one the driver computes whole from the same
+parent and updates (``tests/integration/test_executor_aggregation.py``), so ``audit`` can recompute either.
 
 Passes over the data: one shuffle gathers each shard's pieces (kept, memory and disk, for the rest), one map
-gives the norms' partials, one more the distances' (Krum only), one computes and writes the shards.
+gives the norms' partials, one more the distances' (Krum only), one computes the shards.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -42,7 +44,10 @@ __all__ = [
     "ShardedVersion",
     "aggregate_on_executors",
     "read_version",
+    "recompute_on_executors",
+    "shard_frame",
     "shard_rows",
+    "shards_of_version",
     "shards_root",
     "version_key",
     "version_shapes",
@@ -62,7 +67,10 @@ FrameMap = Callable[[Iterator["pd.DataFrame"]], Iterator["pd.DataFrame"]]
 
 @dataclass(frozen=True)
 class ShardedVersion:
-    """A version written to ``model_shards``: what its ``model_versions`` row and the next version need.
+    """A version made on the executors: what its ``model_versions`` row and the next version need.
+
+    Written to ``model_shards`` by :func:`aggregate_on_executors`; only computed and hashed by
+    :func:`recompute_on_executors`.
 
     ``weights``: as applied (an audit recomputes from them); ``optimizer_scalars``: the optimizer state but its
     per-parameter slots (those are in the shard rows); ``root``: :func:`shards_root` of the new shards; ``key``:
@@ -118,38 +126,153 @@ def aggregate_on_executors(
     :func:`version_key`, so running this again with the same inputs writes nothing and returns the same version.
     ``batch_id`` is recorded on the rows. Raises ``ValueError`` when an update's chunks are not all stored.
     """
-    version = parent_version + 1
-    positions = {update_id: position for position, update_id in enumerate(update_ids)}
-    if len(positions) != len(update_ids):
-        raise ValueError(f"update ids repeat: {sorted(update_ids)}")
     locations.ensure_table(spark, MODEL_SHARDS)
-    gathered = _gather(spark, locations, model_name, plan, parent_version, parent_key, positions).persist()
+    inputs = _VersionInputs(
+        model_name=model_name,
+        config=config,
+        plan=plan,
+        version=parent_version + 1,
+        parent=shards_of_version(spark, locations, model_name, parent_version, parent_key),
+        parent_key=parent_key,
+        parent_scalars=parent_scalars,
+        update_ids=update_ids,
+        batch_id=batch_id,
+    )
+    with _computed(spark, locations, inputs, weights, weights_applied=False) as computed:
+        app = f"{app_id}:{computed.key}"
+        locations.append_frame(MODEL_SHARDS, computed.shards, app_id=app, batch_id=computed.version)
+    written = shards_of_version(spark, locations, model_name, computed.version, computed.key)
+    root, streamed_hash = _hashes(written, plan, computed.version)
+    return computed.made(streamed_hash, root)
+
+
+def recompute_on_executors(
+    spark: SparkSession,
+    locations: TableLocations,
+    *,
+    model_name: str,
+    config: AggregationConfig,
+    plan: ShardPlan,
+    version: int,
+    parent: DataFrame,
+    parent_key: str,
+    parent_scalars: Mapping[str, npt.NDArray[Any]],
+    update_ids: Sequence[str],
+    applied_weights: Sequence[float],
+) -> ShardedVersion:
+    """Compute a recorded version again on the executors, as :func:`aggregate_on_executors` made it; write nothing.
+
+    For audits: ``applied_weights`` are the version's recorded weights (clip factors, Krum's choice folded in),
+    ``config`` its recorded configuration, ``parent`` the parent version's ``model_shards`` rows
+    (:func:`shards_of_version`, or :func:`shard_frame` of a parent held whole) and ``parent_scalars`` its
+    optimizer state without slots. The new shards are kept (memory and disk) only while they are hashed; the
+    result's ``parameter_hash`` is what the version's ``model_versions`` row must record, and its ``key`` what
+    its ``shards_key`` must be when ``parent_key`` is the parent's. Raises ``ValueError`` when an update's
+    chunks are not all in ``update_chunks``; a shard missing from ``parent`` fails the Spark job.
+    """
+    inputs = _VersionInputs(
+        model_name=model_name,
+        config=config,
+        plan=plan,
+        version=version,
+        parent=parent,
+        parent_key=parent_key,
+        parent_scalars=parent_scalars,
+        update_ids=update_ids,
+        batch_id=-1,
+    )
+    with _computed(spark, locations, inputs, applied_weights, weights_applied=True) as computed:
+        shards = computed.shards.persist()
+        try:
+            root, streamed_hash = _hashes(shards, plan, version)
+        finally:
+            shards.unpersist()
+    return computed.made(streamed_hash, root)
+
+
+@dataclass(frozen=True)
+class _VersionInputs:
+    """What one version is computed from: the parent's shard rows and scalars, the updates, the configuration."""
+
+    model_name: str
+    config: AggregationConfig
+    plan: ShardPlan
+    version: int
+    parent: DataFrame
+    parent_key: str
+    parent_scalars: Mapping[str, npt.NDArray[Any]]
+    update_ids: Sequence[str]
+    batch_id: int
+
+
+@dataclass(frozen=True)
+class _ComputedVersion:
+    """A version whose shards the executors compute when an action runs on ``shards`` (``model_shards`` rows)."""
+
+    version: int
+    key: str
+    weights: tuple[float, ...]
+    delta_norms: tuple[float, ...]
+    optimizer_scalars: dict[str, npt.NDArray[Any]]
+    shards: DataFrame
+
+    def made(self, parameter_hash: str, root: str) -> ShardedVersion:
+        return ShardedVersion(
+            self.version, self.key, parameter_hash, self.weights, self.delta_norms, self.optimizer_scalars, root
+        )
+
+
+@contextmanager
+def _computed(
+    spark: SparkSession,
+    locations: TableLocations,
+    inputs: _VersionInputs,
+    weights: Sequence[float],
+    *,
+    weights_applied: bool,
+) -> Iterator[_ComputedVersion]:
+    """The version's shards as a DataFrame to write or hash inside the block (the gathered shards are kept).
+
+    ``weights_applied``: ``weights`` are the version's applied weights, as recorded (an audit); otherwise the
+    strategy's weights from the updates' metadata, into which the strategy folds what it decides from the
+    deltas' statistics.
+    """
+    positions = {update_id: position for position, update_id in enumerate(inputs.update_ids)}
+    if len(positions) != len(inputs.update_ids):
+        raise ValueError(f"update ids repeat: {sorted(inputs.update_ids)}")
+    config = inputs.config
+    gathered = _gather(spark, locations, inputs.model_name, inputs.plan, inputs.parent, positions).persist()
     try:
-        squared = _collect_squared_sums(gathered, len(update_ids))
+        squared = _collect_squared_sums(gathered, len(positions))
         statistics = ShardStatistics(squared, lambda factors: _collect_distance_partials(gathered, factors))
-        strategy = make_strategy(config)
-        decider = config.make_optimizer()
-        if parent_scalars:
-            decider.load_state_dict(parent_scalars)
-        applied = strategy.applied_weights(statistics, weights, decider)
+        if weights_applied:
+            applied = [float(weight) for weight in weights]
+        else:
+            decider = config.make_optimizer()
+            if inputs.parent_scalars:
+                decider.load_state_dict(inputs.parent_scalars)
+            applied = make_strategy(config).applied_weights(statistics, weights, decider)
         norms = statistics.norms()
-        key = version_key(parent_key, update_ids, applied, json.dumps(config.to_dict(), sort_keys=True))
-        identity = _VersionIdentity(model_name, version, key)
-        compute = _computer(config, plan, identity, applied, norms, parent_scalars, batch_id)
-        new_shards = gathered.mapInPandas(compute, MODEL_SHARDS.schema)
-        locations.append_frame(MODEL_SHARDS, new_shards, app_id=f"{app_id}:{key}", batch_id=version)
+        config_json = json.dumps(config.to_dict(), sort_keys=True)
+        key = version_key(inputs.parent_key, inputs.update_ids, applied, config_json)
+        identity = _VersionIdentity(inputs.model_name, inputs.version, key)
+        compute = _computer(config, inputs.plan, identity, applied, norms, inputs.parent_scalars, inputs.batch_id)
+        scalars = next_scalar_state(config, inputs.parent_scalars, applied, version=inputs.version, delta_norms=norms)
+        shards = gathered.mapInPandas(compute, MODEL_SHARDS.schema)
+        yield _ComputedVersion(inputs.version, key, tuple(applied), norms, scalars, shards)
     finally:
         gathered.unpersist()
-    digests = (
-        _version_rows(spark, locations, model_name, version, key).select("shard_ordinal", "values_sha256").collect()
-    )
+
+
+def _hashes(shards: DataFrame, plan: ShardPlan, version: int) -> tuple[str, str]:
+    """``(shards_root, parameter hash)`` of a version's ``model_shards`` rows; the values stream a few at a time."""
+    digests = shards.select("shard_ordinal", "values_sha256").collect()
     ordered = [row.values_sha256 for row in sorted(digests, key=lambda row: row.shard_ordinal)]
     if len(ordered) != len(plan.shards):
-        raise RuntimeError(f"version {version} has {len(ordered)} shards in model_shards, expected {len(plan.shards)}")
-    scalars = next_scalar_state(config, parent_scalars, applied, version=version, delta_norms=norms)
-    shapes = version_shapes(spark, locations, model_name, version, key)
-    streamed_hash = parameter_hash_streamed(shapes, version_values(spark, locations, model_name, version, key)())
-    return ShardedVersion(version, key, streamed_hash, tuple(applied), norms, scalars, shards_root(ordered))
+        raise RuntimeError(f"version {version} has {len(ordered)} shards, expected {len(plan.shards)}")
+    shapes = {name: list(shape) for name, shape in plan.shapes}
+    streamed_hash = parameter_hash_streamed(shapes, _frame_values(shards, len(ordered))())
+    return shards_root(ordered), streamed_hash
 
 
 @dataclass(frozen=True)
@@ -159,7 +282,9 @@ class _VersionIdentity:
     key: str
 
 
-def _version_rows(spark: SparkSession, locations: TableLocations, model_name: str, version: int, key: str) -> DataFrame:
+def shards_of_version(
+    spark: SparkSession, locations: TableLocations, model_name: str, version: int, key: str
+) -> DataFrame:
     """``model_shards`` rows of one version made from one set of inputs (its :func:`version_key`)."""
     from pyspark.sql import functions
 
@@ -175,11 +300,13 @@ def _gather(
     locations: TableLocations,
     model_name: str,
     plan: ShardPlan,
-    parent_version: int,
-    parent_key: str,
+    parent: DataFrame,
     positions: Mapping[str, int],
 ) -> DataFrame:
-    """One row per shard: the parent's values and slots, and every update's values of the shard, in order."""
+    """One row per shard: the parent's values and slots, and every update's values of the shard, in order.
+
+    ``parent``: the parent version's ``model_shards`` rows.
+    """
     from pyspark.sql import functions
 
     ids = list(positions)
@@ -194,7 +321,7 @@ def _gather(
     if problems:
         raise ValueError(f"updates without exactly one stored chunk assembly: {problems}")
     pieces = chunks.mapInPandas(_chunk_cutter(plan, dict(positions)), _PIECES)
-    parent = _version_rows(spark, locations, model_name, parent_version, parent_key).select(
+    parent_pieces = parent.select(
         functions.col("shard_ordinal"),
         functions.lit(_PARENT).cast("long").alias("position"),
         functions.lit(0).cast("long").alias("value_offset"),
@@ -206,7 +333,7 @@ def _gather(
     shards_per_partition = max(1, GATHERED_PARTITION_BYTES // max(shard_bytes, 1))
     partitions = max(spark.sparkContext.defaultParallelism, -(-len(plan.shards) // shards_per_partition))
     return (
-        pieces.unionByName(parent)
+        pieces.unionByName(parent_pieces)
         .repartition(partitions, "shard_ordinal")
         .groupBy("shard_ordinal")
         .applyInPandas(_gatherer(plan, len(ids)), _GATHERED)
@@ -445,13 +572,17 @@ def write_shards(
     batch_id: int | None,
 ) -> None:
     """Append :func:`shard_rows` to ``model_shards`` (once per ``(app_id, batch_id)``), handed over as Arrow."""
+    locations.ensure_table(spark, MODEL_SHARDS)
+    locations.append_frame(MODEL_SHARDS, shard_frame(spark, rows), app_id=app_id, batch_id=batch_id)
+
+
+def shard_frame(spark: SparkSession, rows: Iterator[dict[str, Any]]) -> DataFrame:
+    """:func:`shard_rows` as a DataFrame of ``model_shards`` rows, handed to the JVM as one Arrow table."""
     import pyarrow as pa
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    locations.ensure_table(spark, MODEL_SHARDS)
     schema = to_arrow_schema(MODEL_SHARDS.schema, timezone="UTC")
-    frame = spark.createDataFrame(pa.Table.from_pylist(list(rows), schema=schema))
-    locations.append_frame(MODEL_SHARDS, frame, app_id=app_id, batch_id=batch_id)
+    return spark.createDataFrame(pa.Table.from_pylist(list(rows), schema=schema))
 
 
 def version_shapes(
@@ -459,7 +590,10 @@ def version_shapes(
 ) -> dict[str, list[int]]:
     """Each tensor's shape in a version kept as shards (no values are read)."""
     rows = (
-        _version_rows(spark, locations, model_name, version, key).select("tensor", "tensor_shape").distinct().collect()
+        shards_of_version(spark, locations, model_name, version, key)
+        .select("tensor", "tensor_shape")
+        .distinct()
+        .collect()
     )
     return {row.tensor: list(row.tensor_shape) for row in rows}
 
@@ -478,8 +612,14 @@ def version_values(
     Each call reads the shards again, ``shards_per_read`` at a time (16 MiB of float32 by default), so the driver
     holds a few shards, never the version.
     """
-    table = _version_rows(spark, locations, model_name, version, key)
-    count = table.count()
+    table = shards_of_version(spark, locations, model_name, version, key)
+    return _frame_values(table, table.count(), shards_per_read)
+
+
+def _frame_values(
+    table: DataFrame, count: int, shards_per_read: int = 16
+) -> Callable[[], Iterator[npt.NDArray[np.float32]]]:
+    """The ``values`` of ``count`` shard rows in ordinal order, read ``shards_per_read`` shards at a time."""
 
     def values() -> Iterator[npt.NDArray[np.float32]]:
         for first in range(0, count, shards_per_read):
@@ -501,7 +641,7 @@ def read_version(
 
     Brings the whole model to the driver: for tests, and audits of models that fit it.
     """
-    rows = _version_rows(spark, locations, model_name, version, key).orderBy("shard_ordinal").collect()
+    rows = shards_of_version(spark, locations, model_name, version, key).orderBy("shard_ordinal").collect()
     if not rows:
         raise ValueError(f"model_shards has no version {version} of {model_name!r}")
     shapes = tuple(sorted({(row.tensor, tuple(row.tensor_shape)) for row in rows}))

@@ -5,7 +5,9 @@ real broker and job: the job accepts them without assembling them, makes each ve
 publishes it in chunks. Every version clients receive is bit for bit the one the driver's own server computes
 from the same updates (Adam, so the optimizer's slots live in the shards too; differential privacy with adaptive
 clipping, so noise is drawn shard by shard on the executors and the clip norm moves on the driver), across a
-restart of the job, which reloads the model from ``model_shards``.
+restart of the job, which reloads the model from ``model_shards``. ``audit verify`` recomputes both versions on the
+executors from what the tables record, writing nothing, and finds them exact; a record with one weight changed
+does not verify.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pyspark.sql import Row
 from pyspark.sql import functions as F  # noqa: N812
 
 from aggregator import SHARD_VALUES, AggregationConfig, AsyncServer, PendingUpdate
@@ -26,7 +29,8 @@ from schemas.chunks import encode_update_chunks
 from schemas.kafka_settings import KafkaSettings
 from schemas.messages import UpdateHeader
 from schemas.tensors import Tensors, encode_tensors, parameter_hash
-from streaming_jobs.tables import MODEL_VERSIONS, UPDATES, TableLocations
+from streaming_jobs.audit import verify_chain, verify_rows
+from streaming_jobs.tables import MODEL_SHARDS, MODEL_VERSIONS, UPDATES, TableLocations
 from tests.conftest import RunningStack
 from tests.integration.job_process import JobThread, quick_job_options
 
@@ -117,3 +121,14 @@ def test_a_model_kept_as_shards_is_aggregated_on_executors_bit_for_bit(
         assert list(row.update_weights) == list(expected.weights)
     payloads = locations.read(spark, UPDATES).where(F.col("model_name") == model).select("payload").collect()
     assert len(payloads) == 4 and not any(row.payload for row in payloads), "the values stay in update_chunks"
+
+    shards_before = locations.read(spark, MODEL_SHARDS).count()
+    checks = verify_chain(spark, locations, model, 2)  # version 1 from version 0 held whole; 2 from 1's shards
+    assert [(check["version"], check["ok"]) for check in checks] == [(1, True), (2, True)], checks
+    assert all(check["recomputed_hash"] == rows[check["version"]].parameter_hash for check in checks)
+    weights = list(rows[2].update_weights)
+    tampered = Row(**{**rows[2].asDict(), "update_weights": [weights[0] * 1.5, *weights[1:]]})
+    forged = verify_rows(spark, locations, tampered, rows[1])
+    assert not forged.ok and forged.parent_hash_matches, "a changed weight recomputes to another version"
+    assert forged.recomputed_hash != rows[2].parameter_hash
+    assert locations.read(spark, MODEL_SHARDS).count() == shards_before, "an audit writes nothing"
