@@ -53,7 +53,8 @@ class AggregationConfig:
     ``privacy`` is ``None`` with DP off. With DP on, every version takes at most one update per client
     (:attr:`bounds_contributions`) and the strategy must weigh without sample counts and without a robust
     rule. Leave the DP seed unset outside tests and simulations: drivers draw a secret one when they start
-    (:meth:`with_secret_dp_seed`).
+    (:meth:`with_secret_dp_seed`). ``cohort_fraction`` (synchronous strategies only; ``None``: every client)
+    lets each version open a round in which only the clients :func:`schemas.cohorts.in_cohort` draws may train.
     """
 
     strategy: str = "fedbuff"
@@ -64,6 +65,7 @@ class AggregationConfig:
     mixing: float = 0.5
     robust: RobustPolicy = NO_ROBUST_RULE
     privacy: PrivacyPolicy | None = None
+    cohort_fraction: float | None = None
 
     def __post_init__(self) -> None:
         """Validate what spans the policies (each policy validated itself when it was built)."""
@@ -71,6 +73,8 @@ class AggregationConfig:
         if not isinstance(self.weight_by_sample_count, bool):
             raise InvalidConfigError(f"weight_by_sample_count must be a bool, got {self.weight_by_sample_count!r}")
         check_fraction("mixing", self.mixing)
+        if self.cohort_fraction is not None:
+            self._check_cohort(self.cohort_fraction)
         strategy.check_config(self)
         if not self.robust.is_default and not strategy.accepts_robust_aggregation:
             raise InvalidConfigError(
@@ -79,6 +83,15 @@ class AggregationConfig:
             )
         if self.privacy is not None:
             self._check_privacy(self.privacy)
+
+    def _check_cohort(self, fraction: float) -> None:
+        if not strategy_class(self.strategy).synchronous:
+            raise InvalidConfigError(
+                f"cohort_fraction draws the clients of a synchronous round, so it needs mode "
+                f"{_strategies_accepting('synchronous')}, got mode {self.strategy!r}"
+            )
+        if isinstance(fraction, bool) or not isinstance(fraction, float) or not 0 < fraction <= 1:
+            raise InvalidConfigError(f"cohort_fraction must be a float in (0, 1], got {fraction!r}")
 
     def _check_privacy(self, privacy: PrivacyPolicy) -> None:
         if not strategy_class(self.strategy).accepts_privacy:
@@ -177,6 +190,8 @@ class AggregationConfig:
         if self.privacy is not None:
             data |= _section_to_dict(self.privacy, only_changed=True)
             data[PrivacyPolicy.JSON_KEYS["noise_streams"]] = self.privacy.noise_streams  # see from_recorded
+        if self.cohort_fraction is not None:
+            data["cohort_fraction"] = self.cohort_fraction
         return data
 
     @classmethod
@@ -209,6 +224,7 @@ class AggregationConfig:
         privacy = _privacy_from_dict(remaining)
         weight_by_sample_count = remaining.pop("weight_by_sample_count", default.weight_by_sample_count)
         mixing = _as_float(remaining.pop("mixing", default.mixing))
+        cohort_fraction = _as_float(remaining.pop("cohort_fraction", None))
         if remaining:
             raise InvalidConfigError(
                 f"unknown aggregation config keys {sorted(remaining)}; known keys are {sorted(_known_keys())}"
@@ -222,6 +238,7 @@ class AggregationConfig:
             mixing=mixing,
             robust=robust,
             privacy=privacy,
+            cohort_fraction=cohort_fraction,
         )
 
 
@@ -238,7 +255,7 @@ def _strategy_name(remaining: dict[str, Any]) -> str:
 def _known_keys() -> set[str]:
     """Every key ``from_dict`` reads."""
     sections = (BufferPolicy, StalenessPolicy, ServerOptimizerSettings, RobustPolicy, PrivacyPolicy)
-    return {"mode", "strategy", "weight_by_sample_count", "mixing"}.union(
+    return {"mode", "strategy", "weight_by_sample_count", "mixing", "cohort_fraction"}.union(
         *(section.JSON_KEYS.values() for section in sections)
     )
 

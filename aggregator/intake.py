@@ -24,6 +24,7 @@ from typing import Generic, TypeVar
 from aggregator._checks import check_aware
 from aggregator.server import AsyncServer, NewVersion
 from aggregator.strategies import PendingUpdate
+from schemas.cohorts import in_cohort
 from schemas.rejections import Rejection, RejectionReason
 from schemas.validation import validate_update
 from schemas.wire import DecodedUpdate
@@ -195,7 +196,24 @@ class Intake:
         if update_id in self.known_update_ids:
             problems.insert(0, Rejection(RejectionReason.DUPLICATE_UPDATE, f"update_id {update_id} seen before"))
         problems[:0] = self._authenticity_problems(decoded, sent_at)
+        cohort = self._cohort_problem(decoded)
+        if cohort is not None:
+            problems.append(cohort)
         return problems
+
+    def _cohort_problem(self, decoded: DecodedUpdate) -> Rejection | None:
+        """In a synchronous round with a cohort: an update of the open round from a client not drawn for it."""
+        fraction = self.server.config.cohort_fraction
+        header = decoded.header
+        if fraction is None or header.base_version != self.server.version:
+            return None  # a late or future update has its own problem already
+        if in_cohort(self.model_name, header.base_version, header.client_id, fraction):
+            return None
+        return Rejection(
+            RejectionReason.NOT_IN_COHORT,
+            f"client {header.client_id!r} is not in the cohort of the round on version {header.base_version} "
+            f"(cohort_fraction {fraction})",
+        )
 
     def _authenticity_problems(self, decoded: DecodedUpdate, sent_at: datetime) -> list[Rejection]:
         """Signature from an enrolled, unrevoked key; ``created_at`` within the replay window of the send time."""

@@ -223,7 +223,14 @@ def _parser() -> argparse.ArgumentParser:
         "--dp-noise-multiplier", type=float, help="client-level DP: Gaussian noise sigma (off unless given)"
     )
     demo.add_argument("--dp-clip-norm", type=float, default=0.5, help="client-level DP: L2 clip norm C")
-    demo.add_argument("--buffer-size", type=int, help="FedBuff K: updates per version (default 10)")
+    demo.add_argument(
+        "--mode",
+        choices=("fedbuff", "fedavg"),
+        default="fedbuff",
+        help="fedbuff: asynchronous, staleness-weighted (default); fedavg: synchronous rounds of K updates from a "
+        "cohort drawn per version; the summary compares wall time to the same accuracy with the other mode's last run",
+    )
+    demo.add_argument("--buffer-size", type=int, help="K: updates per version or per round (default 10)")
     demo.add_argument(
         "--aggregate-bursts", action="store_true", help="a micro-batch of more than K updates makes one version"
     )
@@ -471,7 +478,14 @@ _TABLE_OPTIONS = (
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from fedstream.demo import DEMO_FINE_TUNING_EPOCHS, DemoSettings, private_aggregation, run_demo
+    from fedstream.demo import (
+        DEMO_FINE_TUNING_EPOCHS,
+        HAPT_SUBJECTS,
+        DemoSettings,
+        private_aggregation,
+        run_demo,
+        synchronous_aggregation,
+    )
     from fedstream.demo_data import load_table_data
 
     settings = DemoSettings(duration_seconds=60 * args.minutes, seed=args.seed)
@@ -496,6 +510,13 @@ def _demo(args: argparse.Namespace) -> int:
             personal_prefixes=HAR_CNN_HEAD if args.personalize in ("head", "both") else (),
             fine_tuning_epochs=DEMO_FINE_TUNING_EPOCHS if args.personalize in ("fine-tune", "both") else 0,
         )
+    if args.mode == "fedavg":
+        if args.dp_noise_multiplier is not None or args.aggregate_bursts:
+            message = "fedstream demo: --mode fedavg runs without --dp-noise-multiplier and --aggregate-bursts"
+            print(message, file=sys.stderr)
+            return 2
+        devices = HAPT_SUBJECTS - len(settings.held_out_subjects) if data is None else len(data.training)
+        settings = dataclasses.replace(settings, aggregation=synchronous_aggregation(settings, devices))
     if args.dp_noise_multiplier is not None:
         population = None if data is None else len(data.training)
         aggregation = private_aggregation(settings, args.dp_noise_multiplier, args.dp_clip_norm, population)

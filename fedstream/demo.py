@@ -13,6 +13,12 @@ the final global model on its own training data; the summary then gives each dev
 validation windows with the global model and with its personalized one. The job's version 0 is then the
 model without the head (the global model is the shared layers only), and the global model's accuracy, on
 held-out subjects and on each device, is that of the shared layers with the mean of the devices' heads.
+
+With ``--mode fedavg`` the same job runs synchronous FedAvg rounds (:func:`synchronous_aggregation`): each
+version opens a round whose cohort the devices draw themselves (``schemas.cohorts``); a device trains only
+when drawn and waits for the next version otherwise, and a device still busy when its round closed does not
+send. The summary then sets the wall time to the same held-out accuracy against the newest FedBuff run
+(and a FedBuff run's summary against the newest FedAvg run) of the same data, seed and length.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 from fedstream.demo_data import DemoData, HeldOutEvaluator, TableSource, hapt_data, load_table_data
 from fedstream.local_only import LocalOnlyComparison, LocalTrainingSettings, local_only_comparison
+from fedstream.mode_comparison import compare_runs, newest_comparable_run, read_points, read_run, write_run
 
 if TYPE_CHECKING:
     from producers.client import FederatedClient
+    from producers.fleet import FleetReport
     from producers.personalization import ClientPersonalization
 
 DEFAULT_HELD_OUT = (5, 10, 15, 20, 25, 30)
@@ -43,6 +51,11 @@ DEFAULT_AGGREGATION: dict[str, Any] = {
     "server_optimizer": "sgd",
     "server_learning_rate": 1.0,
 }
+
+ROUND_OVERSELECTION = 1.3
+"""Synchronous rounds draw this many times the round's size in expectation, so stragglers do not hold it up."""
+ROUND_DEADLINE_SECONDS = 10.0
+"""A synchronous round closes at this wait after its first update even if fewer than K arrived."""
 
 DEMO_FINE_TUNING_EPOCHS = 2
 """Epochs a device fine-tunes the final global model on its own training data with ``--personalize``."""
@@ -99,6 +112,31 @@ def private_aggregation(
     }
 
 
+def synchronous_aggregation(settings: DemoSettings, devices: int) -> dict[str, Any]:
+    """The demo's synchronous FedAvg rounds: K updates per round, from a cohort drawn anew for every version.
+
+    Each device is drawn with probability ``1.3 K / devices`` (at most 1), so a round expects 30% more
+    devices than it takes, as production FL systems over-select; a round closes at its K-th update or
+    :data:`ROUND_DEADLINE_SECONDS` after its first. FedAvg has no server optimizer and takes no stale update.
+    """
+    buffer_size = int(settings.aggregation.get("buffer_size", DEFAULT_AGGREGATION["buffer_size"]))
+    return {
+        "mode": "fedavg",
+        "buffer_size": buffer_size,
+        "max_wait_seconds": ROUND_DEADLINE_SECONDS,
+        "cohort_fraction": min(1.0, ROUND_OVERSELECTION * buffer_size / devices),
+        "server_optimizer": "sgd",
+        "server_learning_rate": 1.0,
+    }
+
+
+def is_synchronous(aggregation: dict[str, Any]) -> bool:
+    """Whether the demo's aggregation runs synchronous rounds (its strategy says so)."""
+    from aggregator.strategies.registry import strategy_class
+
+    return strategy_class(str(aggregation.get("mode", "fedbuff"))).synchronous
+
+
 @dataclass
 class _Point:
     elapsed: float
@@ -120,7 +158,7 @@ def run_demo(settings: DemoSettings, data: DemoData | None = None) -> int:
     from devstack.topics import reset_topics
     from fedstream.job_process import JobOptions, JobProcess
     from producers.client import FederatedClient
-    from producers.fleet import DeviceSpeeds, FleetReport, SimulatedFleet
+    from producers.fleet import DeviceSpeeds, SimulatedFleet
     from producers.identity import ClientIdentity
     from producers.models import model_weights
     from producers.personalization import shared_model_weights
@@ -148,6 +186,9 @@ def run_demo(settings: DemoSettings, data: DemoData | None = None) -> int:
             else load_table_data(settings.table, settings.seed)
         )
     model_name = data.model_name
+    synchronous = is_synchronous(settings.aggregation)
+    description = _run_description(settings, data)
+    write_run(run_dir, description)
     _say(
         f"{data.description}: {len(data.training)} training devices (one per subject), "
         f"{len(data.held_out)} subjects held out ({', '.join(data.held_out)})"
@@ -218,6 +259,7 @@ def run_demo(settings: DemoSettings, data: DemoData | None = None) -> int:
             GlobalModelSubscriber(kafka, model_name, job_key.public_key),
             UpdatePublisher(kafka),
             DeviceSpeeds(median_seconds=settings.device_delay_median_seconds, seed=settings.seed),
+            synchronous=synchronous,
         )
         started = time.monotonic()
         baseline = evaluator.evaluate(first.parameters)
@@ -264,7 +306,37 @@ def run_demo(settings: DemoSettings, data: DemoData | None = None) -> int:
         )
         comparison.write_csv(run_dir / "local-only.csv")
     _summary(settings, data, job, points, tracking_uri(), comparison, personalization)
+    _mode_comparison(run_dir, description, reports[0] if reports else None, synchronous)
     return 0
+
+
+def _run_description(settings: DemoSettings, data: DemoData) -> dict[str, Any]:
+    """What ``run.json`` records: the mode and what a run must share with another to be compared."""
+    return {
+        "mode": str(settings.aggregation.get("mode", "fedbuff")),
+        "data": data.description,
+        "held_out": list(data.held_out),
+        "seed": settings.seed,
+        "duration_seconds": settings.duration_seconds,
+        "personalized": settings.personalized,
+    }
+
+
+def _mode_comparison(run_dir: Path, description: dict[str, Any], report: FleetReport | None, synchronous: bool) -> None:
+    """The summary's last lines: how rounds went, and wall time to the same accuracy as the other mode's run."""
+    if synchronous and report is not None:
+        print(
+            f"rounds       : devices sat out {report.rounds_sat_out} rounds they were not drawn for; "
+            f"{report.late_unsent} updates were not sent because their round had closed"
+        )
+    other_run = newest_comparable_run(run_dir.parent, run_dir, description)
+    if other_run is None:
+        other = "fedbuff" if synchronous else "fedavg"
+        print(f"compare      : run `fedstream demo --mode {other}` with the same options to compare wall time")
+        return
+    other_mode = str(read_run(other_run).get("mode"))
+    found = compare_runs(description["mode"], read_points(run_dir), other_mode, read_points(other_run), other_run)
+    print(f"compare      : {found.line() if found is not None else 'a run without accuracy points'}")
 
 
 def _global_weights(shared: Any, clients: list[FederatedClient]) -> Any:
@@ -408,10 +480,16 @@ def _summary(
     aggregation = settings.aggregation
     print()
     print("=" * 78)
-    print(
-        f"fedstream demo: {aggregation['mode']} K={aggregation['buffer_size']}, "
-        f"staleness {aggregation['staleness_function']}, server {aggregation['server_optimizer']}"
-    )
+    if is_synchronous(aggregation):
+        print(
+            f"fedstream demo: {aggregation['mode']} rounds of K={aggregation['buffer_size']}, cohort fraction "
+            f"{aggregation.get('cohort_fraction') or 1:.2f}, round deadline {aggregation.get('max_wait_seconds')} s"
+        )
+    else:
+        print(
+            f"fedstream demo: {aggregation['mode']} K={aggregation['buffer_size']}, "
+            f"staleness {aggregation['staleness_function']}, server {aggregation['server_optimizer']}"
+        )
     print(f"{'elapsed':>8} {'version':>8} {'accepted':>9} {'held-out acc':>13} {'macro-F1':>9}")
     shown = points if len(points) <= 12 else [points[i * (len(points) - 1) // 11] for i in range(12)]
     for point in shown:

@@ -24,6 +24,7 @@ from producers.personalization import (
 )
 from producers.training import Evaluation, LocalTrainingConfig, evaluate, train_locally
 from producers.updates import build_update_messages, model_delta
+from schemas.cohorts import in_cohort
 from schemas.messages import ClientMetrics, Encoding, UpdateHeader
 from schemas.tensors import Tensors
 from schemas.topics import MAX_MESSAGE_BYTES
@@ -165,6 +166,15 @@ class FederatedClient:
                 f"{list(self.personal_prefixes)}): start the job from shared_model_weights(model, personal_prefixes)"
             )
         return parameters
+
+    def in_cohort(self, global_model: DecodedModel) -> bool:
+        """Whether this client trains on ``global_model``: in a synchronous round only if the cohort draw picks it.
+
+        A version whose signed header names no ``cohort_fraction`` opens no round: every client may train on it.
+        The job refuses an update from a client outside the round's cohort (``not_in_cohort``).
+        """
+        header = global_model.header
+        return in_cohort(header.model_name, header.version, self.client_id, header.cohort_fraction)
 
     def prepare_update(self, global_model: DecodedModel, *, max_message_bytes: int | None = None) -> PreparedUpdate:
         """Evaluate the received global model on local validation data, train from it, and encode Δ.

@@ -3,7 +3,10 @@
 Each device cycles: take the newest global version, train on its own data (real compute), then hold the
 update for a device-specific delay (slow phones, poor networks, a heavy straggler tail) before publishing.
 Updates therefore arrive stale by different amounts, which is what asynchronous aggregation is for.
-With ``synchronous=True`` a device starts again only once a newer global version exists (FedAvg rounds).
+With ``synchronous=True`` a device starts again only once a newer global version exists (FedAvg rounds):
+it trains on a version only when the round's cohort draw picks it (``FederatedClient.in_cohort``), and an
+update whose round closed while the device was still busy is not sent (the job would refuse it as stale),
+so a late device spends no upload on it and goes straight to the next round.
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ class FleetReport:
     published: int = 0
     bytes_sent: int = 0
     per_client: dict[str, int] = field(default_factory=dict)
+    late_unsent: int = 0
+    """Synchronous rounds: updates not sent because their round had closed (a newer version was out)."""
+    rounds_sat_out: int = 0
+    """Synchronous rounds: versions a device did not train on because the cohort draw left it out."""
 
 
 class SimulatedFleet:
@@ -114,7 +121,10 @@ class SimulatedFleet:
                     sequence += 1
                     continue
             client = self.clients[index]
-            if prepared is not None:
+            if prepared is not None and self.synchronous and self._round_closed(prepared):
+                report.late_unsent += 1
+                heapq.heappush(events, (time.monotonic(), sequence, index, None))
+            elif prepared is not None:
                 self.publisher.publish_chunks(
                     client.client_id, list(prepared.values), model_name=prepared.header.model_name, wait=False
                 )
@@ -132,12 +142,22 @@ class SimulatedFleet:
                     heapq.heappush(events, (time.monotonic() + 0.5, sequence, index, None))
                     sequence += 1
                     continue
-                update = client.prepare_update(
-                    self.subscriber.newest(), max_message_bytes=self.publisher.max_message_bytes
-                )
+                model = self.subscriber.newest()
+                if self.synchronous and not client.in_cohort(model):
+                    report.rounds_sat_out += 1
+                    last_base[index] = model.header.version
+                    heapq.heappush(events, (time.monotonic() + 0.5, sequence, index, None))
+                    sequence += 1
+                    continue
+                update = client.prepare_update(model, max_message_bytes=self.publisher.max_message_bytes)
                 last_base[index] = update.header.base_version
                 delay = self.delays[index] * float(np.exp(0.3 * self._jitter.standard_normal()))
                 heapq.heappush(events, (time.monotonic() + delay, sequence, index, update))
             sequence += 1
         self.publisher.flush()
         return report
+
+    def _round_closed(self, prepared: PreparedUpdate) -> bool:
+        """Whether a version newer than the update's base is out: its synchronous round is over."""
+        newest = self.subscriber.poll(0)
+        return newest is not None and newest > prepared.header.base_version

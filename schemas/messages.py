@@ -10,7 +10,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -174,8 +183,18 @@ class ModelHeader(_Strict):
     update_count: Annotated[int, Field(strict=True, ge=0)] = 0
     layout: ChunkLayout | None = None
     """Set on a chunked version only (``schemas.chunks``, always float32); a whole ``FSM2`` message has none."""
+    cohort_fraction: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] | None = None
+    """Set when this version opens a synchronous round: who trains on it (``schemas.cohorts.in_cohort``)."""
 
     _created_at_in_utc = field_validator("created_at")(_in_utc)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_cohort(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        # A version that opens no round is sent without the key, so its bytes are those written before rounds.
+        data: dict[str, object] = handler(self)
+        if self.cohort_fraction is None:
+            data.pop("cohort_fraction", None)
+        return data
 
     @model_validator(mode="after")
     def _parent_is_older_and_named_by_hash(self) -> ModelHeader:

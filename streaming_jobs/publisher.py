@@ -34,13 +34,18 @@ _UNSET_PAYLOAD_SHA256: Final = "0" * 64
 """A well-formed stand-in for a chunked version's payload hash, which the chunk encoder sets."""
 
 
-def model_message(row: ModelVersionRow, signer: Signer) -> bytes:
-    """The ``fl.models`` value announcing ``row``, signed by ``signer`` (the job's key)."""
+def model_message(row: ModelVersionRow, signer: Signer, *, cohort_fraction: float | None = None) -> bytes:
+    """The ``fl.models`` value announcing ``row``, signed by ``signer`` (the job's key).
+
+    ``cohort_fraction``: the synchronous round this version opens draws its clients with it (``schemas.cohorts``).
+    """
     payload = bytes(row.parameters)
-    return encode_model(_header(row, sha256_hex(payload)), payload, signer)
+    return encode_model(_header(row, sha256_hex(payload), cohort_fraction), payload, signer)
 
 
-def model_records(row: ModelVersionRow, signer: Signer, max_message_bytes: int) -> list[tuple[bytes, bytes]]:
+def model_records(
+    row: ModelVersionRow, signer: Signer, max_message_bytes: int, *, cohort_fraction: float | None = None
+) -> list[tuple[bytes, bytes]]:
     """The ``(key, value)`` records announcing ``row`` on ``fl.models``, each value at most ``max_message_bytes``.
 
     One record keyed by the model name (:func:`model_message`) when it fits; else the version's chunks
@@ -49,14 +54,14 @@ def model_records(row: ModelVersionRow, signer: Signer, max_message_bytes: int) 
     """
     # Parameters alone over the limit cannot fit whole: skip framing a large model only to find that out.
     if len(row.parameters) < max_message_bytes:
-        whole = model_message(row, signer)
+        whole = model_message(row, signer, cohort_fraction=cohort_fraction)
         if len(whole) <= max_message_bytes:
             return [(row.model_name.encode(), whole)]
     # Chunks carry the values, not safetensors: the chunk encoder sets the layout and payload hash it names.
     # Tensors in name order (safetensors decodes in no fixed order): a version published again on a restart
     # is then the same chunks, byte for byte, so a reader holding some of them completes it with the rest.
     parameters = dict(sorted(decode_tensors(bytes(row.parameters)).items()))
-    header = _header(row, _UNSET_PAYLOAD_SHA256)
+    header = _header(row, _UNSET_PAYLOAD_SHA256, cohort_fraction)
     chunks = encode_model_chunks(header, parameters, max_message_bytes=max_message_bytes, signer=signer)
     return [(model_chunk_key(row.model_name, index), chunk) for index, chunk in enumerate(chunks)]
 
@@ -67,19 +72,21 @@ def sharded_model_records(
     values: Callable[[], Iterable[npt.NDArray[np.float32]]],
     signer: Signer,
     max_message_bytes: int,
+    *,
+    cohort_fraction: float | None = None,
 ) -> Iterator[tuple[bytes, bytes]]:
     """:func:`model_records` of a version kept as shards (``row.parameters`` empty), one chunk at a time.
 
     ``values()`` yields the version's values in order (``streaming_jobs.executor_aggregation.version_values``);
     the records are byte for byte those :func:`model_records` makes of the same version held whole.
     """
-    header = _header(row, _UNSET_PAYLOAD_SHA256)
+    header = _header(row, _UNSET_PAYLOAD_SHA256, cohort_fraction)
     chunks = encode_model_chunks_streamed(header, shapes, values, max_message_bytes=max_message_bytes, signer=signer)
     for index, chunk in enumerate(chunks):
         yield model_chunk_key(row.model_name, index), chunk
 
 
-def _header(row: ModelVersionRow, payload_sha256: str) -> ModelHeader:
+def _header(row: ModelVersionRow, payload_sha256: str, cohort_fraction: float | None) -> ModelHeader:
     return ModelHeader(
         model_name=row.model_name,
         version=row.version,
@@ -89,6 +96,7 @@ def _header(row: ModelVersionRow, payload_sha256: str) -> ModelHeader:
         payload_sha256=payload_sha256,
         created_at=row.created_at,
         update_count=len(row.update_ids),
+        cohort_fraction=cohort_fraction,
     )
 
 
@@ -124,18 +132,19 @@ class VersionPublisher:
         A version larger than ``settings.kafka.max_message_bytes`` goes out as chunks (:func:`model_records`).
         """
         limit = self.settings.kafka.max_message_bytes
-        for row in sorted(rows, key=lambda row: row.version):
+        for row in sorted(rows, key=lambda row: row.version):  # each opens a round of the job's own config
             for key, value in self._records(row, limit):
                 self._producer.send(MODELS_TOPIC, key=key, value=value)
         self._producer.flush(timeout=60)
 
     def _records(self, row: ModelVersionRow, limit: int) -> Iterable[tuple[bytes, bytes]]:
+        cohort = self.settings.aggregation.cohort_fraction
         if row.shards_key is None:
-            return model_records(row, self._signing_key.sign, limit)
+            return model_records(row, self._signing_key.sign, limit, cohort_fraction=cohort)
         if self.shard_source is None:
             raise RuntimeError(f"version {row.version} is kept as shards and this publisher has no shard source")
         shapes, values = self.shard_source(row)
-        return sharded_model_records(row, shapes, values, self._signing_key.sign, limit)
+        return sharded_model_records(row, shapes, values, self._signing_key.sign, limit, cohort_fraction=cohort)
 
     def backfill_mlflow(self, newer_than: Callable[[int | None, int | None], Iterable[ModelVersionRow]]) -> None:
         """Queue the versions an unclean stop left out of MLflow (see ``BackgroundRecorder.backfill``)."""

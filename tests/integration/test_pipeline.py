@@ -18,6 +18,7 @@ from fedstream import cli
 from producers.identity import ClientIdentity
 from producers.transport import GlobalModelSubscriber, UpdatePublisher
 from producers.updates import build_update
+from schemas.cohorts import in_cohort
 from schemas.tensors import encode_tensors
 from streaming_jobs.audit import verify_version
 from streaming_jobs.tables import TableLocations
@@ -352,3 +353,54 @@ def test_the_privacy_budget_stops_training_and_says_why(spark, local_stack: Runn
     tags = _mlflow_run(f"test-{model}").data.tags
     assert "privacy budget exhausted" in tags["privacy_budget_exhausted"]
     assert tags["epsilon_assumption"] == "no_amplification"
+
+
+ROUNDS = {"mode": "fedavg", "buffer_size": 2, "max_wait_seconds": None, "cohort_fraction": 0.5}
+"""Synchronous FedAvg rounds of two updates, each from a cohort of about half the clients."""
+
+
+def _model_whose_first_cohort_is_three_of_four() -> tuple[str, list[str], str]:
+    """A fresh model name for which the round on version 0 draws three of client-0..3: the cohort, the other."""
+    clients = ["client-0", "client-1", "client-2", "client-3"]
+    while True:
+        model = f"test-{uuid.uuid4().hex[:8]}"
+        drawn = [client for client in clients if in_cohort(model, 0, client, ROUNDS["cohort_fraction"])]
+        if len(drawn) == 3:
+            return model, drawn, next(client for client in clients if client not in drawn)
+
+
+def test_a_synchronous_round_takes_its_cohort_only_and_refuses_a_late_update(
+    spark, local_stack: RunningStack, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    ensure_topics(local_stack.kafka)
+    model, drawn, left_out = _model_whose_first_cohort_is_three_of_four()
+    initial = tmp_path / "initial.safetensors"
+    initial.write_bytes(encode_tensors(_initial_parameters()))
+    job = test_job_thread(spark, tmp_path, model, initial, ROUNDS, _enrolled_keys(tmp_path))
+    publisher = UpdatePublisher(local_stack.kafka)
+    subscriber = GlobalModelSubscriber(local_stack.kafka, model)
+    rng = np.random.default_rng(5)
+    try:
+        job.start()
+        job.wait_for_version(local_stack.kafka, 0)
+        assert subscriber.newest().header.cohort_fraction == 0.5, "version 0 opens the first round"
+        outsider = _publish_valid(publisher, model, 0, 1, rng, clients=[left_out])
+        round_one = _publish_valid(publisher, model, 0, 2, rng, clients=drawn[:2])
+        job.wait_for_version(local_stack.kafka, 1)
+        late = _publish_valid(publisher, model, 0, 1, rng, clients=drawn[2:])  # its round closed at version 1
+        wait_until(lambda: job.status().get("rejected", 0) >= 2, 60, "the late update's rejection")
+        newest = subscriber.newest()
+    finally:
+        job.stop()
+        publisher.close()
+        subscriber.close()
+    assert newest.header.version == 1 and newest.header.cohort_fraction == 0.5
+    locations = TableLocations(str(job.tables))
+    versions = locations.read(spark, _table("model_versions")).where(F.col("model_name") == model).collect()
+    (made,) = [row for row in versions if row.version == 1]
+    assert sorted(made.update_ids) == sorted(round_one), "the round is its cohort's first K updates"
+    assert json.loads(made.config_json)["cohort_fraction"] == 0.5, "the auditor sees how the cohort was drawn"
+    assert verify_version(spark, locations, model, 1).ok
+    rejected = locations.read(spark, _table("rejected_updates")).where(F.col("job_model") == model).collect()
+    reasons = {row.update_id: row.reason for row in rejected}
+    assert reasons == {outsider[0]: "not_in_cohort", late[0]: "too_stale"}

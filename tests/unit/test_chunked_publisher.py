@@ -11,6 +11,7 @@ import pytest
 
 from producers.trusted_versions import VersionChain
 from schemas.chunks import is_model_chunk, is_models_key_of, model_chunk_key
+from aggregator import AggregationConfig
 from schemas.kafka_settings import KafkaSettings
 from schemas.rows import ModelVersionRow
 from schemas.tensors import Tensors, encode_tensors, parameter_hash
@@ -86,12 +87,17 @@ class _Producer:
 def test_the_publisher_sends_every_record_in_version_order_and_flushes() -> None:
     publisher = object.__new__(VersionPublisher)  # no Kafka, no MLflow: only ``send`` is exercised
     producer = _Producer()
-    publisher.settings = SimpleNamespace(kafka=KafkaSettings(max_message_bytes=LIMIT))  # type: ignore[assignment]
+    rounds = AggregationConfig(strategy="fedavg", cohort_fraction=0.25)
+    publisher.settings = SimpleNamespace(kafka=KafkaSettings(max_message_bytes=LIMIT), aggregation=rounds)  # type: ignore[assignment]
     publisher._signing_key = KEY
     publisher._producer = producer
     rows: list[Any] = [row(3), row(1, size=100)]
     publisher.send(rows)
-    expected = [*model_records(rows[1], KEY.sign, LIMIT), *model_records(rows[0], KEY.sign, LIMIT)]
+    expected = [
+        *model_records(rows[1], KEY.sign, LIMIT, cohort_fraction=0.25),
+        *model_records(rows[0], KEY.sign, LIMIT, cohort_fraction=0.25),
+    ]
+    assert expected != [*model_records(rows[1], KEY.sign, LIMIT), *model_records(rows[0], KEY.sign, LIMIT)]
     assert [(key, value) for _, key, value in producer.sent] == expected
     assert {topic for topic, _, _ in producer.sent} == {MODELS_TOPIC}
     assert producer.flushed == len(expected)
