@@ -322,7 +322,7 @@ def _audit(args: argparse.Namespace) -> int:
             for update in (step["updates"] or [None])  # type: ignore[attr-defined]
         ]
     elif args.question == "verify":
-        result = rows = audit.verify_chain(spark, locations, args.model_name, args.version)
+        result = rows = audit.verify_chain(spark, locations, args.model_name, args.version, _verified)
     elif args.question == "client":
         result = audit.client_activity(spark, locations, args.client_id, args.as_of, model_name=args.model_name)
         rows = [{"status": status, **row} for status, entries in result.items() for row in entries]
@@ -335,6 +335,12 @@ def _audit(args: argparse.Namespace) -> int:
     if args.question == "verify" and not all(row["ok"] for row in rows):
         return 1
     return 0
+
+
+def _verified(row: dict[str, object], last: int) -> None:
+    """Progress of ``audit verify`` on stderr (stdout keeps the table or the JSON): one line per version."""
+    verdict = "ok" if row["ok"] else "MISMATCH"
+    print(f"audit verify: version {row['version']} of {last} {verdict}", file=sys.stderr, flush=True)
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ Either way nothing is written: the recomputed parameters are hashed and compared
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -229,8 +230,18 @@ def lineage(
     return chain
 
 
-def verify_chain(spark: SparkSession, locations: TableLocations, model_name: str, version: int) -> list[AuditRow]:
-    """Recompute every version from 1 to ``version`` and check the parent-hash chain down to version 0."""
+def verify_chain(
+    spark: SparkSession,
+    locations: TableLocations,
+    model_name: str,
+    version: int,
+    on_verified: Callable[[AuditRow, int], None] | None = None,
+) -> list[AuditRow]:
+    """Recompute every version from 1 to ``version`` and check the parent-hash chain down to version 0.
+
+    ``on_verified`` is called with each version's row and ``version`` (the count) as soon as it is checked:
+    a long chain's progress.
+    """
     results = []
     for each in range(1, version + 1):
         check = verify_version(spark, locations, model_name, each)
@@ -244,6 +255,8 @@ def verify_chain(spark: SparkSession, locations: TableLocations, model_name: str
                 "updates": check.update_count,
             }
         )
+        if on_verified is not None:
+            on_verified(results[-1], version)
     return results
 
 

@@ -9,9 +9,11 @@ never touches the network.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -58,30 +60,78 @@ def resolve(pom_file: Traversable, *, quiet: bool = False) -> list[ResolvedJar]:
     listing = manifest.with_suffix(".listing")
     listing.parent.mkdir(parents=True, exist_ok=True)
     with resources.as_file(pom_file) as pom:
-        completed = subprocess.run(
-            [
-                mvn,
-                "-B",
-                "-q",
-                "-f",
-                str(pom),
-                "dependency:list",
-                "-DincludeScope=runtime",
-                "-DoutputAbsoluteArtifactFilename=true",
-                f"-DoutputFile={listing}",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    if completed.returncode != 0:
-        raise JarResolutionError(f"mvn failed for {pom_name}:\n{completed.stdout[-3000:]}{completed.stderr[-2000:]}")
+        command = [
+            mvn,
+            "-B",
+            "-Dstyle.color=never",
+            "-f",
+            str(pom),
+            "dependency:list",
+            "-DincludeScope=runtime",
+            "-DoutputAbsoluteArtifactFilename=true",
+            f"-DoutputFile={listing}",
+        ]
+        returncode, output_tail = _run_maven(command, DownloadProgress(pom_name, quiet=quiet))
+    if returncode != 0:
+        raise JarResolutionError(f"mvn failed for {pom_name}:\n{output_tail}")
     jars = _parse_listing(listing.read_text())
     manifest.write_text("".join(f"{j.group_id}:{j.artifact_id}:{j.version}:{j.path}\n" for j in jars))
     if not quiet:
         size = sum(j.path.stat().st_size for j in jars) / 2**20
         print(f"fedstream: {len(jars)} jars for {pom_name} ({size:.0f} MiB) cached", file=sys.stderr, flush=True)
     return jars
+
+
+_DOWNLOADED = re.compile(r"^(?:\[INFO\] )?Downloaded from \S+: \S+ \((\d+(?:\.\d+)?) (B|kB|KB|MB|GB)")
+_UNIT_BYTES = {"B": 1, "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
+OUTPUT_TAIL_CHARACTERS = 5000
+"""Characters of Maven's output kept for the error when it fails."""
+
+
+def downloaded_bytes(line: str) -> int | None:
+    """The size of the file a Maven ``Downloaded from ...`` line reports (``None`` for any other line)."""
+    match = _DOWNLOADED.match(line.strip())
+    if match is None:
+        return None
+    return round(float(match.group(1)) * _UNIT_BYTES[match.group(2)])
+
+
+class DownloadProgress:
+    """Counts the files Maven downloads and says so every ``every_seconds`` (never when ``quiet``)."""
+
+    def __init__(self, pom_name: str, *, quiet: bool, every_seconds: float = 5.0) -> None:
+        self.pom_name = pom_name
+        self.quiet = quiet
+        self.every_seconds = every_seconds
+        self.files = 0
+        self.bytes = 0
+        self._said_at = time.monotonic()
+
+    def line(self, text: str) -> None:
+        """Take one line of Maven's output; print a progress line when one is due."""
+        size = downloaded_bytes(text)
+        if size is None:
+            return
+        self.files += 1
+        self.bytes += size
+        if not self.quiet and time.monotonic() - self._said_at >= self.every_seconds:
+            self._said_at = time.monotonic()
+            print(
+                f"fedstream: {self.pom_name}: {self.files} files downloaded ({self.bytes / 2**20:.0f} MiB) ...",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _run_maven(command: list[str], progress: DownloadProgress) -> tuple[int, str]:
+    """Run Maven, feeding each output line to ``progress``; its exit code and the end of its output."""
+    tail = ""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        assert process.stdout is not None
+        for text in process.stdout:
+            progress.line(text)
+            tail = (tail + text)[-OUTPUT_TAIL_CHARACTERS:]
+    return process.returncode, tail
 
 
 def _parse_listing(text: str) -> list[ResolvedJar]:

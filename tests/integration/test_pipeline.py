@@ -219,8 +219,13 @@ def test_updates_become_consecutive_reproducible_versions_across_a_restart(
     assert json.loads(versions[-1].config_json)["server_optimizer"] == "adam"
 
     # what an auditor runs: the CLI recomputes the whole chain and names each client's contributions
-    chain = _audit(job, model, "verify", "6")
+    progress = io.StringIO()
+    with contextlib.redirect_stderr(progress):
+        chain = _audit(job, model, "verify", "6")
     assert [step["version"] for step in chain] == [1, 2, 3, 4, 5, 6] and all(step["ok"] for step in chain)
+    assert [line for line in progress.getvalue().splitlines() if line.startswith("audit verify:")] == [
+        f"audit verify: version {version} of 6 ok" for version in range(1, 7)
+    ], "a long audit shows its progress, off the JSON on stdout"
     activity = _audit(job, model, "client", "client-bad")
     assert sorted(row["reason"] for row in activity["rejected"]) == ["non_finite", "shape_mismatch", "unknown_model"]
     assert activity["accepted"] == []
