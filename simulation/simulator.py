@@ -107,6 +107,11 @@ class Simulator:
         aggregation = strategy.aggregation.with_enrolled_population(len(self.clients)).with_secret_dp_seed()
         self.server = AsyncServer(aggregation, self.clients.initial_shared)
         self.synchronous = strategy.synchronous or self.server.strategy.synchronous
+        if aggregation.cohort_fraction is not None:
+            raise ValueError(
+                "the simulator samples each round's clients itself (concurrency) and waits for all of them; the job's "
+                "drawn cohorts (cohort_fraction) are not simulated: leave cohort_fraction unset here"
+            )
         if self.synchronous and cadence not in (None, PER_ARRIVAL):
             raise ValueError("a job cadence applies to asynchronous strategies; synchronous rounds wait anyway")
         self.cadence = cadence or PER_ARRIVAL

@@ -1,3 +1,4 @@
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -290,6 +291,13 @@ def test_a_batch_that_overruns_delays_the_next_one() -> None:
 def test_a_cadence_is_refused_for_synchronous_rounds() -> None:
     with pytest.raises(ValueError, match="cadence"):
         _run(_fedavg(), speeds=EQUAL, cadence=JobCadence())
+
+
+def test_the_jobs_drawn_cohorts_are_refused_rather_than_simulated_otherwise() -> None:
+    strategy = _fedavg()
+    drawn = dataclasses.replace(strategy, aggregation=dataclasses.replace(strategy.aggregation, cohort_fraction=0.5))
+    with pytest.raises(ValueError, match="cohort_fraction"):
+        _run(drawn, speeds=EQUAL)
 
 
 # ---------------------------------------------------------------- one cost model
