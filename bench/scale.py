@@ -12,6 +12,9 @@ size, reports:
 4. Kafka bytes per update and per version in float32, float16 and int8 (``--encodings`` runs the job with them
    too, up to 10 M parameters).
 
+With ``--executor-aggregation-min-parameters N`` the job makes the versions of sizes of at least ``N`` on Spark's
+executors (shards in ``model_shards``) instead of in its Python driver; the table says where each size was made.
+
 A size that fails (out of memory, a stall, disk) is recorded as failed with its error and the next one runs.
 Everything runs in a temporary ``FEDSTREAM_HOME`` with a broker on port 29092. It prints the tables and writes
 ``bench/results/scale-latest.json``.
@@ -48,13 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--stall-seconds", type=float, help="fail a size after this long without a batch (600)")
     parser.add_argument("--port", type=int, help="the benchmark broker's port (default 29092)")
     parser.add_argument("--keep-state", action="store_true", help="keep the tables, logs and broker data")
+    parser.add_argument(
+        "--executor-aggregation-min-parameters",
+        type=int,
+        help="run the job with this threshold: sizes of at least this many parameters are made on Spark's executors",
+    )
     return parser
 
 
 def settings_from(args: argparse.Namespace) -> ScaleSettings:
     """Benchmark settings from the command line."""
     names = ["sizes", "encodings", "versions", "buffer_size", "batch_bytes_budget", "driver_memory_gib"]
-    names += ["stall_seconds", "port"]
+    names += ["stall_seconds", "port", "executor_aggregation_min_parameters"]
     overrides: dict[str, object] = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.quick and args.sizes is None:
         overrides["sizes"] = QUICK_SIZES

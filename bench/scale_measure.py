@@ -160,6 +160,7 @@ class ScaleBench:
             tensors=len(layout),
             buffer_size=self.settings.buffer_size,
             update_bytes=FLOAT32_BYTES * parameters,
+            aggregated_on=self.settings.aggregated_on(parameters),
         )
         label = size_label(parameters)
         try:
@@ -221,7 +222,10 @@ class ScaleBench:
         settings = self.settings
         aggregation = f'{{"buffer_size": {settings.buffer_size}, "max_staleness": null, "max_wait_seconds": null}}'
         budget = settings.batch_bytes_budget
-        budget_option = [] if budget is None else ["--batch-bytes-budget", str(budget)]
+        job_options = [] if budget is None else ["--batch-bytes-budget", str(budget)]
+        threshold = settings.executor_aggregation_min_parameters
+        if threshold is not None:
+            job_options += ["--executor-aggregation-min-parameters", str(threshold)]
         command = [
             sys.executable, "-m", "fedstream.cli", "job",
             "--model-name", model_name(parameters),
@@ -231,7 +235,7 @@ class ScaleBench:
             "--status-file", str(folder / "status.json"),
             "--aggregation", aggregation,
             "--max-offsets-per-trigger", "100000",  # the byte budget is what bounds a batch
-            *budget_option,
+            *job_options,
             "--trigger-seconds", str(settings.trigger_seconds),
             "--register-every", "0",  # a registry copy of every version is not what is measured
             "--chunk-deadline-seconds", str(settings.chunk_deadline_seconds),

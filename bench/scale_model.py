@@ -46,6 +46,13 @@ class ScaleSettings:
     """A size is stopped (and fails) when the machine's available memory falls below this."""
     port: int = 29092
     keep_state: bool = False
+    executor_aggregation_min_parameters: int | None = None
+    """The job's ``--executor-aggregation-min-parameters``: sizes of at least this many are made on executors."""
+
+    def aggregated_on(self, parameters: int) -> str:
+        """Where the job makes the versions of a model of ``parameters``: ``"executors"`` or ``"driver"``."""
+        threshold = self.executor_aggregation_min_parameters
+        return "executors" if threshold is not None and parameters >= threshold else "driver"
 
     def encodings_run_at(self, parameters: int) -> tuple[Encoding, ...]:
         """The encodings the job runs with at ``parameters``: float32 only above ``ENCODING_RUNS_UP_TO``."""

@@ -72,6 +72,8 @@ class SizeResult:
     tree_peak_rss_bytes: int | None = None
     """Peaks of the job's Python driver, its JVM and its whole process tree (each its own maximum)."""
     driver_memory_gib: int | None = None
+    aggregated_on: str = "driver"
+    """Where the job made the versions: ``"driver"`` (numpy in its Python) or ``"executors"`` (shards on Spark)."""
     batch_bytes_budget: int | None = None
     startup_seconds: float | None = None
     phases: dict[str, float] = field(default_factory=dict)
@@ -146,6 +148,7 @@ def json_row(result: SizeResult) -> dict[str, object]:
         "jvm_peak_rss_bytes": result.jvm_peak_rss_bytes,
         "tree_peak_rss_bytes": result.tree_peak_rss_bytes,
         "spark_driver_memory_gib": result.driver_memory_gib,
+        "aggregated_on": result.aggregated_on,
         "batch_bytes_budget": result.batch_bytes_budget,
         "startup_seconds": result.startup_seconds,
         "batches_per_version": result.batches_per_version,
@@ -210,7 +213,7 @@ def format_sizes(results: Sequence[SizeResult]) -> str:
     """The main table: one line per size, float32."""
     header = (
         "parameters", "update MB", "chunks/upd", "Kafka MB/version", "s/version", "job MB/s", "numpy MB/s",
-        "ratio", "sum-only MB/s", "driver py MiB", "JVM MiB", "tree MiB", "heap", "status",
+        "ratio", "sum-only MB/s", "made on", "driver py MiB", "JVM MiB", "tree MiB", "heap", "status",
     )  # fmt: skip
     lines = []
     for r in results:
@@ -227,6 +230,7 @@ def format_sizes(results: Sequence[SizeResult]) -> str:
                 _mb(r.numpy_bytes_per_s),
                 _number(r.ratio, 3),
                 _mb(r.numpy_sum_bytes_per_s),
+                r.aggregated_on,
                 _mib(r.driver_peak_rss_bytes),
                 _mib(r.jvm_peak_rss_bytes),
                 _mib(r.tree_peak_rss_bytes),

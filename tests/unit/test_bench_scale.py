@@ -163,3 +163,10 @@ def test_the_synthetic_delta_is_float32_of_the_layout() -> None:
     delta = random_delta(model_layout(10_000), seed=1)
     assert all(array.dtype == np.float32 for array in delta.values())
     assert sum(array.size for array in delta.values()) == 10_000
+
+
+def test_the_executor_threshold_reaches_the_settings_and_names_where_each_size_is_made() -> None:
+    settings = settings_from(scale_parser().parse_args(["--quick", "--executor-aggregation-min-parameters", "5000000"]))
+    assert settings.executor_aggregation_min_parameters == 5_000_000
+    assert [settings.aggregated_on(size) for size in settings.sizes] == ["driver", "executors"]
+    assert settings_from(scale_parser().parse_args(["--quick"])).aggregated_on(10**9) == "driver"
