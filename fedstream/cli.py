@@ -648,6 +648,7 @@ def _topics(args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
 
     from fedstream.cluster_topics import ensure_cluster_topics
+    from schemas.kafka_diagnosis import KafkaUnreachableError
     from schemas.kafka_settings import KafkaSettings
     from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
 
@@ -665,6 +666,9 @@ def _topics(args: argparse.Namespace) -> int:
     partitions = {UPDATES_TOPIC: args.updates_partitions, MODELS_TOPIC: args.models_partitions}
     try:
         outcome = ensure_cluster_topics(settings, replication_factor=args.replication_factor, partitions=partitions)
+    except KafkaUnreachableError as error:  # names the cause and the settings
+        print(f"fedstream topics: {error}", file=sys.stderr)
+        return 1
     except KafkaError as error:
         print(
             f"fedstream topics: {settings.bootstrap_servers} ({settings.security_protocol}): "

@@ -27,16 +27,21 @@ def ensure_cluster_topics(
     """Create fedstream's missing topics on the cluster ``settings`` reach, with ``schemas.topics.topic_configs``.
 
     The topics keep the cluster's ``max.message.bytes`` unless ``settings.max_message_bytes`` needs more; a
-    found topic whose limit is too small for fedstream's largest message is reported.
+    found topic whose limit is too small for fedstream's largest message is reported. Raises
+    ``KafkaUnreachableError``, naming the cause, when the cluster cannot be reached or refuses the login.
     """
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
+    from schemas.kafka_diagnosis import unreachable_error
     from schemas.topics import topic_configs, topic_message_bytes
 
     wanted = topic_configs(settings.max_message_bytes)
     needed_message_bytes = topic_message_bytes(settings.max_message_bytes)
-    admin = KafkaAdminClient(**settings.admin_options())
+    try:
+        admin = KafkaAdminClient(**settings.admin_options())
+    except KafkaTimeoutError as error:  # kafka-python says only "Unable to bootstrap"
+        raise unreachable_error(settings, error) from error
     try:
         existing = set(admin.list_topics())
         created = []

@@ -10,9 +10,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaTimeoutError
 
 from producers.trusted_versions import IgnoredVersion, IgnoreReason, VersionChain, job_public_key_from_env
 from schemas.chunks import is_models_key_of
+from schemas.kafka_diagnosis import unreachable_error
 from schemas.kafka_settings import KafkaSettings
 from schemas.topics import MODEL_HEADER, MODELS_TOPIC, UPDATES_TOPIC
 from schemas.wire import DecodedModel
@@ -30,8 +32,18 @@ class GlobalModelSubscriber:
     ``newest`` raise.
     """
 
-    def __init__(self, settings: KafkaSettings, model_name: str, job_public_key: bytes | None = None) -> None:
-        """``job_public_key`` is the job's raw 32-byte Ed25519 key; None reads it as ``job_public_key_from_env``."""
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        model_name: str,
+        job_public_key: bytes | None = None,
+        *,
+        bootstrap_timeout_seconds: float = 30.0,
+    ) -> None:
+        """``job_public_key`` is the job's raw 32-byte Ed25519 key; None reads it as ``job_public_key_from_env``.
+
+        Raises ``KafkaUnreachableError``, naming the cause, when no connection is made in ``bootstrap_timeout_seconds``.
+        """
         self.model_name = model_name
         self._chain = VersionChain(
             job_public_key if job_public_key is not None else job_public_key_from_env(),
@@ -40,7 +52,14 @@ class GlobalModelSubscriber:
         )
         self.ignored: deque[IgnoredVersion] = deque(maxlen=100)
         self.ignored_count = 0
-        self._consumer = KafkaConsumer(**settings.consumer_options(), enable_auto_commit=False)
+        try:
+            self._consumer = KafkaConsumer(
+                **settings.consumer_options(),
+                enable_auto_commit=False,
+                bootstrap_timeout_ms=int(bootstrap_timeout_seconds * 1000),
+            )
+        except KafkaTimeoutError as error:  # kafka-python says only "Unable to bootstrap"
+            raise unreachable_error(settings, error) from error
         partitions = self._partitions()
         self._consumer.assign(partitions)
         self._consumer.seek_to_beginning(*partitions)
@@ -129,9 +148,15 @@ class UpdatePublisher:
     (``producers.updates.build_update_messages``) and sends them with :meth:`publish_chunks`.
     """
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaSettings, *, bootstrap_timeout_seconds: float = 30.0) -> None:
+        """Raises ``KafkaUnreachableError``, naming the cause, when no connection is made in time."""
         self.max_message_bytes = settings.max_message_bytes
-        self._producer = KafkaProducer(**settings.producer_options())
+        try:
+            self._producer = KafkaProducer(
+                **settings.producer_options(), bootstrap_timeout_ms=int(bootstrap_timeout_seconds * 1000)
+            )
+        except KafkaTimeoutError as error:  # kafka-python says only "Unable to bootstrap"
+            raise unreachable_error(settings, error) from error
 
     def publish(
         self, client_id: str, value: bytes, *, model_name: str | None = None, wait: bool = True

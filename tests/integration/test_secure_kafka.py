@@ -2,7 +2,8 @@
 
 The broker's only client listener is SASL_SSL, so a message that gets through at all got through authenticated
 and encrypted. Refusals are asserted twice: the error a caller sees (kafka-python gives up bootstrapping with
-``KafkaTimeoutError``) and the reason kafka-python logged for each refused connection. Past authentication,
+``KafkaTimeoutError``) and the reason kafka-python logged for each refused connection; fedstream's own error
+(``KafkaUnreachableError``, from a probe of the broker) names that reason and never the password. Past authentication,
 the authorizer lets each role do only its part (a client writes ``fl.updates`` and reads ``fl.models``, the job
 the reverse, an auditor nothing), and a version that reaches ``fl.models`` without the job's signature anyway
 is ignored by every client.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,8 +36,9 @@ from pydantic import SecretStr
 
 from devstack.certificates import create_broker_certificates
 from devstack.secure_broker import KafkaLogin, SecureKafkaBroker
-from producers.transport import GlobalModelSubscriber
+from producers.transport import GlobalModelSubscriber, UpdatePublisher
 from producers.trusted_versions import IgnoreReason
+from schemas.kafka_diagnosis import KafkaUnreachableError, explain_connection_failure
 from schemas.kafka_settings import KafkaSettings
 from schemas.topics import MODELS_TOPIC, UPDATES_TOPIC
 from tests.conftest import free_port_pair
@@ -351,6 +354,116 @@ def test_a_client_that_does_not_trust_the_broker_ca_is_refused(
     refusal = _refused(KafkaAdminClient, settings, caplog)
     assert any("CERTIFICATE_VERIFY_FAILED" in str(reason) for reason in refusal.reasons), refusal.reasons
     assert (refusal.tls_handshakes, refusal.authenticated) == (0, False)
+
+
+PROBE_TIMEOUT_SECONDS = 2.0
+
+
+def _closed_port() -> int:
+    """A port nothing listens on (bound by the OS, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as unused:
+        unused.bind(("localhost", 0))
+        return int(unused.getsockname()[1])
+
+
+def _sasl_plaintext(broker: SecureKafkaBroker) -> KafkaSettings:
+    return KafkaSettings(
+        bootstrap_servers=broker.bootstrap_servers,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username=JOB_USER,
+        sasl_password=SecretStr(JOB_PASSWORD),
+    )
+
+
+MISCONFIGURATIONS: dict[str, tuple[Callable[[SecureKafkaBroker, Path], KafkaSettings], list[str]]] = {
+    "plaintext client": (
+        lambda broker, _: KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
+        ["speaks TLS", "set security_protocol to SASL_SSL (SASL mechanisms enabled there: SCRAM-SHA-512)"],
+    ),
+    "sasl-plaintext client": (
+        lambda broker, _: _sasl_plaintext(broker),
+        ["speaks TLS", "set security_protocol to SASL_SSL"],
+    ),
+    "ssl without sasl": (
+        lambda broker, _: KafkaSettings(
+            bootstrap_servers=broker.bootstrap_servers,
+            security_protocol="SSL",
+            ssl_cafile=str(broker.certificates.ca_file),
+        ),
+        ["asks for SASL (mechanisms enabled there: SCRAM-SHA-512)", "set security_protocol to SASL_SSL"],
+    ),
+    "wrong password": (
+        lambda broker, _: _enrolled(broker).model_copy(update={"sasl_password": SecretStr("not-the-password")}),
+        [f"refused the login of user {JOB_USER!r} with mechanism SCRAM-SHA-512", "invalid credentials"],
+    ),
+    "unknown user": (
+        lambda broker, _: _enrolled(broker).model_copy(update={"sasl_username": "not-enrolled"}),
+        ["refused the login of user 'not-enrolled' with mechanism SCRAM-SHA-512", "invalid credentials"],
+    ),
+    "mechanism not enabled": (
+        lambda broker, _: _enrolled(broker).model_copy(update={"sasl_mechanism": "SCRAM-SHA-256"}),
+        ["SASL mechanism SCRAM-SHA-256 is not enabled", "it enables SCRAM-SHA-512"],
+    ),
+    "wrong CA file": (
+        lambda broker, untrusted: _enrolled(broker).model_copy(update={"ssl_cafile": str(untrusted)}),
+        ["TLS certificate of localhost:", "does not verify against ssl_cafile", "certificate"],
+    ),
+    "system CAs": (
+        lambda broker, _: _enrolled(broker).model_copy(update={"ssl_cafile": None}),
+        ["does not verify against the system CAs"],
+    ),
+    "nothing listening": (
+        lambda broker, _: _enrolled(broker).model_copy(update={"bootstrap_servers": f"localhost:{_closed_port()}"}),
+        ["cannot reach localhost:", "(connection refused)"],
+    ),
+    "plaintext listener": (  # the controller listener is SASL_PLAINTEXT
+        lambda broker, _: _enrolled(broker).model_copy(
+            update={"bootstrap_servers": f"localhost:{broker.controller_port}"}
+        ),
+        ["does not speak TLS", "set security_protocol to SASL_PLAINTEXT (SASL mechanisms enabled there: PLAIN)"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MISCONFIGURATIONS)
+def test_the_connection_probe_names_the_cause(
+    secure_broker: SecureKafkaBroker, untrusted_ca_file: Path, case: str
+) -> None:
+    make_settings, expected = MISCONFIGURATIONS[case]
+    settings = make_settings(secure_broker, untrusted_ca_file)
+    explanation = explain_connection_failure(settings, timeout_seconds=PROBE_TIMEOUT_SECONDS)
+    assert all(part in explanation for part in expected), explanation
+    assert settings.sasl_password is None or settings.sasl_password.get_secret_value() not in explanation
+    assert JOB_PASSWORD not in explanation
+
+
+def test_the_probe_finds_nothing_wrong_with_working_settings(secure_broker: SecureKafkaBroker) -> None:
+    explanation = explain_connection_failure(_enrolled(secure_broker), timeout_seconds=PROBE_TIMEOUT_SECONDS)
+    assert explanation == f"no cause found: a probe connected and logged in as {JOB_USER!r}"
+
+
+def test_a_refused_publisher_names_user_mechanism_and_cause(secure_broker: SecureKafkaBroker) -> None:
+    settings = _login(secure_broker, CLIENT_USER).model_copy(update={"sasl_password": SecretStr("not-the-password")})
+    with pytest.raises(KafkaUnreachableError) as raised:
+        UpdatePublisher(settings, bootstrap_timeout_seconds=1.0)
+    message = str(raised.value)
+    assert isinstance(raised.value.__cause__, KafkaTimeoutError)
+    assert f"bootstrap_servers {secure_broker.bootstrap_servers}, security_protocol SASL_SSL" in message
+    assert f"sasl_mechanism SCRAM-SHA-512, sasl_username {CLIENT_USER!r}" in message
+    assert f"ssl_cafile {secure_broker.certificates.ca_file}" in message
+    assert f"refused the login of user {CLIENT_USER!r} with mechanism SCRAM-SHA-512" in message
+    assert "not-the-password" not in message and CLIENT_PASSWORD not in message
+
+
+def test_a_subscriber_that_does_not_trust_the_broker_names_the_ca_file(
+    secure_broker: SecureKafkaBroker, untrusted_ca_file: Path
+) -> None:
+    settings = _login(secure_broker, CLIENT_USER).model_copy(update={"ssl_cafile": str(untrusted_ca_file)})
+    with pytest.raises(KafkaUnreachableError, match="does not verify against ssl_cafile") as raised:
+        GlobalModelSubscriber(settings, "any-model", JOB_KEY.public_key, bootstrap_timeout_seconds=1.0)
+    assert str(untrusted_ca_file) in str(raised.value) and CLIENT_PASSWORD not in str(raised.value)
+    assert isinstance(raised.value.__cause__, KafkaTimeoutError)
 
 
 def test_spark_streams_fl_updates_with_the_jobs_login_and_source_options(  # type: ignore[no-untyped-def]

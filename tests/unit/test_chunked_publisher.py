@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from aggregator import AggregationConfig
 from producers.trusted_versions import VersionChain
 from schemas.chunks import is_model_chunk, is_models_key_of, model_chunk_key
-from aggregator import AggregationConfig
 from schemas.kafka_settings import KafkaSettings
 from schemas.rows import ModelVersionRow
 from schemas.tensors import Tensors, encode_tensors, parameter_hash
