@@ -24,12 +24,16 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from pyspark.sql.types import BinaryType
 
 from fedstream import cli
+from fedstream import dashboard as fedstream_dashboard
+from fedstream.report.data import PSEUDONYM_DIGITS
 from schemas.kafka_settings import SHADED_KAFKA_CLASS_PACKAGE
 from streaming_jobs import databricks
 from streaming_jobs.settings import ENVIRONMENT_VARIABLES, JobSettings
 from streaming_jobs.signing_key import JobSigningKey
+from streaming_jobs.tables import MODEL_VERSIONS, REJECTED_UPDATES, UPDATES
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = yaml.safe_load((ROOT / "databricks.yml").read_text())
@@ -37,6 +41,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 DOCS = ROOT / "docs" / "databricks.md"
 USER = "someone@example.com"
 BOOTSTRAP = "broker-1.example.com:9096"
+WAREHOUSE_ID = "0123456789abcdef"
 MLFLOW_VARIABLES = {"MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"}
 RUNTIME_OWN = {"pyspark", "delta-spark", "mlflow"}
 """Spark and Delta are the runtime's; MLflow on the cluster is the runtime's mlflow-skinny (pinned in the bundle)."""
@@ -350,6 +355,7 @@ def test_databricks_bundle_validate(target: str, fake_workspace: str, tmp_path: 
     if executable is None:
         pytest.skip("the Databricks CLI (Go, `databricks bundle`) is not installed; the YAML checks above still ran")
     shutil.copy(ROOT / "databricks.yml", tmp_path / "databricks.yml")  # validate writes .databricks/ beside it
+    shutil.copytree(ROOT / "dashboards", tmp_path / "dashboards")  # the dashboard resource's file_path
     environment = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp_path),
@@ -359,6 +365,7 @@ def test_databricks_bundle_validate(target: str, fake_workspace: str, tmp_path: 
     }
     command = [executable, "bundle", "validate", "--strict", "-t", target, "-o", "json"]
     command += ["--var", f"kafka_bootstrap_servers={BOOTSTRAP}"]
+    command += ["--var", f"warehouse_id={WAREHOUSE_ID}"]
     result = subprocess.run(
         command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120, check=False
     )
@@ -371,6 +378,12 @@ def test_databricks_bundle_validate(target: str, fake_workspace: str, tmp_path: 
     (cluster,) = job["job_clusters"]
     assert cluster["new_cluster"]["spark_env_vars"] == bundle_environment(target)
     assert "${" not in json.dumps(job)
+    (dashboard,) = resolved["resources"]["dashboards"].values()
+    assert (dashboard["dataset_catalog"], dashboard["dataset_schema"], dashboard["warehouse_id"]) == (
+        resolve("${var.catalog}", target),
+        resolve("${var.schema}", target),
+        WAREHOUSE_ID,
+    )
 
 
 def test_dev_and_prod_share_no_schema_checkpoint_writer_or_kafka_identity() -> None:
@@ -392,3 +405,136 @@ def test_dev_is_paused_and_prod_runs() -> None:
     assert dev[next(iter(BUNDLE["resources"]["jobs"]))]["continuous"]["pause_status"] == "PAUSED"
     assert the_job()["continuous"]["pause_status"] == "UNPAUSED"
     assert "resources" not in BUNDLE["targets"]["prod"]
+
+
+# ── the AI/BI dashboard ─────────────────────────────────────────────────────────────────────────────────────────
+
+
+def the_dashboard_resource() -> dict[str, Any]:
+    dashboards = BUNDLE["resources"]["dashboards"]
+    assert len(dashboards) == 1, f"expected one dashboard, found {sorted(dashboards)}"
+    resource: dict[str, Any] = next(iter(dashboards.values()))
+    return resource
+
+
+def serialized_dashboard() -> dict[str, Any]:
+    committed: dict[str, Any] = json.loads(fedstream_dashboard.DASHBOARD_FILE.read_text(encoding="utf-8"))
+    return committed
+
+
+def widget_queries() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every (widget, query) of every page of the committed dashboard."""
+    for page in serialized_dashboard()["pages"]:
+        for entry in page["layout"]:
+            for query in entry["widget"].get("queries", []):
+                yield entry["widget"], query
+
+
+def test_the_committed_dashboard_is_what_the_module_generates() -> None:
+    """dashboards/*.lvdash.json is generated: edit fedstream/dashboard.py and run `python -m fedstream.dashboard`."""
+    committed = fedstream_dashboard.DASHBOARD_FILE.read_text(encoding="utf-8")
+    assert committed == fedstream_dashboard.render(), "run `.venv/bin/python -m fedstream.dashboard`"
+    assert fedstream_dashboard.main(["--check"]) == 0
+
+
+def test_the_bundle_deploys_the_dashboard_on_the_bundles_schema() -> None:
+    resource = the_dashboard_resource()
+    assert (ROOT / resource["file_path"]).resolve() == fedstream_dashboard.DASHBOARD_FILE
+    assert resource["dataset_catalog"] == "${var.catalog}"
+    assert resource["dataset_schema"] == "${var.schema}"
+    assert resource["warehouse_id"] == "${var.warehouse_id}"
+    assert resource["embed_credentials"] is False, "viewers query with their own grants (the auditors' views)"
+    assert resource["display_name"]
+    assert resolve("${var.schema}", "dev") != resolve("${var.schema}", "prod"), "dev's dashboard reads dev's tables"
+    warehouse = BUNDLE["variables"]["warehouse_id"]
+    assert warehouse["description"] and "default" not in warehouse, "the warehouse must be given explicitly"
+
+
+def test_every_widget_query_reads_a_dataset_and_columns_it_selects() -> None:
+    serialized = serialized_dashboard()
+    declared = {dataset.name: dataset.columns for dataset in fedstream_dashboard.DATASETS}
+    names = [dataset["name"] for dataset in serialized["datasets"]]
+    assert names == list(declared), "the file's datasets are the module's"
+    widgets = [entry["widget"]["name"] for page in serialized["pages"] for entry in page["layout"]]
+    assert len(widgets) == len(set(widgets)), f"a widget name is used twice: {widgets}"
+    used = set()
+    for widget, query in widget_queries():
+        dataset = query["query"]["datasetName"]
+        assert dataset in declared, f"{widget['name']} reads no dataset of the dashboard: {dataset!r}"
+        used.add(dataset)
+        for field in query["query"]["fields"]:
+            (column,) = re.findall(r"`([^`]+)`", field["expression"])
+            assert column in declared[dataset], f"{widget['name']}: {dataset} selects no {column!r}"
+        assert isinstance(query["query"]["disaggregated"], bool)
+    assert used == set(declared), f"datasets no widget shows: {sorted(set(declared) - used)}"
+
+
+def test_every_encoding_names_a_field_of_its_widgets_queries() -> None:
+    for page in serialized_dashboard()["pages"]:
+        for entry in page["layout"]:
+            widget, spec = entry["widget"], entry["widget"]["spec"]
+            queries = {
+                query["name"]: {field["name"] for field in query["query"]["fields"]} for query in widget["queries"]
+            }
+            encodings = spec["encodings"]
+            if spec["widgetType"].startswith("filter-"):
+                for field in encodings["fields"]:
+                    assert field["fieldName"] in queries[field["queryName"]], widget["name"]
+                assert {field["queryName"] for field in encodings["fields"]} == set(queries), widget["name"]
+                continue
+            (fields,) = queries.values()
+            named = [column["fieldName"] for column in encodings.get("columns", [])]
+            named += [encoding["fieldName"] for key, encoding in encodings.items() if key != "columns"]
+            assert set(named) == fields, f"{widget['name']}: encodings {named} but query fields {sorted(fields)}"
+            assert spec["frame"]["showTitle"] and spec["frame"]["title"]
+
+
+def test_the_widgets_tile_a_six_column_grid_without_overlap() -> None:
+    for page in serialized_dashboard()["pages"]:
+        cells: dict[tuple[int, int], str] = {}
+        for entry in page["layout"]:
+            position, name = entry["position"], entry["widget"]["name"]
+            assert position["x"] >= 0 and position["x"] + position["width"] <= 6, name
+            for x in range(position["x"], position["x"] + position["width"]):
+                for y in range(position["y"], position["y"] + position["height"]):
+                    assert (x, y) not in cells, f"{name} overlaps {cells[(x, y)]}"
+                    cells[(x, y)] = name
+
+
+BLOB_COLUMNS = {
+    field.name
+    for table in (UPDATES, REJECTED_UPDATES, MODEL_VERSIONS)
+    for field in table.schema.fields
+    if isinstance(field.dataType, BinaryType)
+}
+ALLOWED_CLIENT_ID = re.compile(
+    r"sha2\((?:\w+\.)?client_id, 256\)|count\(DISTINCT client_id\)|WHERE client_id IS NOT NULL", re.IGNORECASE
+)
+
+
+def test_no_dataset_reads_a_blob_or_returns_a_client_id() -> None:
+    assert {"payload", "signature", "raw_value", "key", "parameters", "optimizer_state"} <= BLOB_COLUMNS
+    for dataset in serialized_dashboard()["datasets"]:
+        sql = "".join(dataset["queryLines"])
+        words = set(re.findall(r"\w+", sql.lower()))
+        assert not words & BLOB_COLUMNS, f"{dataset['name']} mentions {sorted(words & BLOB_COLUMNS)}"
+        assert "client_id" not in ALLOWED_CLIENT_ID.sub("", sql), f"{dataset['name']} uses client_id bare"
+    for dataset in fedstream_dashboard.DATASETS:
+        assert "client_id" not in dataset.columns and not BLOB_COLUMNS & set(dataset.columns), dataset.name
+    pseudonym = fedstream_dashboard.pseudonym_sql("client_id")
+    assert pseudonym == f"substr(sha2(client_id, 256), 1, {PSEUDONYM_DIGITS})", "the report's pseudonym"
+
+
+def test_datasets_read_only_the_auditors_views_by_unqualified_name() -> None:
+    views = {table.audit_view for table in (UPDATES, REJECTED_UPDATES, MODEL_VERSIONS)}
+    assert {
+        fedstream_dashboard.UPDATES_VIEW,
+        fedstream_dashboard.REJECTED_VIEW,
+        fedstream_dashboard.VERSIONS_VIEW,
+    } == views
+    assert views <= {f"{table}_audit" for table in databricks.AUDITED_TABLES}, "the auditors are granted these"
+    for dataset in serialized_dashboard()["datasets"]:
+        sql = "".join(dataset["queryLines"])
+        common = set(re.findall(r"(?:WITH|,)\s*(\w+) AS \(", sql))
+        sources = set(re.findall(r"\b(?:FROM|JOIN)\s+([\w.`]+)", sql))
+        assert sources <= views | common, f"{dataset['name']} reads {sorted(sources - views - common)}"
