@@ -219,6 +219,7 @@ class FaultCampaign:
         finally:
             fleet.stopping.set()
             self.job.stop()
+        self.say("the job caught up; reading Delta and Kafka back")
         self._read_back(spark)
         self.report.job_starts = self.job.starts
         self.report.seconds = time.monotonic() - started
@@ -306,7 +307,7 @@ class FaultCampaign:
     def _read_back(self, spark: Any) -> None:
         from pyspark.sql import functions as F  # noqa: N812
 
-        from streaming_jobs.audit import verify_version
+        from streaming_jobs.audit import verify_rows
         from streaming_jobs.tables import MODEL_VERSIONS, UPDATES, TableLocations
 
         locations = TableLocations(str(self.job.tables))
@@ -316,8 +317,10 @@ class FaultCampaign:
         versions = sorted(locations.read(spark, MODEL_VERSIONS).where(mine).collect(), key=lambda row: row.version)
         report.versions = [row.version for row in versions]
         report.placed = [update_id for row in versions for update_id in row.update_ids]
+        by_version = {row.version: row for row in versions}  # read once: each check needs only its parent's row
         report.recomputed_ok = sum(
-            verify_version(spark, locations, self.model_name, row.version).ok for row in versions[1:]
+            row.version - 1 in by_version and verify_rows(spark, locations, row, by_version[row.version - 1]).ok
+            for row in versions[1:]
         )
         subscriber = GlobalModelSubscriber(self.kafka, self.model_name)
         try:

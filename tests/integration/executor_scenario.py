@@ -1,8 +1,8 @@
 """One version made on Spark executors and on the driver from the same stored chunks, compared bit for bit.
 
-Used in-process by ``test_executor_aggregation.py`` (the session's ``local[*]`` Spark) and, with
-``python -m tests.integration.executor_scenario ROOT``, in a process of its own on a ``local-cluster`` master
-(executors in JVMs of their own), which prints one JSON line with what it found.
+``test_executor_aggregation.py`` runs ``python -m tests.integration.executor_scenario ROOT`` in a process of its
+own on a ``local-cluster`` master (executors in JVMs of their own): it runs :func:`run` once per configuration
+of :data:`SCENARIOS` in the one Spark application and prints one JSON line per configuration with what it found.
 """
 
 from __future__ import annotations
@@ -227,19 +227,27 @@ def _sha(values: np.ndarray) -> str:
     return sha256_hex(np.asarray(values, dtype="<f4").tobytes())
 
 
-LOCAL_CLUSTER_CONFIG = {
-    "mode": "fedbuff",
-    "buffer_size": 4,
-    "server_optimizer": "adam",
-    "server_learning_rate": 0.01,
-    "robust_aggregation": "multi_krum",
-    "krum_byzantine": 1,
-    "max_update_norm": 1.0,
-}
+SCENARIOS: dict[str, tuple[dict[str, object], int, bool]] = {
+    # trimmed mean needs four updates to cut one at each end; "again" makes version 2 twice, as a replay would
+    "trimmed_yogi": (
+        {"mode": "fedbuff", "buffer_size": 4, "server_optimizer": "yogi", "server_learning_rate": 0.01,
+         "robust_aggregation": "trimmed_mean", "trim_fraction": 0.25, "max_update_norm": 1.0},
+        4,
+        True,
+    ),
+    # Multi-Krum keeps n - f = 2 of three (one weight 0); three updates still use every encoding
+    "multi_krum_adam": (
+        {"mode": "fedbuff", "buffer_size": 4, "server_optimizer": "adam", "server_learning_rate": 0.01,
+         "robust_aggregation": "multi_krum", "krum_byzantine": 1, "max_update_norm": 1.0},
+        3,
+        False,
+    ),
+}  # fmt: skip
+"""Per configuration: the aggregation, how many updates version 2 is made from, and whether it is made twice."""
 
 
 def main(root: str) -> None:
-    """Run the scenario on whatever master ``FEDSTREAM_SPARK_MASTER`` names; print the outcome as JSON."""
+    """Run every scenario on whatever master ``FEDSTREAM_SPARK_MASTER`` names; print each outcome as JSON."""
     from streaming_jobs.spark_session import get_spark
 
     spark = get_spark("fedstream-executor-scenario")
@@ -250,8 +258,13 @@ def main(root: str) -> None:
             if executors >= 2 or not context.master.startswith("local-cluster"):
                 break
             time.sleep(0.5)
-        outcome = run(spark, Path(root), "shards_model", AggregationConfig.from_dict(LOCAL_CLUSTER_CONFIG))
-        print(json.dumps({"master": context.master, "executors": executors, **vars(outcome)}), flush=True)
+        for name, (config, updates, again) in SCENARIOS.items():
+            outcome = run(
+                spark, Path(root) / name, f"model_{name}", AggregationConfig.from_dict(config), updates=updates,
+                again=again,
+            )  # fmt: skip
+            found = {"scenario": name, "master": context.master, "executors": executors, **vars(outcome)}
+            print(json.dumps(found), flush=True)
     finally:
         spark.stop()
 

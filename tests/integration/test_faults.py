@@ -4,6 +4,7 @@ keep publishing. Nothing acknowledged is lost or duplicated; ``bench.faults`` ru
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,16 @@ def test_sigkills_at_every_crash_point_and_a_broker_restart_lose_and_duplicate_n
     spark, local_stack: RunningStack, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     ensure_topics(local_stack.kafka)
-    campaign = FaultCampaign(tmp_path, local_stack.kafka, CampaignSettings(rounds=1, seconds_between_updates=1.0))
+    started = time.monotonic()
+
+    def say(line: str) -> None:  # the campaign's progress, shown with a failure (or with ``pytest -s``)
+        print(f"{time.monotonic() - started:6.1f} s  {line}", flush=True)
+
+    # a 2 s outage drops every connection of the job just as 5 s would; the job must carry on either way
+    settings = CampaignSettings(rounds=1, seconds_between_updates=1.0, broker_down_seconds=2.0)
+    campaign = FaultCampaign(tmp_path, local_stack.kafka, settings, say=say)
     report = campaign.run(spark)
+    say(f"{len(report.acknowledged)} acknowledged, {len(report.versions)} versions, {report.job_starts} job starts")
     log = campaign.job.log()
 
     assert [fault.kind for fault in report.faults] == list(FAULT_KINDS)
