@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 from fedstream.demo_data import DemoData, HeldOutEvaluator, TableSource, hapt_data, load_table_data
 from fedstream.local_only import LocalOnlyComparison, LocalTrainingSettings, local_only_comparison
-from fedstream.mode_comparison import compare_runs, newest_comparable_run, read_points, read_run, write_run
+from fedstream.mode_comparison import (
+    AccuracyPoint,
+    compare_runs,
+    newest_comparable_run,
+    read_points,
+    read_run,
+    write_run,
+)
 
 if TYPE_CHECKING:
     from producers.client import FederatedClient
@@ -305,8 +312,8 @@ def run_demo(settings: DemoSettings, data: DemoData | None = None) -> int:
             say=_say,
         )
         comparison.write_csv(run_dir / "local-only.csv")
-    _summary(settings, data, job, points, tracking_uri(), comparison, personalization)
-    _mode_comparison(run_dir, description, reports[0] if reports else None, synchronous)
+    modes = _mode_comparison(run_dir, description, points, reports[0] if reports else None, synchronous)
+    _summary(settings, data, job, points, tracking_uri(), comparison, personalization, modes)
     return 0
 
 
@@ -322,21 +329,26 @@ def _run_description(settings: DemoSettings, data: DemoData) -> dict[str, Any]:
     }
 
 
-def _mode_comparison(run_dir: Path, description: dict[str, Any], report: FleetReport | None, synchronous: bool) -> None:
-    """The summary's last lines: how rounds went, and wall time to the same accuracy as the other mode's run."""
+def _mode_comparison(
+    run_dir: Path, description: dict[str, Any], points: list[_Point], report: FleetReport | None, synchronous: bool
+) -> list[str]:
+    """The summary's lines on modes: how rounds went, and wall time to the same accuracy as the other mode's run."""
+    lines = []
     if synchronous and report is not None:
-        print(
+        lines.append(
             f"rounds       : devices sat out {report.rounds_sat_out} rounds they were not drawn for; "
             f"{report.late_unsent} updates were not sent because their round had closed"
         )
     other_run = newest_comparable_run(run_dir.parent, run_dir, description)
     if other_run is None:
         other = "fedbuff" if synchronous else "fedavg"
-        print(f"compare      : run `fedstream demo --mode {other}` with the same options to compare wall time")
-        return
+        lines.append(f"compare      : run `fedstream demo --mode {other}` with the same options to compare wall time")
+        return lines
     other_mode = str(read_run(other_run).get("mode"))
-    found = compare_runs(description["mode"], read_points(run_dir), other_mode, read_points(other_run), other_run)
-    print(f"compare      : {found.line() if found is not None else 'a run without accuracy points'}")
+    these = [AccuracyPoint(point.elapsed, point.accuracy) for point in points]
+    found = compare_runs(description["mode"], these, other_mode, read_points(other_run), other_run)
+    lines.append(f"compare      : {found.line() if found is not None else 'a run without accuracy points'}")
+    return lines
 
 
 def _global_weights(shared: Any, clients: list[FederatedClient]) -> Any:
@@ -467,6 +479,7 @@ def _summary(
     mlflow_uri: str,
     comparison: LocalOnlyComparison | None,
     personalization: list[ClientPersonalization] | None = None,
+    modes: list[str] | None = None,
 ) -> None:
     run_dir = job.folder
     status = job.status()
@@ -519,6 +532,8 @@ def _summary(
         for line in _personalization_lines(settings, personalization):
             print(line)
         _write_personalization(personalization, run_dir / "personalization.csv")
+    for line in modes or []:
+        print(line)
     print(f"Delta tables : {run_dir / 'tables'} (updates, rejected_updates, model_versions)")
     print(f"MLflow       : {mlflow_uri} (experiment fedstream-demo)")
     print(f"plot, csv    : {plot or 'matplotlib not installed'}, {run_dir / 'accuracy.csv'}")
