@@ -31,17 +31,14 @@ def ensure_cluster_topics(
     ``KafkaUnreachableError``, naming the cause, when the cluster cannot be reached or refuses the login.
     """
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
-    from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-    from schemas.kafka_diagnosis import unreachable_error
+    from schemas.kafka_diagnosis import connect
     from schemas.topics import topic_configs, topic_message_bytes
 
     wanted = topic_configs(settings.max_message_bytes)
     needed_message_bytes = topic_message_bytes(settings.max_message_bytes)
-    try:
-        admin = KafkaAdminClient(**settings.admin_options())
-    except KafkaTimeoutError as error:  # kafka-python says only "Unable to bootstrap"
-        raise unreachable_error(settings, error) from error
+    admin = connect(settings, lambda: KafkaAdminClient(**settings.admin_options()))
     try:
         existing = set(admin.list_topics())
         created = []

@@ -10,11 +10,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaTimeoutError
 
 from producers.trusted_versions import IgnoredVersion, IgnoreReason, VersionChain, job_public_key_from_env
 from schemas.chunks import is_models_key_of
-from schemas.kafka_diagnosis import unreachable_error
+from schemas.kafka_diagnosis import connect
 from schemas.kafka_settings import KafkaSettings
 from schemas.topics import MODEL_HEADER, MODELS_TOPIC, UPDATES_TOPIC
 from schemas.wire import DecodedModel
@@ -52,14 +51,14 @@ class GlobalModelSubscriber:
         )
         self.ignored: deque[IgnoredVersion] = deque(maxlen=100)
         self.ignored_count = 0
-        try:
-            self._consumer = KafkaConsumer(
+        self._consumer = connect(
+            settings,
+            lambda: KafkaConsumer(
                 **settings.consumer_options(),
                 enable_auto_commit=False,
                 bootstrap_timeout_ms=int(bootstrap_timeout_seconds * 1000),
-            )
-        except KafkaTimeoutError as error:  # kafka-python says only "Unable to bootstrap"
-            raise unreachable_error(settings, error) from error
+            ),
+        )
         partitions = self._partitions()
         self._consumer.assign(partitions)
         self._consumer.seek_to_beginning(*partitions)
@@ -151,12 +150,12 @@ class UpdatePublisher:
     def __init__(self, settings: KafkaSettings, *, bootstrap_timeout_seconds: float = 30.0) -> None:
         """Raises ``KafkaUnreachableError``, naming the cause, when no connection is made in time."""
         self.max_message_bytes = settings.max_message_bytes
-        try:
-            self._producer = KafkaProducer(
+        self._producer = connect(
+            settings,
+            lambda: KafkaProducer(
                 **settings.producer_options(), bootstrap_timeout_ms=int(bootstrap_timeout_seconds * 1000)
-            )
-        except KafkaTimeoutError as error:  # kafka-python says only "Unable to bootstrap"
-            raise unreachable_error(settings, error) from error
+            ),
+        )
 
     def publish(
         self, client_id: str, value: bytes, *, model_name: str | None = None, wait: bool = True

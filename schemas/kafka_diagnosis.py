@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from schemas.kafka_settings import KafkaSettings
 
@@ -25,8 +26,24 @@ _ILLEGAL_SASL_STATE = 34
 _UNSUPPORTED_SASL_MECHANISM = 33
 
 
+Client = TypeVar("Client")
+
+
 class KafkaUnreachableError(RuntimeError):
     """A Kafka client could not connect; the message names the cause a probe found and the settings involved."""
+
+
+def connect(settings: KafkaSettings, make_client: Callable[[], Client]) -> Client:
+    """``make_client()``: a kafka-python client built from ``settings``, or why it could not bootstrap.
+
+    Raises :class:`KafkaUnreachableError` (:func:`unreachable_error`) from kafka-python's timeout.
+    """
+    from kafka.errors import KafkaTimeoutError
+
+    try:
+        return make_client()
+    except KafkaTimeoutError as error:  # kafka-python says only "Unable to bootstrap"
+        raise unreachable_error(settings, error) from error
 
 
 def unreachable_error(

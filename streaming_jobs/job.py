@@ -310,14 +310,10 @@ def _version_row(found: Row) -> ModelVersionRow:
 def _partition_count(settings: JobSettings) -> int:
     """Partitions of ``fl.updates`` (Spark needs all of them when a new checkpoint starts at given offsets)."""
     from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
 
-    from schemas.kafka_diagnosis import unreachable_error
+    from schemas.kafka_diagnosis import connect
 
-    try:
-        consumer = KafkaConsumer(**settings.kafka.consumer_options())
-    except KafkaError as error:  # no broker answered: say why (protocol, mechanism, user, CA)
-        raise unreachable_error(settings.kafka, error) from error
+    consumer = connect(settings.kafka, lambda: KafkaConsumer(**settings.kafka.consumer_options()))
     try:
         return len(consumer.partitions_for_topic(UPDATES_TOPIC) or {0})
     finally:

@@ -16,11 +16,10 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
 
 from aggregator import BudgetCheck
 from schemas.chunks import encode_model_chunks, encode_model_chunks_streamed, model_chunk_key
-from schemas.kafka_diagnosis import unreachable_error
+from schemas.kafka_diagnosis import connect
 from schemas.messages import ModelHeader
 from schemas.rows import ModelVersionRow
 from schemas.tensors import decode_tensors, sha256_hex
@@ -120,10 +119,7 @@ class VersionPublisher:
             self._signing_key.source,
             self._signing_key.public_key.hex(),
         )
-        try:
-            self._producer = KafkaProducer(**settings.kafka.producer_options())
-        except KafkaError as error:  # no broker answered: say why (protocol, mechanism, user, CA)
-            raise unreachable_error(settings.kafka, error) from error
+        self._producer = connect(settings.kafka, lambda: KafkaProducer(**settings.kafka.producer_options()))
         self.mlflow = BackgroundRecorder(lambda: MlflowRecorder(settings), register_every=settings.register_every)
 
     def publish(self, rows: Sequence[ModelVersionRow]) -> None:
