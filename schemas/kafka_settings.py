@@ -21,6 +21,8 @@ KAFKA_CLASS_PACKAGE = "org.apache.kafka"
 """Package of the Kafka client classes in Apache Spark's Kafka connector."""
 SHADED_KAFKA_CLASS_PACKAGE = "kafkashaded.org.apache.kafka"
 """The same classes as Databricks Runtime relocates them: JAAS strings there must name these."""
+SPARK_SOURCE_FETCH_WAIT_MS = 10
+"""How long the broker may hold a fetch of Spark's Kafka source that finds nothing new (Kafka's default: 500)."""
 
 _LOGIN_MODULES: dict[str, str] = {
     "PLAIN": "common.security.plain.PlainLoginModule",
@@ -165,6 +167,10 @@ class KafkaSettings(BaseModel):
             "kafka.bootstrap.servers": self.bootstrap_servers,
             "kafka.max.partition.fetch.bytes": str(topic_message_bytes(self.max_message_bytes)),
             "kafka.fetch.max.bytes": str(topic_message_bytes(self.max_message_bytes)),
+            # A task polls only for offsets the micro-batch already knows exist. The consumer sends its next
+            # fetch before returning records, and the broker holds a fetch with nothing new for
+            # fetch.max.wait.ms (500 by default): the next batch after a quiet spell waited that out first.
+            "kafka.fetch.max.wait.ms": str(SPARK_SOURCE_FETCH_WAIT_MS),
         }
         if self.security_protocol != "PLAINTEXT":
             options["kafka.security.protocol"] = self.security_protocol

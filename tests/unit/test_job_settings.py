@@ -108,6 +108,7 @@ def test_plaintext_client_options_are_unchanged() -> None:
         "kafka.bootstrap.servers": "a:9092,b:9092",
         "kafka.max.partition.fetch.bytes": str(topic_message_bytes(kafka.max_message_bytes)),
         "kafka.fetch.max.bytes": str(topic_message_bytes(kafka.max_message_bytes)),
+        "kafka.fetch.max.wait.ms": "10",
     }
 
 
