@@ -303,7 +303,7 @@ def _clients_revoke(args: argparse.Namespace) -> int:
 
     spark, locations = _tables(args)
     count = revoke(spark, locations, args.client_ids)
-    print(f"revoked {count} clients; the job stops accepting their updates within its refresh interval")
+    print(f"revoked {count} clients; the job stops accepting their updates within twice its refresh interval")
     return 0
 
 
@@ -562,7 +562,12 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", default="fedstream", help="MLflow experiment name")
     parser.add_argument("--model-architecture", help="architecture name: register servable MLflow models (torch)")
     parser.add_argument("--enrol-public-keys", help="folder of <client_id>.pub files to enrol at start")
-    parser.add_argument("--registry-refresh-seconds", type=float, default=10.0, help="how often keys are re-read")
+    parser.add_argument(
+        "--registry-refresh-seconds",
+        type=float,
+        default=10.0,
+        help="how often client_keys is re-read; a revocation is in effect within twice this",
+    )
     parser.add_argument(
         "--chunk-deadline-seconds",
         type=float,

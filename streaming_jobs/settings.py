@@ -105,7 +105,7 @@ class JobSettings(BaseModel):
     require_signatures: bool = True
     """Accept only updates signed by an enrolled, unrevoked client key (``client_keys`` table)."""
     registry_refresh_seconds: float = Field(default=10.0, gt=0)
-    """How often the job re-reads ``client_keys``: a revocation takes effect within this time."""
+    """How often the job re-reads ``client_keys`` (in the background): a revocation takes effect within twice this."""
     replay_window_seconds: float | None = Field(default=900.0, gt=0)
     chunk_deadline_seconds: float = Field(default=600.0, gt=0)
     """A chunked update still missing chunks this long (Kafka time) after its first is rejected as ``incomplete``."""
