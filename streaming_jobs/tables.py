@@ -420,8 +420,7 @@ def arrow_frame(spark: SparkSession, table: TableSpec, rows: Sequence[BaseModel]
     """A DataFrame of ``rows`` with ``table``'s schema, handed to the JVM as one Arrow table (no row pickling).
 
     One partition: the rows are already in the driver, so each append is one task writing one file, not one
-    per core (a table appended to every micro-batch gathers half as many small files, and the appends of a
-    K = 10 burst took ~0.1 s less in ``bench.pipeline``).
+    per core, and a table appended to every micro-batch gathers half as many small files.
     """
     import pyarrow as pa
     from pyspark.sql.pandas.types import to_arrow_schema
